@@ -1,0 +1,212 @@
+"""Memory addressing for the NTM (Graves et al., 2014) and the DNC (Graves et al., 2016).
+
+Every function is pure and batched: batch first, heads second, then memory slots ``N`` and
+word size ``W``. Parameters and nonlinearities live in the cores (:mod:`.ntm`, :mod:`.dnc`);
+this module only holds the equations, so that each one can be tested on its own.
+"""
+
+import torch
+from torch import Tensor
+
+# Keeps usage strictly inside (0, 1): an exactly free slot would make the allocation product
+# and its gradient degenerate (same choice as deepmind/dnc).
+USAGE_EPS = 1e-6
+
+
+def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = 1e-6) -> Tensor:
+    """
+    Cosine similarity between every key and every memory row.
+
+    :param memory: (B, N, W)
+    :param keys: (B, H, W)
+    :param eps: added to the product of norms, so that an all-zero row gives 0, not NaN
+    :return: (B, H, N)
+    """
+    dot = torch.bmm(keys, memory.transpose(1, 2))
+    norms = keys.norm(dim=-1).unsqueeze(-1) * memory.norm(dim=-1).unsqueeze(1)
+    return dot / (norms + eps)
+
+
+def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor) -> Tensor:
+    """
+    Content-based addressing: softmax over slots of ``strength * cosine(key, row)``.
+
+    :param memory: (B, N, W)
+    :param keys: (B, H, W)
+    :param strengths: (B, H), already positive
+    :return: (B, H, N)
+    """
+    return torch.softmax(strengths.unsqueeze(-1) * cosine_similarity(memory, keys), dim=-1)
+
+
+def interpolate(content_w: Tensor, prev_w: Tensor, gate: Tensor) -> Tensor:
+    """
+    NTM interpolation gate: ``g * content + (1 - g) * previous``.
+
+    :param content_w: (B, H, N)
+    :param prev_w: (B, H, N)
+    :param gate: (B, H) in [0, 1]
+    :return: (B, H, N)
+    """
+    return torch.lerp(prev_w, content_w, gate.unsqueeze(-1))
+
+
+def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
+    """
+    NTM location shift: circular convolution of the weighting with a distribution over offsets.
+
+    Index ``s`` of ``shift`` is the offset ``s - k``; offset +1 moves the focus from slot ``i``
+    to slot ``i + 1``: ``out[i] = sum_o w[(i - o) mod N] * shift[o]``.
+
+    :param weights: (B, H, N)
+    :param shift: (B, H, 2k + 1), with 2k + 1 <= N
+    :return: (B, H, N)
+    """
+    n = weights.shape[-1]
+    k = (shift.shape[-1] - 1) // 2
+    # Pad circularly so that each output slot sees its 2k+1 neighbours as one contiguous window:
+    # window i holds w[i-k .. i+k]; offset o reads w[i - o], i.e. the window reversed.
+    padded = torch.cat([weights[..., n - k :], weights, weights[..., :k]], dim=-1)
+    windows = padded.unfold(-1, 2 * k + 1, 1)  # (B, H, N, 2k+1)
+    return torch.einsum("bhns,bhs->bhn", windows, shift.flip(-1))
+
+
+def sharpen(weights: Tensor, gamma: Tensor, eps: float = 1e-12) -> Tensor:
+    """
+    NTM sharpening: ``w ** gamma / sum(w ** gamma)``.
+
+    :param weights: (B, H, N), non-negative
+    :param gamma: (B, H), >= 1
+    :param eps: floor on the weights, so that ``0 ** gamma`` has a finite gradient and an all-zero
+        weighting still normalises
+    :return: (B, H, N)
+    """
+    powered = (weights.clamp_min(eps)).pow(gamma.unsqueeze(-1))
+    return powered / powered.sum(dim=-1, keepdim=True)
+
+
+def read(memory: Tensor, weights: Tensor) -> Tensor:
+    """
+    Read vectors: weighted sums of memory rows.
+
+    :param memory: (B, N, W)
+    :param weights: (B, H, N)
+    :return: (B, H, W)
+    """
+    return torch.bmm(weights, memory)
+
+
+def write(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
+    """
+    Erase then add: ``M * prod_h(1 - w_h e_h^T) + sum_h w_h a_h^T``.
+
+    :param memory: (B, N, W)
+    :param weights: (B, H, N) write weightings
+    :param erase: (B, H, W) in [0, 1]
+    :param add: (B, H, W)
+    :return: (B, N, W)
+    """
+    if weights.shape[1] == 1:
+        # One write head (the common case): skip the product over heads.
+        keep = 1.0 - weights.transpose(1, 2) * erase
+    else:
+        keep = (1.0 - weights.unsqueeze(-1) * erase.unsqueeze(2)).prod(dim=1)
+    return torch.baddbmm(memory * keep, weights.transpose(1, 2), add)
+
+
+def update_usage(usage: Tensor, prev_write_weights: Tensor, free_gates: Tensor, prev_read_weights: Tensor) -> Tensor:
+    """
+    DNC usage: ``(u + w - u * w) * prod_r(1 - f_r * w^r_r)``.
+
+    :param usage: (B, N) previous usage
+    :param prev_write_weights: (B, N) write weighting of the previous step
+    :param free_gates: (B, R) in [0, 1]
+    :param prev_read_weights: (B, R, N) read weightings of the previous step
+    :return: (B, N) in [0, 1]
+    """
+    usage = usage + prev_write_weights - usage * prev_write_weights
+    retention = (1.0 - free_gates.unsqueeze(-1) * prev_read_weights).prod(dim=1)
+    return usage * retention
+
+
+def allocation_weights(usage: Tensor) -> Tensor:
+    """
+    DNC dynamic allocation: ``a[phi_j] = (1 - u[phi_j]) * prod_{i<j} u[phi_i]``, with ``phi`` the
+    slots sorted by ascending usage. Differentiable through the sorted values, not the order.
+
+    :param usage: (B, N) in [0, 1]
+    :return: (B, N), sums to at most 1
+    """
+    usage = USAGE_EPS + (1.0 - USAGE_EPS) * usage
+    sorted_usage, order = torch.sort(usage, dim=-1)
+    # Exclusive cumulative product: the first free slot gets the full share.
+    ones = torch.ones_like(sorted_usage[:, :1])
+    before = torch.cumprod(torch.cat([ones, sorted_usage[:, :-1]], dim=-1), dim=-1)
+    sorted_allocation = (1.0 - sorted_usage) * before
+    return torch.zeros_like(usage).scatter(-1, order, sorted_allocation)
+
+
+def write_weights(allocation: Tensor, content: Tensor, alloc_gate: Tensor, write_gate: Tensor) -> Tensor:
+    """
+    DNC write weighting: ``write_gate * (alloc_gate * a + (1 - alloc_gate) * c)``.
+
+    :param allocation: (B, N)
+    :param content: (B, N) write content weighting
+    :param alloc_gate: (B,) in [0, 1]
+    :param write_gate: (B,) in [0, 1]
+    :return: (B, N)
+    """
+    return write_gate.unsqueeze(-1) * torch.lerp(content, allocation, alloc_gate.unsqueeze(-1))
+
+
+def update_precedence(precedence: Tensor, write_weights: Tensor) -> Tensor:
+    """
+    DNC precedence: ``(1 - sum_i w_i) p + w``.
+
+    :param precedence: (B, N)
+    :param write_weights: (B, N)
+    :return: (B, N)
+    """
+    return (1.0 - write_weights.sum(dim=-1, keepdim=True)) * precedence + write_weights
+
+
+def update_link(link: Tensor, prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
+    """
+    DNC temporal link: ``L[i, j] = (1 - w_i - w_j) L[i, j] + w_i p_j``, with a zero diagonal.
+
+    :param link: (B, N, N)
+    :param prev_precedence: (B, N) precedence before this step's write
+    :param write_weights: (B, N)
+    :return: (B, N, N)
+    """
+    # Zeroing the diagonal in place saves a full (N, N) mask multiplication in the hot loop.
+    scale = (1.0 - write_weights).unsqueeze(-1) - write_weights.unsqueeze(-2)
+    new_link = torch.baddbmm(scale * link, write_weights.unsqueeze(-1), prev_precedence.unsqueeze(-2))
+    new_link.diagonal(dim1=-2, dim2=-1).zero_()
+    return new_link
+
+
+def directional_weights(link: Tensor, prev_read_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """
+    DNC forward and backward weightings: ``f = L w`` and ``b = L^T w`` for every read head.
+
+    :param link: (B, N, N)
+    :param prev_read_weights: (B, R, N)
+    :return: forward, backward, each (B, R, N)
+    """
+    forward = torch.bmm(prev_read_weights, link.transpose(1, 2))
+    backward = torch.bmm(prev_read_weights, link)
+    return forward, backward
+
+
+def read_weights(backward: Tensor, content: Tensor, forward: Tensor, modes: Tensor) -> Tensor:
+    """
+    DNC read weighting: mix of backward, content and forward weightings by the read modes.
+
+    :param backward: (B, R, N)
+    :param content: (B, R, N)
+    :param forward: (B, R, N)
+    :param modes: (B, R, 3) ordered (backward, content, forward), each row a distribution
+    :return: (B, R, N)
+    """
+    return modes[..., 0:1] * backward + modes[..., 1:2] * content + modes[..., 2:3] * forward
