@@ -1,0 +1,137 @@
+"""A2C with an external-memory policy."""
+
+from typing import Any, ClassVar, Optional, TypeVar, Union
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import A2C
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
+from sb3_memory.common.policies import POLICY_ALIASES, MemoryActorCriticPolicy
+
+SelfMemoryA2C = TypeVar("SelfMemoryA2C", bound="MemoryA2C")
+
+
+class MemoryA2C(MemoryOnPolicyAlgorithm, A2C):
+    """
+    Advantage Actor Critic with a memory policy (NTM, DNC or LSTM core).
+
+    Same arguments and behaviour as :class:`stable_baselines3.A2C` (RMSprop by default), plus
+    ``sequence_length``. The single update per rollout backpropagates through chunks of
+    ``sequence_length`` steps, by default the whole rollout (``n_steps``, if at most 32).
+
+    :param sequence_length: chunk length; must divide ``n_steps``
+    The other parameters are those of :class:`stable_baselines3.A2C`.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = POLICY_ALIASES  # type: ignore[assignment]
+    policy: MemoryActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: Union[str, type[MemoryActorCriticPolicy]],
+        env: Union[GymEnv, str],
+        learning_rate: Union[float, Schedule] = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        rms_prop_eps: float = 1e-5,
+        use_rms_prop: bool = True,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        normalize_advantage: bool = False,
+        sequence_length: Optional[int] = None,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
+        policy_kwargs: Optional[dict[str, Any]] = None,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[th.device, str] = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            rms_prop_eps=rms_prop_eps,
+            use_rms_prop=use_rms_prop,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            normalize_advantage=normalize_advantage,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        self.sequence_length = self._check_sequence_length(sequence_length, None)
+        if _init_setup_model:
+            self._setup_model()
+
+    def train(self) -> None:
+        """A2C's update (as in :meth:`stable_baselines3.A2C.train`), replaying the rollout's chunks."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        for rollout_data in self.rollout_buffer.get(batch_size=None):
+            actions = rollout_data.actions
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.long().flatten()
+            values, log_prob, entropy = self.policy.evaluate_actions(
+                rollout_data.observations, actions, rollout_data.states, rollout_data.episode_starts
+            )
+            values = values.flatten()
+            advantages = rollout_data.advantages
+            if self.normalize_advantage:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            policy_loss = -(advantages * log_prob).mean()
+            value_loss = F.mse_loss(rollout_data.returns, values)
+            entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self._n_updates += 1
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/entropy_loss", entropy_loss.item())
+        self.logger.record("train/policy_loss", policy_loss.item())
+        self.logger.record("train/value_loss", value_loss.item())
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
+    def learn(
+        self: SelfMemoryA2C,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str = "MemoryA2C",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfMemoryA2C:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

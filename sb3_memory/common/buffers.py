@@ -1,0 +1,157 @@
+"""Rollout buffers that serve whole sequence chunks together with the memory state at their start."""
+
+from collections.abc import Generator
+from typing import NamedTuple, Optional, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.type_aliases import TensorDict
+
+
+class MemoryRolloutBufferSamples(NamedTuple):
+    """
+    A minibatch of B chunks of T steps. Per-step fields are flattened time-major, ``(T * B, ...)``:
+    row ``t * B + b`` is step t of chunk b.
+    """
+
+    observations: Union[th.Tensor, TensorDict]
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    episode_starts: th.Tensor
+    states: th.Tensor  # (B, state_size): the flat memory state before each chunk's first step
+
+
+class ChunkedStateMixin:
+    """
+    Splits each environment's rollout into chunks of ``sequence_length`` steps and stores the
+    policy's flat memory state only at the start of each chunk, on the policy's device. Episode
+    starts inside a chunk are replayed by the core (``episode_starts``), so no padding is needed.
+
+    The state is allocated at the first :meth:`add` (its size comes from the policy).
+    """
+
+    buffer_size: int
+    n_envs: int
+    device: th.device
+    pos: int
+    full: bool
+    generator_ready: bool
+
+    def _init_chunks(self, sequence_length: int) -> None:
+        if sequence_length < 1 or self.buffer_size % sequence_length != 0:
+            raise ValueError(
+                f"sequence_length={sequence_length} must divide n_steps={self.buffer_size}: "
+                "choose a divisor of n_steps (or change n_steps)"
+            )
+        self.sequence_length = sequence_length
+        self.chunks_per_env = self.buffer_size // sequence_length
+        self.chunk_states: Optional[th.Tensor] = None
+
+    def add_state(self, states: th.Tensor) -> None:
+        """Record the state of every env before the step about to be added, if it starts a chunk."""
+        if self.pos % self.sequence_length != 0:
+            return
+        if self.chunk_states is None or self.chunk_states.shape[-1] != states.shape[-1]:
+            self.chunk_states = th.zeros((self.chunks_per_env, self.n_envs, states.shape[-1]), device=self.device)
+        self.chunk_states[self.pos // self.sequence_length] = states
+
+    def get(self, batch_size: Optional[int] = None) -> Generator[MemoryRolloutBufferSamples, None, None]:  # type: ignore[override]
+        """
+        Minibatches of whole chunks in random order.
+
+        :param batch_size: transitions per minibatch, a multiple of ``sequence_length``
+            (None: the whole rollout at once)
+        """
+        assert self.full, "the rollout buffer must be full before sampling"
+        total = self.buffer_size * self.n_envs
+        if batch_size is None:
+            batch_size = total
+        if batch_size % self.sequence_length != 0:
+            raise ValueError(
+                f"batch_size={batch_size} is not a multiple of sequence_length={self.sequence_length}: "
+                "minibatches are made of whole chunks, so pick a batch_size that is a multiple of it"
+            )
+        if not self.generator_ready:
+            # Env-major flattening makes each chunk a contiguous block of sequence_length rows.
+            for name in ("observations", "actions", "values", "log_probs", "advantages", "returns", "episode_starts"):
+                value = getattr(self, name)
+                if isinstance(value, dict):
+                    setattr(self, name, {key: self.swap_and_flatten(array) for key, array in value.items()})
+                else:
+                    setattr(self, name, self.swap_and_flatten(value))
+            self.generator_ready = True
+        assert self.chunk_states is not None
+        # Same chunk order as the flattened arrays: chunk k = env * chunks_per_env + c.
+        states = self.chunk_states.transpose(0, 1).reshape(total // self.sequence_length, -1)
+        order = np.random.permutation(total // self.sequence_length)
+        per_batch = batch_size // self.sequence_length
+        for start in range(0, len(order), per_batch):
+            yield self._get_chunk_samples(order[start : start + per_batch], states)
+
+    def _get_chunk_samples(self, chunk_ids: np.ndarray, states: th.Tensor) -> MemoryRolloutBufferSamples:
+        rows = (chunk_ids[None, :] * self.sequence_length + np.arange(self.sequence_length)[:, None]).reshape(-1)
+        observations = self.observations  # type: ignore[attr-defined]
+        if isinstance(observations, dict):
+            obs = {key: self.to_torch(array[rows]) for key, array in observations.items()}
+        else:
+            obs = self.to_torch(observations[rows])
+        return MemoryRolloutBufferSamples(
+            observations=obs,
+            actions=self.to_torch(self.actions[rows]),  # type: ignore[attr-defined]
+            old_values=self.to_torch(self.values[rows].flatten()),  # type: ignore[attr-defined]
+            old_log_prob=self.to_torch(self.log_probs[rows].flatten()),  # type: ignore[attr-defined]
+            advantages=self.to_torch(self.advantages[rows].flatten()),  # type: ignore[attr-defined]
+            returns=self.to_torch(self.returns[rows].flatten()),  # type: ignore[attr-defined]
+            episode_starts=self.to_torch(self.episode_starts[rows].flatten()),  # type: ignore[attr-defined]
+            states=states[th.as_tensor(chunk_ids, device=states.device)],
+        )
+
+    def state_nbytes_per_transition(self) -> float:
+        """Bytes of stored memory state per stored transition."""
+        if self.chunk_states is None:
+            return 0.0
+        return self.chunk_states.element_size() * self.chunk_states.nelement() / (self.buffer_size * self.n_envs)
+
+
+class MemoryRolloutBuffer(ChunkedStateMixin, RolloutBuffer):
+    """
+    :class:`~stable_baselines3.common.buffers.RolloutBuffer` that also stores the memory state at
+    the start of each ``sequence_length`` chunk and yields :class:`MemoryRolloutBufferSamples`.
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: Union[th.device, str] = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        sequence_length: int = 1,
+    ) -> None:
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
+        self._init_chunks(sequence_length)
+
+
+class MemoryDictRolloutBuffer(ChunkedStateMixin, DictRolloutBuffer):
+    """Dict-observation version of :class:`MemoryRolloutBuffer`."""
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        device: Union[th.device, str] = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        sequence_length: int = 1,
+    ) -> None:
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
+        self._init_chunks(sequence_length)

@@ -1,0 +1,338 @@
+"""Actor-critic policies whose features pass through an external-memory core."""
+
+import inspect
+from typing import Any, ClassVar, Optional, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+)
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+from sb3_memory.memory import CORES, MemoryCore
+
+CRITIC_MEMORY_MODES = ("shared", "separate", "none")
+
+
+class MemoryActorCriticPolicy(ActorCriticPolicy):
+    """
+    Actor-critic policy with a memory core between the features extractor and the MLP heads:
+    features extractor -> core (NTM, DNC or LSTM) -> ``MlpExtractor(net_arch)`` -> action / value.
+
+    The recurrent state is one flat ``(n_envs, state_size)`` tensor (see
+    :meth:`MemoryCore.flatten_state`), so rollout buffers, ``predict`` and ``evaluate_policy``
+    handle it as a plain array. All methods that take a state take ``episode_starts`` too: rows
+    that start an episode are reset to the initial state before they are processed.
+
+    Sequences are passed flattened time-major: ``obs`` of shape ``(T * B, ...)`` with the state
+    of the B sequences at their first step, ``(B, state_size)``; rollouts use T = 1.
+
+    :param critic_memory: ``"shared"``: one core feeds both heads (the value loss trains it too);
+        ``"separate"``: the critic has its own core of the same configuration (twice the state);
+        ``"none"``: the critic sees only the current features, through a linear layer
+    :param core_kwargs: the core's keyword arguments (``memory_units``, ``memory_unit_size``,
+        ``num_read_heads``, ``controller_dim``, ``controller``, ``shift_range``, ...); see
+        :class:`~sb3_memory.memory.NTMCell`, :class:`~sb3_memory.memory.DNCCell`,
+        :class:`~sb3_memory.memory.LSTMCore`
+    The other parameters are those of :class:`~stable_baselines3.common.policies.ActorCriticPolicy`;
+    ``features_extractor_class`` defaults to the policy class's ``default_features_extractor``.
+    """
+
+    core_name: ClassVar[str] = "ntm"
+    default_features_extractor: ClassVar[type[BaseFeaturesExtractor]] = FlattenExtractor
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        net_arch: Optional[Union[list[int], dict[str, list[int]]]] = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: Optional[type[BaseFeaturesExtractor]] = None,
+        features_extractor_kwargs: Optional[dict[str, Any]] = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: Optional[dict[str, Any]] = None,
+        critic_memory: str = "shared",
+        **core_kwargs: Any,
+    ) -> None:
+        if critic_memory not in CRITIC_MEMORY_MODES:
+            raise ValueError(f"critic_memory must be one of {CRITIC_MEMORY_MODES}, got {critic_memory!r}")
+        if critic_memory == "shared" and not share_features_extractor:
+            raise ValueError(
+                "critic_memory='shared' feeds one core from one features extractor: set "
+                "share_features_extractor=True, or use critic_memory='separate' or 'none'"
+            )
+        core_class = CORES[self.core_name]
+        accepted = set(inspect.signature(core_class.__init__).parameters) - {"self", "input_dim"}
+        unknown = sorted(set(core_kwargs) - accepted)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s) {unknown}; the {self.core_name} core "
+                f"accepts {sorted(accepted)}, and the policy accepts ActorCriticPolicy's arguments and critic_memory"
+            )
+        self.critic_memory = critic_memory
+        self.core_kwargs = core_kwargs
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=net_arch,
+            activation_fn=activation_fn,
+            ortho_init=ortho_init,
+            use_sde=use_sde,
+            log_std_init=log_std_init,
+            full_std=full_std,
+            use_expln=use_expln,
+            squash_output=squash_output,
+            features_extractor_class=features_extractor_class or self.default_features_extractor,
+            features_extractor_kwargs=features_extractor_kwargs,
+            share_features_extractor=share_features_extractor,
+            normalize_images=normalize_images,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+        )
+
+    def _build_mlp_extractor(self) -> None:
+        # Called by ActorCriticPolicy._build: the cores sit before the MLP, so they are built here.
+        self.core: MemoryCore = CORES[self.core_name](input_dim=self.features_dim, **self.core_kwargs)
+        self.critic_core: Optional[MemoryCore] = None
+        self.critic_projection: Optional[nn.Linear] = None
+        if self.critic_memory == "separate":
+            self.critic_core = CORES[self.core_name](input_dim=self.features_dim, **self.core_kwargs)
+        elif self.critic_memory == "none":
+            self.critic_projection = nn.Linear(self.features_dim, self.core.output_dim)
+        self._actor_state_size = self.core.state_size
+        self.features_dim = self.core.output_dim
+        super()._build_mlp_extractor()
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(critic_memory=self.critic_memory, **self.core_kwargs)
+        return data
+
+    @property
+    def state_size(self) -> int:
+        """Size of the flat recurrent state of one environment."""
+        return self._actor_state_size + (self.critic_core.state_size if self.critic_core is not None else 0)
+
+    def initial_state(self, n_envs: int) -> th.Tensor:
+        """Flat initial state, ``(n_envs, state_size)``, on the policy's device."""
+        states = [self.core.flatten_state(self.core.initial_state(n_envs, self.device))]
+        if self.critic_core is not None:
+            states.append(self.critic_core.flatten_state(self.critic_core.initial_state(n_envs, self.device)))
+        return th.cat(states, dim=1)
+
+    def memory_diagnostics(self, state: th.Tensor) -> dict[str, float]:
+        """Statistics of the actor core's state (usage, weighting entropies), for logging."""
+        return self.core.diagnostics(self.core.unflatten_state(state[:, : self._actor_state_size]))
+
+    def _check_state(self, state: th.Tensor, batch: int) -> None:
+        if state.dim() != 2 or state.shape[1] != self.state_size:
+            raise ValueError(
+                f"state must have shape (n_envs, {self.state_size}) for this policy, got {tuple(state.shape)}: "
+                "pass the state returned by the previous call (or None to start afresh)"
+            )
+        if batch % state.shape[0] != 0:
+            raise ValueError(f"{batch} observations cannot be split into sequences of {state.shape[0]} environments")
+
+    def _run_cores(
+        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """
+        Features of flattened time-major sequences through the core(s).
+
+        :return: actor latent, critic latent (both ``(T * B, core.output_dim)``) and the new state
+        """
+        n_seq = state.shape[0]
+        features = self.extract_features(obs)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        self._check_state(state, pi_features.shape[0])
+        starts = episode_starts.reshape(-1, n_seq)
+        actor_state = self.core.unflatten_state(state[:, : self._actor_state_size])
+        latent_pi, actor_state = self.core.forward_sequence(pi_features.reshape(-1, n_seq, self.core.input_dim), actor_state, starts)
+        new_states = [self.core.flatten_state(actor_state)]
+        latent_pi = latent_pi.reshape(-1, latent_pi.shape[-1])
+        if self.critic_core is not None:
+            critic_state = self.critic_core.unflatten_state(state[:, self._actor_state_size :])
+            latent_vf, critic_state = self.critic_core.forward_sequence(
+                vf_features.reshape(-1, n_seq, self.critic_core.input_dim), critic_state, starts
+            )
+            latent_vf = latent_vf.reshape(-1, latent_vf.shape[-1])
+            new_states.append(self.critic_core.flatten_state(critic_state))
+        elif self.critic_projection is not None:
+            latent_vf = self.critic_projection(vf_features)
+        else:
+            latent_vf = latent_pi
+        new_state = new_states[0] if len(new_states) == 1 else th.cat(new_states, dim=1)
+        return latent_pi, latent_vf, new_state
+
+    def forward(  # type: ignore[override]
+        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, deterministic: bool = False
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        """
+        One rollout step: actions, values, log-probabilities and the new state.
+        """
+        latent_pi, latent_vf, state = self._run_cores(obs, state, episode_starts)
+        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, values, log_prob, state
+
+    def get_distribution(  # type: ignore[override]
+        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor
+    ) -> tuple[Distribution, th.Tensor]:
+        """Action distribution and the new state."""
+        latent_pi, _, state = self._run_cores(obs, state, episode_starts)
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), state
+
+    def predict_values(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:  # type: ignore[override]
+        """Values of the observations under the given state."""
+        _, latent_vf, _ = self._run_cores(obs, state, episode_starts)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+    def evaluate_actions(  # type: ignore[override]
+        self, obs: PyTorchObs, actions: th.Tensor, state: th.Tensor, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
+        """
+        Values, log-likelihoods and entropies for flattened time-major sequences (training).
+
+        :param state: state of each sequence at its first step, ``(B, state_size)``
+        :param episode_starts: ``(T * B,)``
+        """
+        latent_pi, latent_vf, _ = self._run_cores(obs, state, episode_starts)
+        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def _predict(  # type: ignore[override]
+        self, observation: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, deterministic: bool = False
+    ) -> tuple[th.Tensor, th.Tensor]:
+        distribution, state = self.get_distribution(observation, state, episode_starts)
+        return distribution.get_actions(deterministic=deterministic), state
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: Union[np.ndarray, dict[str, np.ndarray]],
+        state: Optional[np.ndarray] = None,
+        episode_start: Optional[np.ndarray] = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Action for an observation, with the recurrent state passed back and forth as NumPy.
+
+        :param observation: one observation or a batch from a VecEnv
+        :param state: the state returned by the previous call, or None to start afresh
+        :param episode_start: which environments start a new episode (resets their state)
+        :param deterministic: return the mode of the action distribution
+        :return: the action(s) and the new state, ``(n_envs, state_size)``
+        """
+        self.set_training_mode(False)
+        obs_tensor, vectorized_env = self.obs_to_tensor(observation)
+        n_envs = (next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor).shape[0]
+        with th.no_grad():
+            if state is None:
+                state_tensor = self.initial_state(n_envs)
+            else:
+                state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=self.device).reshape(n_envs, -1)
+            if episode_start is None:
+                starts = th.zeros(n_envs, device=self.device)
+            else:
+                starts = th.as_tensor(np.asarray(episode_start), dtype=th.float32, device=self.device).reshape(n_envs)
+            actions, state_tensor = self._predict(obs_tensor, state_tensor, starts, deterministic=deterministic)
+        actions = actions.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        if isinstance(self.action_space, spaces.Box):
+            if self.squash_output:
+                actions = self.unscale_action(actions)
+            else:
+                actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if not vectorized_env:
+            actions = actions.squeeze(axis=0)
+        return actions, state_tensor.cpu().numpy()
+
+
+class NTMPolicy(MemoryActorCriticPolicy):
+    """:class:`MemoryActorCriticPolicy` with a Neural Turing Machine core, for vector observations."""
+
+    core_name = "ntm"
+
+
+class DNCPolicy(MemoryActorCriticPolicy):
+    """:class:`MemoryActorCriticPolicy` with a Differentiable Neural Computer core, for vector observations."""
+
+    core_name = "dnc"
+
+
+class LSTMPolicy(MemoryActorCriticPolicy):
+    """:class:`MemoryActorCriticPolicy` with a plain LSTM core (no external memory), for control runs."""
+
+    core_name = "lstm"
+
+
+class CnnNTMPolicy(NTMPolicy):
+    """NTM policy for image observations (NatureCNN features)."""
+
+    default_features_extractor = NatureCNN
+
+
+class CnnDNCPolicy(DNCPolicy):
+    """DNC policy for image observations (NatureCNN features)."""
+
+    default_features_extractor = NatureCNN
+
+
+class CnnLSTMPolicy(LSTMPolicy):
+    """LSTM-core policy for image observations (NatureCNN features)."""
+
+    default_features_extractor = NatureCNN
+
+
+class MultiInputNTMPolicy(NTMPolicy):
+    """NTM policy for Dict observations (CombinedExtractor features)."""
+
+    default_features_extractor = CombinedExtractor
+
+
+class MultiInputDNCPolicy(DNCPolicy):
+    """DNC policy for Dict observations (CombinedExtractor features)."""
+
+    default_features_extractor = CombinedExtractor
+
+
+class MultiInputLSTMPolicy(LSTMPolicy):
+    """LSTM-core policy for Dict observations (CombinedExtractor features)."""
+
+    default_features_extractor = CombinedExtractor
+
+
+POLICY_ALIASES: dict[str, type[MemoryActorCriticPolicy]] = {
+    cls.__name__: cls
+    for cls in (
+        NTMPolicy,
+        DNCPolicy,
+        LSTMPolicy,
+        CnnNTMPolicy,
+        CnnDNCPolicy,
+        CnnLSTMPolicy,
+        MultiInputNTMPolicy,
+        MultiInputDNCPolicy,
+        MultiInputLSTMPolicy,
+    )
+}

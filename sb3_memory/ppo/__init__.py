@@ -1,0 +1,3 @@
+from sb3_memory.ppo.ppo import MemoryPPO
+
+__all__ = ["MemoryPPO"]
