@@ -62,13 +62,24 @@ def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
     :param shift: (B, H, 2k + 1), with 2k + 1 <= N
     :return: (B, H, N)
     """
-    n = weights.shape[-1]
-    k = (shift.shape[-1] - 1) // 2
-    # Pad circularly so that each output slot sees its 2k+1 neighbours as one contiguous window:
-    # window i holds w[i-k .. i+k]; offset o reads w[i - o], i.e. the window reversed.
-    padded = torch.cat([weights[..., n - k :], weights, weights[..., :k]], dim=-1)
-    windows = padded.unfold(-1, 2 * k + 1, 1)  # (B, H, N, 2k+1)
-    return torch.einsum("bhns,bhs->bhn", windows, shift.flip(-1))
+    n, size = weights.shape[-1], shift.shape[-1]
+    # windows[..., i, o] = w[(i - (o - k)) mod N]: one gather and one batched matrix product,
+    # cheaper to differentiate than padding, unfolding and flipping.
+    windows = weights[..., _shift_index(n, size, weights.device)]  # (B, H, N, 2k+1)
+    return torch.matmul(windows, shift.unsqueeze(-1)).squeeze(-1)
+
+
+def _shift_index(n: int, size: int, device: torch.device) -> Tensor:
+    key = (n, size, device)
+    if key not in _SHIFT_INDEX_CACHE:
+        k = (size - 1) // 2
+        slots = torch.arange(n, device=device).unsqueeze(1)
+        offsets = torch.arange(size, device=device).unsqueeze(0) - k
+        _SHIFT_INDEX_CACHE[key] = (slots - offsets) % n
+    return _SHIFT_INDEX_CACHE[key]
+
+
+_SHIFT_INDEX_CACHE: dict[tuple[int, int, torch.device], Tensor] = {}
 
 
 def sharpen(weights: Tensor, gamma: Tensor, eps: float = 1e-12) -> Tensor:
@@ -81,8 +92,8 @@ def sharpen(weights: Tensor, gamma: Tensor, eps: float = 1e-12) -> Tensor:
         weighting still normalises
     :return: (B, H, N)
     """
-    powered = (weights.clamp_min(eps)).pow(gamma.unsqueeze(-1))
-    return powered / powered.sum(dim=-1, keepdim=True)
+    # w^g / sum w^g == softmax(g * log w): stable, and far cheaper to differentiate than pow.
+    return torch.softmax(gamma.unsqueeze(-1) * weights.clamp_min(eps).log(), dim=-1)
 
 
 def read(memory: Tensor, weights: Tensor) -> Tensor:

@@ -155,10 +155,11 @@ class MemoryCore(nn.Module):
             resets = episode_starts.any(dim=1).tolist()
         step = self._step_function()
         outputs = []
-        for t in range(x.shape[0]):
+        # unbind, not projected[t]: indexing would make backward write T full-size gradients.
+        for t, projected_t in enumerate(projected.unbind(0)):
             if resets[t]:
                 state = self.reset_state(state, episode_starts[t])
-            output, state = step(projected[t], state)
+            output, state = step(projected_t, state)
             outputs.append(output)
         features = torch.stack(outputs)
         if not torch.isfinite(features).all():

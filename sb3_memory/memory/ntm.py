@@ -115,24 +115,26 @@ class NTMCell(MemoryCore):
         output, hidden, cell = self.controller.step(
             projected_input, state.read_vectors.reshape(batch, -1), state.controller_hidden, state.controller_cell
         )
-        interface = self.interface(output)
-        split = (reads + writes) * self._head_params
-        heads = interface[:, :split].view(batch, reads + writes, self._head_params)
-        erase = torch.sigmoid(interface[:, split : split + writes * w]).view(batch, writes, w)
-        add = torch.tanh(interface[:, split + writes * w :]).view(batch, writes, w)
-
-        keys = torch.tanh(heads[..., :w])
-        strengths = F.softplus(heads[..., w])
-        gates = torch.sigmoid(heads[..., w + 1])
-        shifts = torch.softmax(heads[..., w + 2 : -1], dim=-1)
-        gammas = 1.0 + F.softplus(heads[..., -1])
+        heads, erase, add = torch.split(
+            self.interface(output), ((reads + writes) * self._head_params, writes * w, writes * w), dim=1
+        )
+        keys, strengths, gates, shifts, gammas = torch.split(
+            heads.view(batch, reads + writes, self._head_params), (w, 1, 1, 2 * self.shift_range + 1, 1), dim=-1
+        )
+        keys = torch.tanh(keys)
+        strengths = F.softplus(strengths.squeeze(-1))
+        gates = torch.sigmoid(gates.squeeze(-1))
+        shifts = torch.softmax(shifts, dim=-1)
+        gammas = 1.0 + F.softplus(gammas.squeeze(-1))
+        erase = torch.sigmoid(erase).view(batch, writes, w)
+        add = torch.tanh(add).view(batch, writes, w)
 
         previous = torch.cat([state.read_weights, state.write_weights], dim=1)
         weights = addressing.content_weights(state.memory, keys, strengths)
         weights = addressing.interpolate(weights, previous, gates)
         weights = addressing.circular_shift(weights, shifts)
         weights = addressing.sharpen(weights, gammas)
-        read_weights, write_weights = weights[:, :reads], weights[:, reads:]
+        read_weights, write_weights = torch.split(weights, (reads, writes), dim=1)
 
         memory = addressing.write(state.memory, write_weights, erase, add)
         read_vectors = addressing.read(memory, read_weights)
