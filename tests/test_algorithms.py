@@ -263,19 +263,10 @@ def test_check_test_envs(env_fn):
         assert 3 <= length <= 10
 
 
-MULTI_BINARY_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="ChunkedStateMixin._get_chunk_samples returns the buffer's actions in the action space's dtype "
-    "(int8 for MultiBinary) instead of float32 as SB3's RolloutBuffer._get_samples does, so "
-    "Bernoulli.log_prob fails in train(): 'result type Float can't be cast to the desired output type Char'",
-)
-
-
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("policy", VECTOR_POLICIES)
 @pytest.mark.parametrize(
-    "env", ["CartPole-v1", "Pendulum-v1", multi_discrete_env, pytest.param(multi_binary_env, marks=MULTI_BINARY_BUG)]
+    "env", ["CartPole-v1", "Pendulum-v1", multi_discrete_env, multi_binary_env]
 )
 def test_action_spaces(algo, policy, env):
     model = make_model(algo, policy, env)
@@ -817,12 +808,6 @@ def test_predict_wrong_state_size(bad_shape):
         model.predict(obs, state)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MemoryActorCriticPolicy.predict reshapes the state to (n_envs, -1) before validating it: a state "
-    "whose size is not a multiple of n_envs raises torch's RuntimeError, and a (state_size, n_envs) array "
-    "is silently reinterpreted",
-)
 @pytest.mark.parametrize("bad_shape", ["one_row_for_five_envs", "transposed"])
 def test_predict_wrong_state_layout_raises_value_error(bad_shape):
     model = make_model(MemoryPPO, "NTMPolicy", "CartPole-v1")

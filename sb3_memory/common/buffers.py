@@ -102,7 +102,8 @@ class ChunkedStateMixin:
             obs = self.to_torch(observations[rows])
         return MemoryRolloutBufferSamples(
             observations=obs,
-            actions=self.to_torch(self.actions[rows]),  # type: ignore[attr-defined]
+            # Float actions, as SB3's RolloutBuffer serves them (MultiBinary is stored as int8).
+            actions=self.to_torch(self.actions[rows].astype(np.float32, copy=False)),  # type: ignore[attr-defined]
             old_values=self.to_torch(self.values[rows].flatten()),  # type: ignore[attr-defined]
             old_log_prob=self.to_torch(self.log_probs[rows].flatten()),  # type: ignore[attr-defined]
             advantages=self.to_torch(self.advantages[rows].flatten()),  # type: ignore[attr-defined]

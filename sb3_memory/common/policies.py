@@ -251,7 +251,12 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             if state is None:
                 state_tensor = self.initial_state(n_envs)
             else:
-                state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=self.device).reshape(n_envs, -1)
+                state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=self.device)
+                if state_tensor.shape != (n_envs, self.state_size):
+                    raise ValueError(
+                        f"state must have shape ({n_envs}, {self.state_size}) for {n_envs} observation(s), got "
+                        f"{tuple(state_tensor.shape)}: pass the state returned by the previous predict (or None)"
+                    )
             if episode_start is None:
                 starts = th.zeros(n_envs, device=self.device)
             else:
