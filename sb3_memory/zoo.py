@@ -1,0 +1,470 @@
+"""
+rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` algorithms, Optuna samplers
+and a thin command-line wrapper around rl-zoo3's own entry points.
+
+Usage (the flags after the subcommand are exactly rl-zoo3's; the wrapper only strips the subcommand)::
+
+    python -m sb3_memory.zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf zoo_configs/memory_ppo.yml
+    python -m sb3_memory.zoo enjoy --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -f logs --no-render
+    python -m sb3_memory.zoo train --algo memory_ppo --env CartPoleNoVel-v1 -conf zoo_configs/memory_ppo.yml \
+        -optimize --storage tuning/cartpole.log --study-name memory_ppo_cartpole --n-trials 20 --no-optim-plots
+
+``sb3-memory-zoo`` (console script) is the same as ``python -m sb3_memory.zoo``. Subcommands: ``train``
+(``-optimize`` included), ``enjoy``, ``record_video`` and rl-zoo3's plot scripts (``plot_train``,
+``plot_from_file``, ``all_plots``; they need ``rl_zoo3[plots]``). There is no default config for our
+algorithms inside rl-zoo3, so ``train`` needs ``-conf zoo_configs/<algo>.yml`` (or your own file).
+The ``sb3_memory/...`` tasks have no ``"human"`` render mode: ``enjoy`` them with ``--no-render``
+(``record_video`` works, through their ``"rgb_array"`` mode).
+
+Why a wrapper: rl-zoo3 builds its ``--algo`` choices from ``rl_zoo3.utils.ALGOS`` when the parser
+is built, before ``--gym-packages`` modules are imported, so ``python -m rl_zoo3.train --algo memory_ppo
+--gym-packages sb3_memory.zoo`` is rejected. Importing this module registers everything first.
+
+Importing this module (idempotent, see :func:`register`):
+
+* adds ``memory_ppo`` (:class:`~sb3_memory.MemoryPPO`) and ``memory_a2c`` (:class:`~sb3_memory.MemoryA2C`)
+  to rl-zoo3's ``ALGOS``, their samplers to ``HYPERPARAMS_SAMPLER`` and converters to
+  ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
+* registers the ``sb3_memory/...`` tasks and rl-zoo3's ``...NoVel`` envs with gymnasium;
+* patches three methods of ``rl_zoo3.exp_manager.ExperimentManager`` (each keeps the original and
+  calls it):
+
+  - ``objective``: rl-zoo3 does ``kwargs.update(sampled_hyperparams)``, which *replaces* the
+    config's ``policy_kwargs`` by the sampled ones (e.g. ``critic_memory``, ``controller``,
+    ``ortho_init`` would be lost), and samplers are not given the config. For our algorithms the
+    patch exposes the preprocessed config hyperparameters to the sampler (a ``ContextVar``, so it
+    is per Optuna thread with ``--n-jobs``) and the sampler returns ``policy_kwargs`` merged.
+  - ``load_trial`` (``--storage ... --study-name ... --trial-id N``): same merge, for our algorithms.
+  - ``hyperparameters_optimization``: rl-zoo3 writes its report with ``study.trials_dataframe()``,
+    which needs pandas (only in ``rl_zoo3[plots]``); when pandas is missing the report CSV is
+    written with the ``csv`` module instead of crashing after all trials ran.
+
+* for ``enjoy`` only: ``rl_zoo3.enjoy`` imports ``requests`` (via ``load_from_hub``) without
+  declaring it; when it is not installed that one import gets a stand-in (see ``_requests_stub``).
+
+**policy_kwargs merge rule** (``-optimize`` and ``--trial-id``): final ``policy_kwargs`` =
+config ``policy_kwargs`` (after ``-params`` overrides, evaluated by rl-zoo3) updated with the sampled
+ones; on a conflicting key the **sampled value wins**. Sampled keys: ``net_arch``, ``activation_fn``
+and the memory shape keys the policy's core accepts (NTM/DNC: ``memory_units``, ``memory_unit_size``,
+``num_read_heads``, ``controller_dim``; LSTM: ``controller_dim``). Everything else in the config
+(``critic_memory``, ``controller``, ``ortho_init``, ``shift_range``, ...) survives. Top-level
+hyperparameters follow rl-zoo3's rule (sampled ones replace the config's, the rest survive).
+With ``--trial-id``, a ``-params policy_kwargs:...`` still replaces the whole dict (rl-zoo3 applies
+``-params`` last); also note rl-zoo3 ignores ``--trial-id 0`` (it tests ``if self.trial_id``).
+
+Recurrent treatment: rl-zoo3 2.9.2 hardcodes no list of recurrent algorithms. ``enjoy.py`` and
+``record_video.py`` call ``model.predict(obs, state=..., episode_start=..., deterministic=...)`` for
+every algorithm and feed the returned state back; evaluation (``EvalCallback``,
+``TrialEvalCallback``) goes through SB3's ``evaluate_policy``, which does the same. The only
+``ppo_lstm`` special case is the Hugging Face model listing (``utils.get_hf_trained_models``).
+So no list needed patching; ``tests/test_zoo.py`` checks that enjoy threads our state.
+
+Distributed tuning: start several workers with the same ``--storage`` and ``--study-name``. A
+``--storage`` path ending in ``.log`` becomes ``JournalStorage(JournalFileBackend(path))`` in rl-zoo3
+(file-locked, safe for processes on one machine or a shared file system; the folder is created); any
+other value is passed to Optuna as an RDB URL (``sqlite:///...``, ``postgresql://...``). Without
+``--study-name`` every worker gets its own random study (rl-zoo3 only warns). ``--n-trials`` counts per
+worker, ``--max-total-trials`` across workers. Do not give all workers the same ``--seed`` (the seed
+also seeds the TPE sampler, so they would propose the same trials); the default (-1) is random. Give
+each worker its own ``--log-folder`` (or ``-uuid``) so their report files do not collide.
+"""
+
+import contextlib
+import csv
+import importlib
+import importlib.util
+import inspect
+import math
+import runpy
+import sys
+import types
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import optuna
+import yaml
+from rl_zoo3 import exp_manager as _zoo_exp_manager
+from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
+from rl_zoo3.utils import ALGOS, get_class_by_name
+
+import sb3_memory.envs
+from sb3_memory.a2c import MemoryA2C
+from sb3_memory.common.policies import POLICY_ALIASES, MemoryActorCriticPolicy
+from sb3_memory.memory import CORES
+from sb3_memory.ppo import MemoryPPO
+
+__all__ = [
+    "MEMORY_ALGOS",
+    "MEMORY_SHAPE_SPACE",
+    "convert_memory_onpolicy_params",
+    "main",
+    "register",
+    "sample_memory_a2c_params",
+    "sample_memory_ppo_params",
+]
+
+#: rl-zoo3 names of our algorithms.
+MEMORY_ALGOS = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}
+
+#: Memory shape search space (policy_kwargs keys); only the keys the policy's core accepts are sampled.
+MEMORY_SHAPE_SPACE: dict[str, list[int]] = {
+    "memory_units": [16, 32, 64],
+    "memory_unit_size": [8, 16, 32],
+    "num_read_heads": [1, 2, 4],
+    "controller_dim": [32, 64, 128],
+}
+#: Candidate chunk lengths for truncated BPTT. The trial parameter is ``max_sequence_length``; the
+#: sequence length used is its gcd with ``n_steps`` (and ``batch_size``), i.e. a divisor of both
+#: (all candidates are powers of two, so it is ``min(max_sequence_length, n_steps, batch_size)``).
+MAX_SEQUENCE_LENGTHS = [8, 16, 32, 64]
+
+# Hyperparameters of the ExperimentManager whose objective is running (see _objective).
+_CONFIG_HYPERPARAMS: ContextVar[Optional[dict[str, Any]]] = ContextVar("sb3_memory_zoo_config", default=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers
+# --------------------------------------------------------------------------------------------
+
+
+def _policy_class(policy: Any) -> Optional[type]:
+    if isinstance(policy, str):
+        if policy in POLICY_ALIASES:
+            return POLICY_ALIASES[policy]
+        if "." in policy:
+            return get_class_by_name(policy)
+        return None
+    return policy if isinstance(policy, type) else None
+
+
+def _memory_shape_keys(policy: Any) -> list[str]:
+    """The keys of :data:`MEMORY_SHAPE_SPACE` that the policy's core accepts (all of them if unknown)."""
+    policy_class = _policy_class(policy)
+    if policy_class is None or not issubclass(policy_class, MemoryActorCriticPolicy):
+        return list(MEMORY_SHAPE_SPACE)
+    accepted = inspect.signature(CORES[policy_class.core_name].__init__).parameters
+    return [key for key in MEMORY_SHAPE_SPACE if key in accepted]
+
+
+def _config_hyperparams(additional_args: dict) -> dict[str, Any]:
+    """
+    The configuration the sampled values are merged into: ``additional_args["hyperparams"]`` when a
+    caller passes it, else the hyperparameters of the ExperimentManager whose objective is running.
+    """
+    if additional_args.get("hyperparams") is not None:
+        return additional_args["hyperparams"]
+    return _CONFIG_HYPERPARAMS.get() or {}
+
+
+def _evaluate_policy_kwargs(policy_kwargs: Any) -> dict[str, Any]:
+    if policy_kwargs is None:
+        return {}
+    if isinstance(policy_kwargs, str):
+        # As rl-zoo3's _preprocess_hyperparams does, with its module's names (nn, th, ...).
+        return eval(policy_kwargs, vars(_zoo_exp_manager))  # noqa: S307
+    return dict(policy_kwargs)
+
+
+def _merge_policy_kwargs(config_policy_kwargs: Any, hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """Config policy_kwargs updated with the sampled ones: sampled values win on conflicts."""
+    merged = {**_evaluate_policy_kwargs(config_policy_kwargs), **hyperparams.get("policy_kwargs", {})}
+    return {**hyperparams, "policy_kwargs": merged}
+
+
+def convert_memory_onpolicy_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """
+    Trial parameters -> algorithm hyperparameters (also rl-zoo3's ``HYPERPARAMS_CONVERTER`` for
+    ``--trial-id``): rl-zoo3's ``convert_onpolicy_params`` for the usual ones, memory shape keys
+    into ``policy_kwargs``, ``max_sequence_length`` -> ``sequence_length`` (a divisor of ``n_steps``
+    and, for PPO, of ``batch_size``). Not merged with any config.
+    """
+    params = dict(sampled_params)
+    memory_shape = {key: params.pop(key) for key in MEMORY_SHAPE_SPACE if key in params}
+    max_sequence_length = params.pop("max_sequence_length", None)
+    hyperparams = convert_onpolicy_params(params)
+    hyperparams["policy_kwargs"].update(memory_shape)
+    if max_sequence_length is not None:
+        hyperparams["sequence_length"] = math.gcd(
+            max_sequence_length, hyperparams["n_steps"], hyperparams.get("batch_size", hyperparams["n_steps"])
+        )
+    return hyperparams
+
+
+def _sample_memory_shape(trial: optuna.Trial, policy: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {key: trial.suggest_categorical(key, MEMORY_SHAPE_SPACE[key]) for key in _memory_shape_keys(policy)}
+    params["max_sequence_length"] = trial.suggest_categorical("max_sequence_length", MAX_SEQUENCE_LENGTHS)
+    return params
+
+
+def _finish(trial: optuna.Trial, params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    hyperparams = convert_memory_onpolicy_params(params)
+    # Display true values, as rl-zoo3's samplers do.
+    for key in ("gamma", "n_steps", "batch_size", "sequence_length"):
+        if key in hyperparams:
+            trial.set_user_attr(key, hyperparams[key])
+    return _merge_policy_kwargs(config.get("policy_kwargs"), hyperparams)
+
+
+def sample_memory_ppo_params(
+    trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
+) -> dict[str, Any]:
+    """
+    Sampler for MemoryPPO (rl-zoo3's ``HYPERPARAMS_SAMPLER["memory_ppo"]``).
+
+    rl-zoo3's PPO search space (``batch_size`` 32-512 and ``n_steps`` 32-2048 instead of 4-1024 and
+    32-4096: memory policies cost more per step), plus the memory shape (:data:`MEMORY_SHAPE_SPACE`,
+    the keys the policy's core accepts) and the TBPTT chunk length (``max_sequence_length``).
+    The returned ``policy_kwargs`` are the config's updated with the sampled ones (sampled wins).
+
+    :param additional_args: rl-zoo3's; an optional ``"hyperparams"`` entry (config hyperparameters,
+        ``policy`` and ``policy_kwargs`` are used) replaces those of the running ExperimentManager
+    """
+    config = _config_hyperparams(additional_args)
+    params = {
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),
+        "n_steps_pow": trial.suggest_int("n_steps_pow", 5, 11),
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 0.002, log=True),
+        "ent_coef": trial.suggest_float("ent_coef", 0.00000001, 0.1, log=True),
+        "clip_range": trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3, 0.4]),
+        "n_epochs": trial.suggest_categorical("n_epochs", [1, 5, 10, 20]),
+        "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 2),
+        "net_arch": trial.suggest_categorical("net_arch", ["tiny", "small", "medium"]),
+        "activation_fn": trial.suggest_categorical("activation_fn", ["tanh", "relu"]),
+    }
+    params.update(_sample_memory_shape(trial, config.get("policy")))
+    return _finish(trial, params, config)
+
+
+def sample_memory_a2c_params(
+    trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
+) -> dict[str, Any]:
+    """
+    Sampler for MemoryA2C (rl-zoo3's ``HYPERPARAMS_SAMPLER["memory_a2c"]``).
+
+    rl-zoo3's A2C search space (``n_steps`` in 8-512 instead of 32-2048), plus the memory shape and
+    ``max_sequence_length`` as in :func:`sample_memory_ppo_params`, with the same merge rule.
+    """
+    config = _config_hyperparams(additional_args)
+    params = {
+        "n_steps": trial.suggest_categorical("n_steps", [8, 16, 32, 64, 128, 256, 512]),
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 0.002, log=True),
+        "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 2),
+        "ent_coef": trial.suggest_float("ent_coef", 0.00000001, 0.1, log=True),
+        "net_arch": trial.suggest_categorical("net_arch", ["small", "medium"]),
+        "activation_fn": trial.suggest_categorical("activation_fn", ["tanh", "relu"]),
+    }
+    params.update(_sample_memory_shape(trial, config.get("policy")))
+    return _finish(trial, params, config)
+
+
+# --------------------------------------------------------------------------------------------
+# ExperimentManager patches (see the module docstring)
+# --------------------------------------------------------------------------------------------
+
+
+def _objective(self: ExperimentManager, trial: optuna.Trial) -> float:
+    token = _CONFIG_HYPERPARAMS.set(self._hyperparams if self.algo in MEMORY_ALGOS else None)
+    try:
+        return _objective.original(self, trial)  # type: ignore[attr-defined]
+    finally:
+        _CONFIG_HYPERPARAMS.reset(token)
+
+
+def _config_entry(manager: ExperimentManager) -> dict[str, Any]:
+    """The manager's raw config entry, looked up as ``read_hyperparameters`` does."""
+    config = manager.config
+    if config.endswith((".yml", ".yaml")):
+        with open(config) as file:
+            table = yaml.safe_load(file)
+    elif config.endswith(".py"):
+        namespace: dict[str, Any] = {}
+        exec(Path(config).read_text(), namespace)  # noqa: S102  (as rl-zoo3 does)
+        table = namespace["hyperparams"]
+    else:
+        table = importlib.import_module(config).hyperparams
+    env_id = manager.env_name.gym_id
+    if env_id in table:
+        return table[env_id]
+    if manager._is_atari and "atari" in table:
+        return table["atari"]
+    return table.get("default", {})
+
+
+def _load_trial(
+    self: ExperimentManager, storage: str, study_name: str, trial_id: Optional[int] = None, convert: bool = True
+) -> dict[str, Any]:
+    params = _load_trial.original(self, storage, study_name, trial_id, convert)  # type: ignore[attr-defined]
+    if self.algo in MEMORY_ALGOS and convert and "policy_kwargs" in params:
+        params = _merge_policy_kwargs(_config_entry(self).get("policy_kwargs"), params)
+    return params
+
+
+class _CsvTrialsTable:
+    """What rl-zoo3 needs of ``study.trials_dataframe()`` (``.to_csv(path)``), without pandas."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.trials = study.get_trials(deepcopy=False)
+
+    def to_csv(self, path: str) -> None:
+        params = sorted({key for trial in self.trials for key in trial.params})
+        user_attrs = sorted({key for trial in self.trials for key in trial.user_attrs})
+        with open(path, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(
+                ["number", "value", "datetime_start", "datetime_complete", "duration", "state"]
+                + [f"params_{key}" for key in params]
+                + [f"user_attrs_{key}" for key in user_attrs]
+            )
+            for trial in self.trials:
+                writer.writerow(
+                    [trial.number, trial.value, trial.datetime_start, trial.datetime_complete, trial.duration, trial.state.name]
+                    + [trial.params.get(key) for key in params]
+                    + [trial.user_attrs.get(key) for key in user_attrs]
+                )
+
+
+def _hyperparameters_optimization(self: ExperimentManager) -> None:
+    if importlib.util.find_spec("pandas") is not None:
+        return _hyperparameters_optimization.original(self)  # type: ignore[attr-defined]
+    original = optuna.Study.trials_dataframe
+    optuna.Study.trials_dataframe = lambda study, *args, **kwargs: _CsvTrialsTable(study)  # type: ignore[method-assign]
+    try:
+        return _hyperparameters_optimization.original(self)  # type: ignore[attr-defined]
+    finally:
+        optuna.Study.trials_dataframe = original  # type: ignore[method-assign]
+
+
+def _patch_experiment_manager() -> None:
+    for name, wrapper in (
+        ("objective", _objective),
+        ("load_trial", _load_trial),
+        ("hyperparameters_optimization", _hyperparameters_optimization),
+    ):
+        current = getattr(ExperimentManager, name)
+        # Patched already (this module imported twice or reloaded): wrap the original, not the wrapper.
+        wrapper.original = current.original if getattr(current, "_sb3_memory_patch", False) else current  # type: ignore[attr-defined]
+        wrapper._sb3_memory_patch = True  # type: ignore[attr-defined]
+        setattr(ExperimentManager, name, wrapper)
+
+
+def register() -> None:
+    """
+    Register our algorithms, samplers and converters with rl-zoo3, the environments with gymnasium,
+    and patch the ExperimentManager (see the module docstring). Idempotent; runs on import.
+    """
+    import rl_zoo3.import_envs  # noqa: F401  (CartPoleNoVel-v1, PendulumNoVel-v1, ...)
+
+    sb3_memory.envs.register_envs()
+    ALGOS.update(MEMORY_ALGOS)
+    HYPERPARAMS_SAMPLER.update({"memory_ppo": sample_memory_ppo_params, "memory_a2c": sample_memory_a2c_params})
+    HYPERPARAMS_CONVERTER.update({"memory_ppo": convert_memory_onpolicy_params, "memory_a2c": convert_memory_onpolicy_params})
+    _patch_experiment_manager()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _requests_stub() -> Iterator[None]:
+    """
+    ``rl_zoo3.enjoy`` imports ``rl_zoo3.load_from_hub``, which imports ``requests.exceptions.HTTPError``,
+    but rl-zoo3 does not declare ``requests`` (huggingface_hub >= 1 no longer pulls it in). If it is
+    missing, give that one import a stand-in exception class, and remove the stand-in afterwards.
+    (Only the auto-download of pretrained agents from the Hub catches it.)
+    """
+    if importlib.util.find_spec("requests") is not None:
+        yield
+        return
+    requests = types.ModuleType("requests")
+    exceptions = types.ModuleType("requests.exceptions")
+    exceptions.HTTPError = type("HTTPError", (OSError,), {"__module__": "requests.exceptions"})  # type: ignore[attr-defined]
+    requests.exceptions = exceptions  # type: ignore[attr-defined]
+    sys.modules.update({"requests": requests, "requests.exceptions": exceptions})
+    try:
+        yield
+    finally:
+        for name, module in (("requests", requests), ("requests.exceptions", exceptions)):
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+def _run_enjoy() -> None:
+    with _requests_stub():
+        from rl_zoo3.enjoy import enjoy
+    enjoy()
+
+
+def _run_train() -> None:
+    from rl_zoo3.train import train
+
+    train()
+
+
+def _run_record_video() -> None:
+    # rl_zoo3.record_video is a script (its code lives under `if __name__ == "__main__"`).
+    runpy.run_module("rl_zoo3.record_video", run_name="__main__")
+
+
+def _run_plot(name: str) -> None:
+    getattr(importlib.import_module("rl_zoo3.plots"), name)()
+
+
+SUBCOMMANDS = {
+    "train": _run_train,
+    "enjoy": _run_enjoy,
+    "record_video": _run_record_video,
+    "plot_train": lambda: _run_plot("plot_train"),
+    "plot_from_file": lambda: _run_plot("plot_from_file"),
+    "all_plots": lambda: _run_plot("all_plots"),
+}
+
+_USAGE = f"""usage: sb3-memory-zoo {{{",".join(SUBCOMMANDS)}}} [rl-zoo3 arguments ...]
+
+Runs rl-zoo3's own script with the sb3_memory algorithms (memory_ppo, memory_a2c) registered.
+Hyperparameter search: `train ... -optimize` (see `sb3-memory-zoo train --help`).
+Example: sb3-memory-zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf zoo_configs/memory_ppo.yml
+"""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """
+    ``sb3-memory-zoo SUBCOMMAND [rl-zoo3 arguments]``: register, drop the subcommand from ``sys.argv``
+    and run rl-zoo3's entry point, which parses ``sys.argv`` itself.
+
+    :param argv: arguments after the program name (default: ``sys.argv[1:]``)
+    :return: exit status (0; rl-zoo3's argparse exits on bad arguments)
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        print(f"sb3-memory-zoo: unknown subcommand {command!r}\n\n{_USAGE}", file=sys.stderr)
+        return 2
+    register()
+    saved_argv = sys.argv
+    sys.argv = [f"sb3-memory-zoo {command}", *rest]
+    try:
+        SUBCOMMANDS[command]()
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+if __name__ == "__main__":
+    # `python -m sb3_memory.zoo`: run the importable module's main, so that everything is registered
+    # once, by `sb3_memory.zoo` (not a second copy of this file running as `__main__`).
+    from sb3_memory.zoo import main as _main
+
+    sys.exit(_main())
+else:
+    register()

@@ -1,0 +1,457 @@
+"""rl-zoo3 integration (sb3_memory.zoo and zoo_configs/): train, enjoy, configs, samplers, distributed tuning."""
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.utils import ALGOS
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from sb3_memory import MemoryA2C, MemoryPPO, NTMPolicy
+from sb3_memory import zoo
+
+torch.set_num_threads(1)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "zoo_configs"
+CONFIG_FILES = {algo: CONFIGS / f"{algo}.yml" for algo in ("memory_ppo", "memory_a2c", "ppo_lstm", "ppo")}
+ENV_IDS = [
+    "CartPoleNoVel-v1",
+    "PendulumNoVel-v1",
+    "sb3_memory/Copy-v0",
+    "sb3_memory/RepeatAfterDelay-v0",
+    "sb3_memory/AssociativeRecall-v0",
+    "sb3_memory/PassiveTMaze-v0",
+]
+DEFAULT_ENV_KWARGS = {
+    "sb3_memory/Copy-v0": {"length": 10, "num_symbols": 8},
+    "sb3_memory/RepeatAfterDelay-v0": {"delay": 5},
+    "sb3_memory/AssociativeRecall-v0": {"num_pairs": 8},
+    "sb3_memory/PassiveTMaze-v0": {"corridor_length": 100},
+}
+TMAZE = "sb3_memory/PassiveTMaze-v0"
+
+# Cheap trial parameters for sample_memory_ppo_params (n_steps 32, batch_size 32, one epoch).
+CHEAP_PPO_PARAMS = {
+    "batch_size_pow": 5,
+    "n_steps_pow": 5,
+    "one_minus_gamma": 0.01,
+    "one_minus_gae_lambda": 0.05,
+    "learning_rate": 3e-4,
+    "ent_coef": 0.01,
+    "clip_range": 0.2,
+    "n_epochs": 1,
+    "max_grad_norm": 0.5,
+    "net_arch": "tiny",
+    "activation_fn": "tanh",
+    "memory_units": 16,
+    "memory_unit_size": 8,
+    "num_read_heads": 1,
+    "controller_dim": 32,
+    "max_sequence_length": 16,
+}
+
+
+def load_config(algo: str) -> dict:
+    with open(CONFIG_FILES[algo]) as file:
+        return yaml.safe_load(file)
+
+
+def zoo_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "sb3_memory.zoo", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def make_manager(algo: str, env_id: str, log_folder: Path, **kwargs) -> ExperimentManager:
+    kwargs.setdefault("config", str(CONFIG_FILES.get(algo, CONFIG_FILES["memory_ppo"])))
+    return ExperimentManager(
+        argparse.Namespace(),
+        algo,
+        env_id,
+        str(log_folder),
+        eval_freq=-1,
+        seed=0,
+        verbose=0,
+        device="cpu",
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------------------------
+
+
+def test_registration_is_idempotent():
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+
+    zoo.register()
+    zoo.register()
+    assert ALGOS["memory_ppo"] is MemoryPPO and ALGOS["memory_a2c"] is MemoryA2C
+    assert HYPERPARAMS_SAMPLER["memory_ppo"] is zoo.sample_memory_ppo_params
+    assert HYPERPARAMS_SAMPLER["memory_a2c"] is zoo.sample_memory_a2c_params
+    assert HYPERPARAMS_CONVERTER["memory_ppo"] is zoo.convert_memory_onpolicy_params
+    for name in ("objective", "load_trial", "hyperparameters_optimization"):
+        wrapper = getattr(ExperimentManager, name)
+        assert wrapper._sb3_memory_patch
+        assert not getattr(wrapper.original, "_sb3_memory_patch", False), f"{name} wrapped twice"
+    import gymnasium
+
+    for env_id in ENV_IDS:
+        assert env_id in gymnasium.registry
+
+
+def test_main_rejects_unknown_subcommand(capsys):
+    assert zoo.main(["no_such_command"]) == 2
+    assert "unknown subcommand" in capsys.readouterr().err
+    assert zoo.main([]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# (a) train, (b) enjoy
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_tmaze(tmp_path_factory) -> Path:
+    log_folder = tmp_path_factory.mktemp("zoo_logs")
+    result = zoo_command(
+        "train", "--algo", "memory_ppo", "--env", TMAZE,
+        "-conf", str(CONFIG_FILES["memory_ppo"]),
+        "-n", "256", "--log-folder", str(log_folder), "--eval-freq", "-1", "--seed", "0", "--num-threads", "1",
+        "-params", "n_envs:2", "n_steps:64", "batch_size:64", "sequence_length:32", "n_epochs:1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return log_folder
+
+
+def test_train_saves_loadable_model(trained_tmaze):
+    run_folder = trained_tmaze / "memory_ppo" / "sb3_memory-PassiveTMaze-v0_1"
+    model_path = run_folder / "sb3_memory-PassiveTMaze-v0.zip"
+    assert model_path.is_file()
+    model = MemoryPPO.load(model_path, device="cpu")
+    assert isinstance(model.policy, NTMPolicy)
+    assert model.num_timesteps == 256
+    assert (model.n_steps, model.batch_size, model.sequence_length) == (64, 64, 32)
+    assert model.policy.critic_memory == "shared"
+    assert model.policy.core_kwargs == {
+        "memory_units": 16, "memory_unit_size": 16, "num_read_heads": 1, "controller_dim": 64,
+    }  # fmt: skip
+    saved = yaml.load((run_folder / "sb3_memory-PassiveTMaze-v0" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert dict(saved)["env_kwargs"] == {"corridor_length": 100}
+
+
+def test_enjoy_runs(trained_tmaze):
+    result = zoo_command(
+        "enjoy", "--algo", "memory_ppo", "--env", TMAZE, "-f", str(trained_tmaze),
+        "-n", "20", "--no-render", "--num-threads", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sb3_memory-PassiveTMaze-v0.zip" in result.stdout
+
+
+def test_enjoy_threads_memory_state(trained_tmaze, monkeypatch):
+    """rl-zoo3's enjoy must hand our predict the state it returned, and episode starts."""
+    calls = []
+    original_predict = MemoryPPO.predict
+
+    def spy(self, observation, state=None, episode_start=None, deterministic=False):
+        action, new_state = original_predict(self, observation, state, episode_start, deterministic)
+        calls.append((state, None if episode_start is None else np.array(episode_start), new_state))
+        return action, new_state
+
+    monkeypatch.setattr(MemoryPPO, "predict", spy)
+    n_steps = 105  # one whole 101-step episode and the start of the next
+    assert zoo.main(["enjoy", "--algo", "memory_ppo", "--env", TMAZE, "-f", str(trained_tmaze),
+                     "-n", str(n_steps), "--no-render", "--num-threads", "1", "--verbose", "0"]) == 0  # fmt: skip
+    assert len(calls) == n_steps
+    assert calls[0][0] is None and calls[0][1].tolist() == [True]
+    for (_, _, previous_state), (state, _, _) in zip(calls, calls[1:]):
+        assert state is previous_state
+    assert calls[0][2].ndim == 2 and calls[0][2].shape[0] == 1
+    starts = [bool(call[1][0]) for call in calls]
+    assert starts[0] and starts[101] and not any(starts[1:101])
+
+
+# --------------------------------------------------------------------------------------------
+# (c) configs
+# --------------------------------------------------------------------------------------------
+
+
+def test_configs_cover_the_same_envs_with_equal_budgets():
+    configs = {algo: load_config(algo) for algo in CONFIG_FILES}
+    for algo, config in configs.items():
+        assert sorted(config) == sorted(ENV_IDS), algo
+    for env_id in ENV_IDS:
+        budgets = {algo: float(config[env_id]["n_timesteps"]) for algo, config in configs.items()}
+        assert len(set(budgets.values())) == 1, (env_id, budgets)
+        # Same rollout shape for the PPO variants (RecurrentPPO's default batch_size is 128).
+        shapes = {
+            algo: (configs[algo][env_id]["n_envs"], configs[algo][env_id]["n_steps"], configs[algo][env_id].get("batch_size", 128))
+            for algo in ("memory_ppo", "ppo_lstm", "ppo")
+        }
+        assert len(set(shapes.values())) == 1, (env_id, shapes)
+        for algo in CONFIG_FILES:
+            assert configs[algo][env_id].get("env_kwargs") == DEFAULT_ENV_KWARGS.get(env_id), (algo, env_id)
+
+
+def test_ppo_lstm_baselines_are_rl_zoo3_tuned_entries():
+    import rl_zoo3
+
+    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / "ppo_lstm.yml") as file:
+        rl_zoo3_config = yaml.safe_load(file)
+    ours = load_config("ppo_lstm")
+    memory = load_config("memory_ppo")
+    for env_id in ("CartPoleNoVel-v1", "PendulumNoVel-v1"):
+        assert ours[env_id] == rl_zoo3_config[env_id]
+        for key in ("n_envs", "n_timesteps", "n_steps", "gamma", "gae_lambda", "n_epochs", "learning_rate", "clip_range"):
+            assert memory[env_id][key] == ours[env_id][key], (env_id, key)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("algo", list(CONFIG_FILES))
+def test_config_entry_builds_model(algo, env_id, tmp_path):
+    entry = load_config(algo)[env_id]
+    manager = make_manager(algo, env_id, tmp_path)
+    model, _ = manager.setup_experiment()
+    try:
+        assert type(model) is ALGOS[algo]
+        assert model.n_envs == entry["n_envs"] and model.n_steps == entry["n_steps"]
+        assert manager.n_timesteps == int(float(entry["n_timesteps"]))
+        assert manager.env_kwargs == entry.get("env_kwargs", {})
+        assert math.isclose(model.gamma, entry["gamma"])
+        if algo in ("memory_ppo", "memory_a2c"):
+            assert type(model.policy) is NTMPolicy
+            kwargs = model.policy.core_kwargs
+            assert kwargs["memory_units"] in (16, 32) and kwargs["memory_unit_size"] == 16
+            assert kwargs["controller_dim"] == 64 and kwargs["num_read_heads"] == 1
+            assert model.policy.critic_memory == ("separate" if "NoVel" in env_id else "shared")
+            assert model.sequence_length == entry["sequence_length"]
+            assert model.n_steps % model.sequence_length == 0
+            if algo == "memory_ppo":
+                assert model.batch_size == entry["batch_size"] and model.batch_size % model.sequence_length == 0
+            else:
+                assert model.sequence_length == model.n_steps
+        elif algo == "ppo_lstm":
+            assert isinstance(model, RecurrentPPO) and isinstance(model.policy, RecurrentActorCriticPolicy)
+            assert model.policy.lstm_actor.hidden_size == 64
+            assert model.batch_size == entry.get("batch_size", 128)
+        else:
+            assert type(model) is PPO and type(model.policy) is ActorCriticPolicy
+            assert model.batch_size == entry["batch_size"]
+        assert model.use_sde == entry.get("use_sde", False)
+    finally:
+        model.env.close()
+
+
+# --------------------------------------------------------------------------------------------
+# (d) samplers: policy_kwargs merge
+# --------------------------------------------------------------------------------------------
+
+
+def test_sampler_without_config():
+    params = {**CHEAP_PPO_PARAMS, "n_steps_pow": 7, "batch_size_pow": 6, "max_sequence_length": 64}
+    hyperparams = zoo.sample_memory_ppo_params(optuna.trial.FixedTrial(params), 0, 8, {})
+    assert hyperparams == zoo.convert_memory_onpolicy_params(params)
+    assert (hyperparams["n_steps"], hyperparams["batch_size"], hyperparams["sequence_length"]) == (128, 64, 64)
+    assert hyperparams["policy_kwargs"] == {
+        "net_arch": {"pi": [64], "vf": [64]},
+        "activation_fn": torch.nn.Tanh,
+        "memory_units": 16,
+        "memory_unit_size": 8,
+        "num_read_heads": 1,
+        "controller_dim": 32,
+    }
+    assert not {"n_steps_pow", "batch_size_pow", "max_sequence_length", "memory_units"} & set(hyperparams)
+    # sequence_length divides n_steps and batch_size
+    params.update(n_steps_pow=5, batch_size_pow=9)
+    assert zoo.sample_memory_ppo_params(optuna.trial.FixedTrial(params), 0, 8, {})["sequence_length"] == 32
+
+
+def test_a2c_sampler_and_policy_dependent_keys():
+    params = {
+        "n_steps": 16, "one_minus_gamma": 0.01, "one_minus_gae_lambda": 0.05, "learning_rate": 7e-4,
+        "max_grad_norm": 0.5, "ent_coef": 1e-6, "net_arch": "small", "activation_fn": "relu",
+        "controller_dim": 128, "max_sequence_length": 64,
+    }  # fmt: skip
+    config = {"policy": "LSTMPolicy", "policy_kwargs": "dict(controller='gru', ortho_init=False)"}
+    hyperparams = zoo.sample_memory_a2c_params(optuna.trial.FixedTrial(params), 0, 4, {"hyperparams": config})
+    # An LSTM core has no external memory: only controller_dim is sampled; config keys survive.
+    assert hyperparams["policy_kwargs"] == {
+        "controller": "gru",
+        "ortho_init": False,
+        "net_arch": {"pi": [64, 64], "vf": [64, 64]},
+        "activation_fn": torch.nn.ReLU,
+        "controller_dim": 128,
+    }
+    assert hyperparams["n_steps"] == 16 and hyperparams["sequence_length"] == 16
+    assert MemoryA2C("LSTMPolicy", "CartPole-v1", device="cpu", **hyperparams).policy.core_kwargs == {
+        "controller": "gru",
+        "controller_dim": 128,
+    }
+
+
+class CapturingMemoryPPO(MemoryPPO):
+    """Records the models the objective builds and skips training."""
+
+    built: list = []
+
+    def learn(self, *args, **kwargs):
+        CapturingMemoryPPO.built.append(self)
+        return self
+
+
+def test_objective_merges_config_policy_kwargs(tmp_path, monkeypatch):
+    """Through rl-zoo3's ExperimentManager.objective, with enqueued trials on two Optuna threads."""
+    config_policy_kwargs = "dict(memory_units=24, controller='gru', critic_memory='none', ortho_init=False, shift_range=2)"
+    manager = make_manager(
+        "memory_ppo", TMAZE, tmp_path, optimize_hyperparameters=True, n_timesteps=64, n_evaluations=1,
+        hyperparams={"n_envs": 1, "policy_kwargs": config_policy_kwargs},  # as `-params`
+    )  # fmt: skip
+    assert manager.setup_experiment() is None
+    config_before = dict(manager._hyperparams["policy_kwargs"])
+    monkeypatch.setitem(ALGOS, "memory_ppo", CapturingMemoryPPO)
+    monkeypatch.setattr(CapturingMemoryPPO, "built", [])
+
+    study = optuna.create_study(direction="maximize")
+    trial_params = [
+        {**CHEAP_PPO_PARAMS, "memory_units": 32, "num_read_heads": 2, "max_sequence_length": 64},
+        {**CHEAP_PPO_PARAMS, "memory_units": 64, "net_arch": "small", "batch_size_pow": 6, "n_steps_pow": 6},
+    ]
+    for params in trial_params:
+        study.enqueue_trial(params)
+    study.optimize(manager.objective, n_trials=2, n_jobs=2)
+
+    assert len(CapturingMemoryPPO.built) == 2
+    by_units = {model.policy.core_kwargs["memory_units"]: model for model in CapturingMemoryPPO.built}
+    assert sorted(by_units) == [32, 64]  # sampled memory_units wins over the config's 24
+    for params in trial_params:
+        model = by_units[params["memory_units"]]
+        expected = zoo.convert_memory_onpolicy_params(params)
+        assert model.policy.core_kwargs == {
+            "memory_units": params["memory_units"],
+            "memory_unit_size": params["memory_unit_size"],
+            "num_read_heads": params["num_read_heads"],
+            "controller_dim": params["controller_dim"],
+            "controller": "gru",  # config only: survives
+            "shift_range": 2,
+        }
+        assert model.policy.critic_memory == "none" and model.policy.ortho_init is False
+        assert model.policy.net_arch == expected["policy_kwargs"]["net_arch"]
+        assert (model.n_steps, model.batch_size, model.sequence_length) == (
+            expected["n_steps"], expected["batch_size"], expected["sequence_length"],
+        )  # fmt: skip
+        assert model.n_epochs == params["n_epochs"]
+        # not sampled, from the YAML entry: survives
+        assert model.clip_range_vf is None and model.vf_coef == 0.5
+    assert manager._hyperparams["policy_kwargs"] == config_before  # the config is not mutated
+    assert zoo._CONFIG_HYPERPARAMS.get() is None
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials)
+
+
+def test_trial_id_loading_merges_config_policy_kwargs(tmp_path):
+    storage_path = str(tmp_path / "study.log")
+    study = optuna.create_study(
+        storage=JournalStorage(JournalFileBackend(storage_path)), study_name="load", direction="maximize"
+    )
+    for units in (32, 64):  # rl-zoo3 ignores --trial-id 0, so load trial 1
+        study.enqueue_trial({**CHEAP_PPO_PARAMS, "memory_units": units, "net_arch": "small"})
+    study.optimize(lambda trial: float(len(zoo.sample_memory_ppo_params(trial, 0, 1, {"hyperparams": {}}))), n_trials=2)
+
+    manager = make_manager("memory_ppo", TMAZE, tmp_path, storage=storage_path, study_name="load", trial_id=1)
+    hyperparams, _ = manager.read_hyperparameters()
+    assert hyperparams["policy_kwargs"] == {
+        "net_arch": {"pi": [64, 64], "vf": [64, 64]},  # trial wins over the YAML's [64]
+        "activation_fn": torch.nn.Tanh,
+        "memory_units": 64,
+        "memory_unit_size": 8,
+        "num_read_heads": 1,
+        "controller_dim": 32,
+        "critic_memory": "shared",  # YAML only: survives
+    }
+    assert hyperparams["n_steps"] == 32 and hyperparams["sequence_length"] == 16
+    assert hyperparams["env_kwargs"] == {"corridor_length": 100}
+
+
+# --------------------------------------------------------------------------------------------
+# (e) two workers on one journal file
+# --------------------------------------------------------------------------------------------
+
+
+def test_two_workers_share_one_journal_study(tmp_path):
+    storage_path = tmp_path / "tuning" / "study.log"
+    storage_path.parent.mkdir()
+    study_name = "memory_ppo_tmaze"
+    study = optuna.create_study(
+        storage=JournalStorage(JournalFileBackend(str(storage_path))), study_name=study_name, direction="maximize"
+    )
+    # Enqueued cheap parameters keep the test fast; the workers pick them up through Optuna.
+    for units in (16, 32):
+        study.enqueue_trial({**CHEAP_PPO_PARAMS, "memory_units": units})
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    workers = []
+    for worker in range(2):
+        command = [
+            sys.executable, "-m", "sb3_memory.zoo", "train", "--algo", "memory_ppo", "--env", TMAZE,
+            "-conf", str(CONFIG_FILES["memory_ppo"]), "-optimize",
+            "--storage", str(storage_path), "--study-name", study_name,
+            "--n-trials", "1", "--n-jobs", "1", "-n", "128", "--eval-episodes", "2", "--n-evaluations", "1",
+            "--no-optim-plots", "--num-threads", "1", "--log-folder", str(tmp_path / f"worker{worker}"),
+        ]  # fmt: skip
+        workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [worker.communicate(timeout=180)[0] for worker in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-4000:]
+
+    storage = JournalStorage(JournalFileBackend(str(storage_path)))
+    shared = optuna.load_study(study_name=study_name, storage=storage)
+    assert len(shared.trials) == 2
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in shared.trials)
+    assert sorted(trial.params["memory_units"] for trial in shared.trials) == [16, 32]
+    assert all(trial.user_attrs["sequence_length"] == 16 for trial in shared.trials)
+    for worker in range(2):
+        assert list((tmp_path / f"worker{worker}" / "memory_ppo").glob("report_*.csv"))
+
+
+@pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")  # batch_size > n_steps * n_envs, as in rl-zoo3
+@pytest.mark.parametrize("algo", ["memory_ppo", "memory_a2c"])
+@pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy", "LSTMPolicy"])
+def test_sampled_configurations_construct(algo, policy):
+    """rl-zoo3 prunes trials whose model raises ValueError/AssertionError: sampled values must all be valid."""
+    import gymnasium
+
+    sampler = zoo.HYPERPARAMS_SAMPLER[algo]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    env = gymnasium.make("CartPoleNoVel-v1")
+    config = {"policy": policy, "policy_kwargs": "dict(ortho_init=False)"}
+    for _ in range(12):
+        trial = study.ask()
+        hyperparams = sampler(trial, 0, 1, {"hyperparams": config})
+        model = ALGOS[algo](policy, env, device="cpu", **hyperparams)
+        assert model.n_steps % model.sequence_length == 0
+        assert getattr(model, "batch_size", model.n_steps) % model.sequence_length == 0
+        assert model.policy.ortho_init is False
+        study.tell(trial, 0.0)
