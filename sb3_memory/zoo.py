@@ -26,7 +26,7 @@ Importing this module (idempotent, see :func:`register`):
   to rl-zoo3's ``ALGOS``, their samplers to ``HYPERPARAMS_SAMPLER`` and converters to
   ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
 * registers the ``sb3_memory/...`` tasks and rl-zoo3's ``...NoVel`` envs with gymnasium;
-* patches three methods of ``rl_zoo3.exp_manager.ExperimentManager`` (each keeps the original and
+* patches two methods of ``rl_zoo3.exp_manager.ExperimentManager`` (each keeps the original and
   calls it):
 
   - ``objective``: rl-zoo3 does ``kwargs.update(sampled_hyperparams)``, which *replaces* the
@@ -35,12 +35,6 @@ Importing this module (idempotent, see :func:`register`):
     patch exposes the preprocessed config hyperparameters to the sampler (a ``ContextVar``, so it
     is per Optuna thread with ``--n-jobs``) and the sampler returns ``policy_kwargs`` merged.
   - ``load_trial`` (``--storage ... --study-name ... --trial-id N``): same merge, for our algorithms.
-  - ``hyperparameters_optimization``: rl-zoo3 writes its report with ``study.trials_dataframe()``,
-    which needs pandas (only in ``rl_zoo3[plots]``); when pandas is missing the report CSV is
-    written with the ``csv`` module instead of crashing after all trials ran.
-
-* for ``enjoy`` only: ``rl_zoo3.enjoy`` imports ``requests`` (via ``load_from_hub``) without
-  declaring it; when it is not installed that one import gets a stand-in (see ``_requests_stub``).
 
 **policy_kwargs merge rule** (``-optimize`` and ``--trial-id``): final ``policy_kwargs`` =
 config ``policy_kwargs`` (after ``-params`` overrides, evaluated by rl-zoo3) updated with the sampled
@@ -69,18 +63,15 @@ also seeds the TPE sampler, so they would propose the same trials); the default 
 each worker its own ``--log-folder`` (or ``-uuid``) so their report files do not collide.
 """
 
-import contextlib
-import csv
 import importlib
 import importlib.util
 import inspect
 import math
 import runpy
 import sys
-import types
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import optuna
 import yaml
@@ -305,46 +296,10 @@ def _load_trial(
     return params
 
 
-class _CsvTrialsTable:
-    """What rl-zoo3 needs of ``study.trials_dataframe()`` (``.to_csv(path)``), without pandas."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self.trials = study.get_trials(deepcopy=False)
-
-    def to_csv(self, path: str) -> None:
-        params = sorted({key for trial in self.trials for key in trial.params})
-        user_attrs = sorted({key for trial in self.trials for key in trial.user_attrs})
-        with open(path, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(
-                ["number", "value", "datetime_start", "datetime_complete", "duration", "state"]
-                + [f"params_{key}" for key in params]
-                + [f"user_attrs_{key}" for key in user_attrs]
-            )
-            for trial in self.trials:
-                writer.writerow(
-                    [trial.number, trial.value, trial.datetime_start, trial.datetime_complete, trial.duration, trial.state.name]
-                    + [trial.params.get(key) for key in params]
-                    + [trial.user_attrs.get(key) for key in user_attrs]
-                )
-
-
-def _hyperparameters_optimization(self: ExperimentManager) -> None:
-    if importlib.util.find_spec("pandas") is not None:
-        return _hyperparameters_optimization.original(self)  # type: ignore[attr-defined]
-    original = optuna.Study.trials_dataframe
-    optuna.Study.trials_dataframe = lambda study, *args, **kwargs: _CsvTrialsTable(study)  # type: ignore[method-assign]
-    try:
-        return _hyperparameters_optimization.original(self)  # type: ignore[attr-defined]
-    finally:
-        optuna.Study.trials_dataframe = original  # type: ignore[method-assign]
-
-
 def _patch_experiment_manager() -> None:
     for name, wrapper in (
         ("objective", _objective),
         ("load_trial", _load_trial),
-        ("hyperparameters_optimization", _hyperparameters_optimization),
     ):
         current = getattr(ExperimentManager, name)
         # Patched already (this module imported twice or reloaded): wrap the original, not the wrapper.
@@ -372,33 +327,9 @@ def register() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _requests_stub() -> Iterator[None]:
-    """
-    ``rl_zoo3.enjoy`` imports ``rl_zoo3.load_from_hub``, which imports ``requests.exceptions.HTTPError``,
-    but rl-zoo3 does not declare ``requests`` (huggingface_hub >= 1 no longer pulls it in). If it is
-    missing, give that one import a stand-in exception class, and remove the stand-in afterwards.
-    (Only the auto-download of pretrained agents from the Hub catches it.)
-    """
-    if importlib.util.find_spec("requests") is not None:
-        yield
-        return
-    requests = types.ModuleType("requests")
-    exceptions = types.ModuleType("requests.exceptions")
-    exceptions.HTTPError = type("HTTPError", (OSError,), {"__module__": "requests.exceptions"})  # type: ignore[attr-defined]
-    requests.exceptions = exceptions  # type: ignore[attr-defined]
-    sys.modules.update({"requests": requests, "requests.exceptions": exceptions})
-    try:
-        yield
-    finally:
-        for name, module in (("requests", requests), ("requests.exceptions", exceptions)):
-            if sys.modules.get(name) is module:
-                del sys.modules[name]
-
-
 def _run_enjoy() -> None:
-    with _requests_stub():
-        from rl_zoo3.enjoy import enjoy
+    from rl_zoo3.enjoy import enjoy
+
     enjoy()
 
 

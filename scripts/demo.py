@@ -4,7 +4,7 @@ MemoryPPO with a DNC policy on the passive T-maze (Ni et al., 2023): the goal ar
 at the first step and must be remembered along the corridor. The best memoryless policy scores
 0.5 on average (a coin flip at the junction); remembering the cue scores 1.
 
-Usage: python scripts/demo.py [--policy DNCPolicy] [--corridor-length 5] [--steps 20000]
+Usage: python scripts/demo.py [--policy DNCPolicy] [--corridor-length 5] [--steps 20000] [--trace trace.png]
 """
 
 import argparse
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--corridor-length", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trace", help="also save a PNG of one episode's memory weightings here")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -47,6 +48,12 @@ def main() -> None:
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=100, deterministic=True)
     optimal = gym.make("sb3_memory/PassiveTMaze-v0", **env_kwargs).unwrapped
     print(f"Trained in {time.perf_counter() - start:.0f} s")
+    if args.trace:
+        from sb3_memory.viz import render_memory_trace
+
+        env_id = "sb3_memory/PassiveTMaze-v0"
+        title = f"MemoryPPO {args.policy}, PassiveTMaze(corridor_length={args.corridor_length})"
+        print(f"Saved {render_memory_trace(model, gym.make(env_id, **env_kwargs), args.trace, seed=args.seed, title=title)}")
     print(f"Mean return over 100 episodes: {mean:.2f} +/- {std:.2f} (optimal {optimal.optimal_return:.2f}, best memoryless {optimal.chance_return:.2f})")
 
 

@@ -113,7 +113,7 @@ def test_registration_is_idempotent():
     assert HYPERPARAMS_SAMPLER["memory_ppo"] is zoo.sample_memory_ppo_params
     assert HYPERPARAMS_SAMPLER["memory_a2c"] is zoo.sample_memory_a2c_params
     assert HYPERPARAMS_CONVERTER["memory_ppo"] is zoo.convert_memory_onpolicy_params
-    for name in ("objective", "load_trial", "hyperparameters_optimization"):
+    for name in ("objective", "load_trial"):
         wrapper = getattr(ExperimentManager, name)
         assert wrapper._sb3_memory_patch
         assert not getattr(wrapper.original, "_sb3_memory_patch", False), f"{name} wrapped twice"

@@ -1,0 +1,131 @@
+"""Pictures of what a memory policy does with its memory during one episode.
+
+Usage:
+    python -m sb3_memory.viz --algo memory_ppo --model logs/.../best_model.zip \\
+        --env sb3_memory/PassiveTMaze-v0 --env-kwargs corridor_length=5 --out trace.png
+"""
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+import sb3_memory  # noqa: F401  (registers the sb3_memory/... environments)
+from sb3_memory.common.policies import MemoryActorCriticPolicy
+
+
+def record_episode(model: BaseAlgorithm, env: gym.Env, seed: Optional[int] = None, deterministic: bool = True) -> dict[str, Any]:
+    """
+    Run one episode with ``model`` on a (non-vectorised) ``env`` and record the actor core's state
+    after every step.
+
+    :return: ``rewards`` (T,) and, for each state field of the core with weightings or usage,
+        an array stacked over time, e.g. ``read_weights`` (T, R, N), ``write_weights``,
+        ``usage`` (DNC), and ``link`` (N, N) at the last step (DNC)
+    """
+    policy = model.policy
+    if not isinstance(policy, MemoryActorCriticPolicy):
+        raise TypeError(f"record_episode needs a model with a memory policy, got {type(policy).__name__}")
+    core = policy.core
+    obs, _ = env.reset(seed=seed)
+    state, episode_start = None, np.ones(1, dtype=bool)
+    trace: dict[str, list[np.ndarray]] = {"rewards": []}
+    done = False
+    while not done:
+        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
+        episode_start = np.zeros(1, dtype=bool)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        done = terminated or truncated
+        trace["rewards"].append(np.asarray(reward, dtype=np.float32))
+        fields = core.unflatten_state(th.as_tensor(state[:, : core.state_size]))._asdict()
+        for name in ("read_weights", "write_weights", "usage"):
+            if name in fields:
+                trace.setdefault(name, []).append(fields[name][0].numpy())
+        if "link" in fields:
+            trace["link"] = [fields["link"][0].numpy()]
+    result = {name: np.stack(values) for name, values in trace.items()}
+    if "link" in result:
+        result["link"] = result["link"][0]
+    if result.get("write_weights") is not None and result["write_weights"].ndim == 2:
+        result["write_weights"] = result["write_weights"][:, None, :]  # DNC: one write head
+    return result
+
+
+def plot_memory_trace(trace: dict[str, Any], path: Union[str, Path], title: str = "") -> Path:
+    """
+    Save a PNG with one heat map per read and write head (slot x time), the DNC's usage over time
+    and its final temporal link matrix.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels: list[tuple[str, np.ndarray]] = []
+    for head in range(trace["write_weights"].shape[1]):
+        panels.append((f"write head {head}", trace["write_weights"][:, head].T))
+    for head in range(trace["read_weights"].shape[1]):
+        panels.append((f"read head {head}", trace["read_weights"][:, head].T))
+    if "usage" in trace:
+        panels.append(("usage", trace["usage"].T))
+    n_columns = len(panels) + ("link" in trace)
+    fig, axes = plt.subplots(1, n_columns, figsize=(3.2 * n_columns, 3.4), squeeze=False)
+    for ax, (name, image) in zip(axes[0], panels):
+        shown = ax.imshow(image, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=max(1e-6, float(image.max())))
+        ax.set_title(name)
+        ax.set_xlabel("time step")
+        ax.set_ylabel("memory slot")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+    if "link" in trace:
+        ax = axes[0][-1]
+        shown = ax.imshow(trace["link"], cmap="magma", origin="lower")
+        ax.set_title("link L[i, j] (last step)")
+        ax.set_xlabel("slot j (written before)")
+        ax.set_ylabel("slot i (written after)")
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+    episode_return = float(np.sum(trace["rewards"]))
+    fig.suptitle(f"{title}  (episode return {episode_return:.2f})".strip())
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_memory_trace(
+    model: BaseAlgorithm, env: gym.Env, path: Union[str, Path], seed: Optional[int] = None, title: str = ""
+) -> Path:
+    """Record one episode of ``model`` on ``env`` and save its memory trace as a PNG."""
+    return plot_memory_trace(record_episode(model, env, seed=seed), path, title=title)
+
+
+def main() -> None:
+    from sb3_memory.a2c import MemoryA2C
+    from sb3_memory.ppo import MemoryPPO
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", choices=["memory_ppo", "memory_a2c"], default="memory_ppo")
+    parser.add_argument("--model", required=True, help="path of a saved model (.zip)")
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value pairs (values parsed as Python literals)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="memory_trace.png")
+    args = parser.parse_args()
+    import ast
+
+    env_kwargs = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.env_kwargs)}
+    model = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}[args.algo].load(args.model, device="cpu")
+    path = render_memory_trace(model, gym.make(args.env, **env_kwargs), args.out, seed=args.seed, title=args.env)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
