@@ -1,0 +1,205 @@
+"""Compare memory agents with RecurrentPPO and memoryless PPO on the same tasks, seeds and budgets.
+
+Every run goes through the zoo entry point (``python -m sb3_memory.zoo train``) with the
+configs in ``zoo_configs/``, rl-zoo3's evaluation callback (deterministic episodes every
+``--eval-freq`` steps) and the same budget for every algorithm of an env. Runs are resumable: a
+finished run leaves ``result.json`` in its folder and is skipped next time. The script then writes
+a Markdown table (final return with a 95% t-interval over seeds, steps to reach the threshold,
+wall time, steps/second) and a PNG of learning curves (mean over seeds, band = 95% interval).
+
+Usage:
+    python scripts/compare.py --envs CartPoleNoVel-v1 --seeds 0 1 2 --budget 50000
+    python scripts/compare.py --algos memory_ppo-dnc ppo_lstm --envs sb3_memory/PassiveTMaze-v0 \\
+        --env-kwargs corridor_length=10 --budget 100000
+    python scripts/compare.py --report-only   # rebuild the table and figure from finished runs
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (zoo algorithm, config file, extra hyperparameters passed with -params)
+ALGOS: dict[str, tuple[str, str, list[str]]] = {
+    "memory_ppo-ntm": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"]),
+    "memory_ppo-dnc": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'"]),
+    "memory_a2c-dnc": ("memory_a2c", "memory_a2c.yml", ["policy:'DNCPolicy'"]),
+    "ppo_lstm": ("ppo_lstm", "ppo_lstm.yml", []),
+    "ppo": ("ppo", "ppo.yml", []),
+}
+# Success thresholds for "steps to reach": about 90% of the optimal return.
+THRESHOLDS = {
+    "CartPoleNoVel-v1": 450.0,
+    "PendulumNoVel-v1": -300.0,
+    "sb3_memory/Copy-v0": 9.0,
+    "sb3_memory/RepeatAfterDelay-v0": 18.0,
+    "sb3_memory/AssociativeRecall-v0": 0.9,
+    "sb3_memory/PassiveTMaze-v0": 0.9,
+}
+
+
+def run_dir(root: Path, algo: str, env: str, seed: int) -> Path:
+    return root / algo / env.replace("/", "__") / f"seed_{seed}"
+
+
+def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one (algo, env, seed) through the zoo, unless it already finished; return its result."""
+    folder = run_dir(root, algo, env, seed)
+    result_file = folder / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    zoo_algo, config, params = ALGOS[algo]
+    command = [
+        sys.executable, "-m", "sb3_memory.zoo", "train",
+        "--algo", zoo_algo, "--env", env, "-conf", str(ROOT / "zoo_configs" / config),
+        "--seed", str(seed), "--log-folder", str(folder / "zoo"),
+        "--eval-freq", str(args.eval_freq), "--eval-episodes", str(args.eval_episodes), "--n-eval-envs", "1",
+        "--save-freq", "-1", "--verbose", "0",
+    ]  # fmt: skip
+    if args.budget:
+        command += ["-n", str(args.budget)]
+    if params:
+        command += ["-params", *params]
+    if args.env_kwargs:
+        command += ["--env-kwargs", *args.env_kwargs]
+    folder.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    start = time.perf_counter()
+    with open(folder / "train.log", "w") as log:
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
+    wall = time.perf_counter() - start
+    if completed.returncode != 0:
+        raise RuntimeError(f"{algo} on {env} (seed {seed}) failed; see {folder / 'train.log'}")
+    evaluations = np.load(next((folder / "zoo").glob("*/*/evaluations.npz")))
+    timesteps = evaluations["timesteps"]
+    result = dict(
+        algo=algo,
+        env=env,
+        seed=seed,
+        timesteps=timesteps.tolist(),
+        mean_returns=evaluations["results"].mean(axis=1).tolist(),
+        wall_seconds=wall,
+        steps_per_second=float(timesteps[-1]) / wall if len(timesteps) else math.nan,
+    )
+    result_file.write_text(json.dumps(result))
+    return result
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval."""
+    from scipy import stats
+
+    values_array = np.asarray(values, dtype=float)
+    if len(values_array) < 2:
+        return float(values_array.mean()), math.nan
+    half = stats.t.ppf(0.975, len(values_array) - 1) * values_array.std(ddof=1) / math.sqrt(len(values_array))
+    return float(values_array.mean()), float(half)
+
+
+def steps_to_threshold(result: dict[str, Any], threshold: Optional[float]) -> Optional[int]:
+    if threshold is None:
+        return None
+    return next((int(t) for t, r in zip(result["timesteps"], result["mean_returns"]) if r >= threshold), None)
+
+
+def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r["env"] for r in results})
+    algos = [a for a in ALGOS if any(r["algo"] == a for r in results)]
+    lines = [
+        "# Memory agents against RecurrentPPO and PPO",
+        "",
+        f"Made by `{command}`.",
+        "Final return: mean of the last evaluation (deterministic episodes) over seeds, ± half-width of the 95% "
+        "t-interval. Steps to threshold: median over seeds of the first evaluation at or above it ('-' if a seed "
+        "never reached it: count in brackets). Wall time and steps/s: median over seeds, one thread each, process start-up and evaluations included.",
+        "",
+        "| env | algorithm | seeds | budget | final return | threshold | steps to threshold | wall (s) | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        threshold = THRESHOLDS.get(env)
+        for algo in algos:
+            runs = [r for r in results if r["env"] == env and r["algo"] == algo and r["timesteps"]]
+            if not runs:
+                continue
+            mean, half = t_interval([r["mean_returns"][-1] for r in runs])
+            reached = [steps_to_threshold(r, threshold) for r in runs]
+            hits = [s for s in reached if s is not None]
+            steps = f"{int(np.median(hits))}" if len(hits) == len(runs) else f"- ({len(hits)}/{len(runs)})"
+            lines.append(
+                f"| {env} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | "
+                f"{threshold} | {steps} | {np.median([r['wall_seconds'] for r in runs]):.0f} | "
+                f"{np.median([r['steps_per_second'] for r in runs]):.0f} |"
+            )
+            length = min(len(r["timesteps"]) for r in runs)
+            x = np.asarray(runs[0]["timesteps"][:length])
+            curves = np.asarray([r["mean_returns"][:length] for r in runs])
+            centre = curves.mean(axis=0)
+            ax.plot(x, centre, label=algo)
+            if len(runs) > 1:
+                from scipy import stats
+
+                half_band = stats.t.ppf(0.975, len(runs) - 1) * curves.std(axis=0, ddof=1) / math.sqrt(len(runs))
+                ax.fill_between(x, centre - half_band, centre + half_band, alpha=0.2)
+        if threshold is not None:
+            ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("evaluation return")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "comparison.png", dpi=100)
+    plt.close(fig)
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, help="steps per run (default: the configs' n_timesteps)")
+    parser.add_argument("--env-kwargs", nargs="*", help="passed to the zoo (e.g. corridor_length:10)")
+    parser.add_argument("--eval-freq", type=int, default=5000)
+    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare", help="where runs are kept")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    args = parser.parse_args()
+
+    jobs = [(a, e, s) for e in args.envs for a in args.algos for s in args.seeds]
+    results = []
+    for index, (algo, env, seed) in enumerate(jobs, 1):
+        if args.report_only:
+            result_file = run_dir(args.runs, algo, env, seed) / "result.json"
+            if result_file.exists():
+                results.append(json.loads(result_file.read_text()))
+            continue
+        print(f"[{index}/{len(jobs)}] {algo} on {env}, seed {seed} ...", end=" ", flush=True)
+        result = run_one(args.runs, algo, env, seed, args)
+        results.append(result)
+        print(f"final {result['mean_returns'][-1]:.2f}, {result['wall_seconds']:.0f} s", flush=True)
+    if not results:
+        sys.exit("no finished runs to report")
+    write_report(results, args.out, "python scripts/compare.py " + " ".join(sys.argv[1:]))
+    print(f"wrote {args.out / 'comparison.md'} and {args.out / 'comparison.png'}")
+
+
+if __name__ == "__main__":
+    main()
