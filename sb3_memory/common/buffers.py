@@ -32,7 +32,10 @@ class ChunkedStateMixin:
     policy's flat memory state only at the start of each chunk, on the policy's device. Episode
     starts inside a chunk are replayed by the core (``episode_starts``), so no padding is needed.
 
-    The state is allocated at the first :meth:`add` (its size comes from the policy).
+    The state is allocated at the first :meth:`add_state` (its size comes from the policy).
+
+    :param sequence_length: chunk length, a divisor of ``buffer_size``
+    The other parameters are those of SB3's ``RolloutBuffer``.
     """
 
     buffer_size: int
@@ -42,14 +45,25 @@ class ChunkedStateMixin:
     full: bool
     generator_ready: bool
 
-    def _init_chunks(self, sequence_length: int) -> None:
-        if sequence_length < 1 or self.buffer_size % sequence_length != 0:
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: Union[th.device, str] = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        sequence_length: int = 1,
+    ) -> None:
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
+        if sequence_length < 1 or buffer_size % sequence_length != 0:
             raise ValueError(
-                f"sequence_length={sequence_length} must divide n_steps={self.buffer_size}: "
+                f"sequence_length={sequence_length} must divide n_steps={buffer_size}: "
                 "choose a divisor of n_steps (or change n_steps)"
             )
         self.sequence_length = sequence_length
-        self.chunks_per_env = self.buffer_size // sequence_length
+        self.chunks_per_env = buffer_size // sequence_length
         self.chunk_states: Optional[th.Tensor] = None
 
     def add_state(self, states: th.Tensor) -> None:
@@ -125,34 +139,6 @@ class MemoryRolloutBuffer(ChunkedStateMixin, RolloutBuffer):
     the start of each ``sequence_length`` chunk and yields :class:`MemoryRolloutBufferSamples`.
     """
 
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        device: Union[th.device, str] = "auto",
-        gae_lambda: float = 1,
-        gamma: float = 0.99,
-        n_envs: int = 1,
-        sequence_length: int = 1,
-    ) -> None:
-        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
-        self._init_chunks(sequence_length)
-
 
 class MemoryDictRolloutBuffer(ChunkedStateMixin, DictRolloutBuffer):
     """Dict-observation version of :class:`MemoryRolloutBuffer`."""
-
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Dict,
-        action_space: spaces.Space,
-        device: Union[th.device, str] = "auto",
-        gae_lambda: float = 1,
-        gamma: float = 0.99,
-        n_envs: int = 1,
-        sequence_length: int = 1,
-    ) -> None:
-        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
-        self._init_chunks(sequence_length)

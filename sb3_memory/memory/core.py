@@ -1,5 +1,6 @@
 """What every memory core shares: state handling, resets, flattening and the sequence loop."""
 
+import math
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
@@ -196,6 +197,45 @@ class MemoryCore(nn.Module):
     def diagnostics(self, state: NamedTuple) -> dict[str, float]:
         """Summary statistics of a state, for logging (``memory/`` keys)."""
         return {}
+
+
+class ExternalMemoryCore(MemoryCore):
+    """
+    A core with an ``N x W`` memory read by R heads: the read vectors are fed back into the
+    controller and appended to its output. Holds what the NTM and the DNC share.
+
+    :param memory_units: N, number of memory slots
+    :param memory_unit_size: W, size of each slot
+    :param num_read_heads: R
+    :param memory_init: constant value of every memory cell at an episode start
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        controller_dim: int,
+        controller: str,
+        memory_units: int,
+        memory_unit_size: int,
+        num_read_heads: int,
+        memory_init: float,
+        compile_step: bool,
+    ) -> None:
+        self.memory_units = check_positive_int("memory_units", memory_units)
+        self.memory_unit_size = check_positive_int("memory_unit_size", memory_unit_size)
+        self.num_read_heads = check_positive_int("num_read_heads", num_read_heads)
+        if isinstance(memory_init, bool) or not isinstance(memory_init, (int, float)) or not math.isfinite(memory_init):
+            raise ValueError(f"memory_init must be a finite number, got {memory_init!r}")
+        self.memory_init = float(memory_init)
+        super().__init__(input_dim, controller_dim, controller, num_read_heads * memory_unit_size, compile_step)
+
+    @property
+    def output_dim(self) -> int:
+        return self.controller_dim + self.num_read_heads * self.memory_unit_size
+
+    def initial_row(self, device: torch.device, dtype: torch.dtype) -> NamedTuple:
+        row = super().initial_row(device, dtype)
+        return row._replace(memory=torch.full_like(row.memory, self.memory_init))
 
 
 def weighting_entropy(weights: Tensor) -> float:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sb3_memory.memory import addressing
-from sb3_memory.memory.core import MemoryCore, check_positive_int, weighting_entropy
+from sb3_memory.memory.core import ExternalMemoryCore, weighting_entropy
 
 
 class DNCState(NamedTuple):
@@ -24,7 +24,7 @@ class DNCState(NamedTuple):
     controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
 
 
-class DNCCell(MemoryCore):
+class DNCCell(ExternalMemoryCore):
     """
     Differentiable Neural Computer: one write head with dynamic allocation, R read heads that
     mix content lookup with forward and backward traversal of the temporal link matrix.
@@ -59,13 +59,9 @@ class DNCCell(MemoryCore):
         memory_init: float = 1e-6,
         compile_step: bool = False,
     ) -> None:
-        self.memory_units = check_positive_int("memory_units", memory_units)
-        self.memory_unit_size = check_positive_int("memory_unit_size", memory_unit_size)
-        self.num_read_heads = check_positive_int("num_read_heads", num_read_heads)
-        if not isinstance(memory_init, (int, float)) or not torch.isfinite(torch.tensor(float(memory_init))):
-            raise ValueError(f"memory_init must be a finite number, got {memory_init!r}")
-        self.memory_init = float(memory_init)
-        super().__init__(input_dim, controller_dim, controller, recurrent_input_dim=num_read_heads * memory_unit_size, compile_step=compile_step)
+        super().__init__(
+            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step
+        )
         r, w = num_read_heads, memory_unit_size
         # Interface layout, grouped by nonlinearity so each group is activated in one call:
         # [read keys, write key, write vector] raw | [read strengths, write strength] oneplus |
@@ -86,14 +82,6 @@ class DNCCell(MemoryCore):
             "controller_hidden": (self.controller.hidden_size,),
             "controller_cell": (self.controller.cell_size,),
         }
-
-    def initial_row(self, device: torch.device, dtype: torch.dtype) -> DNCState:
-        row = super().initial_row(device, dtype)
-        return row._replace(memory=torch.full_like(row.memory, self.memory_init))
-
-    @property
-    def output_dim(self) -> int:
-        return self.controller_dim + self.num_read_heads * self.memory_unit_size
 
     def step(self, projected_input: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
         batch = projected_input.shape[0]

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sb3_memory.memory import addressing
-from sb3_memory.memory.core import MemoryCore, check_positive_int, weighting_entropy
+from sb3_memory.memory.core import ExternalMemoryCore, check_positive_int, weighting_entropy
 
 
 class NTMState(NamedTuple):
@@ -21,7 +21,7 @@ class NTMState(NamedTuple):
     controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
 
 
-class NTMCell(MemoryCore):
+class NTMCell(ExternalMemoryCore):
     """
     Neural Turing Machine: a controller with read and write heads on an ``N x W`` memory.
 
@@ -62,20 +62,16 @@ class NTMCell(MemoryCore):
         memory_init: float = 1e-6,
         compile_step: bool = False,
     ) -> None:
-        self.memory_units = check_positive_int("memory_units", memory_units)
-        self.memory_unit_size = check_positive_int("memory_unit_size", memory_unit_size)
-        self.num_read_heads = check_positive_int("num_read_heads", num_read_heads)
         self.num_write_heads = check_positive_int("num_write_heads", num_write_heads)
         self.shift_range = check_positive_int("shift_range", shift_range, minimum=0)
+        super().__init__(
+            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step
+        )
         if 2 * shift_range + 1 > memory_units:
             raise ValueError(
                 f"shift_range={shift_range} allows {2 * shift_range + 1} offsets but memory_units={memory_units}: "
                 f"use shift_range <= {(memory_units - 1) // 2} or more memory units"
             )
-        if not isinstance(memory_init, (int, float)) or not torch.isfinite(torch.tensor(float(memory_init))):
-            raise ValueError(f"memory_init must be a finite number, got {memory_init!r}")
-        self.memory_init = float(memory_init)
-        super().__init__(input_dim, controller_dim, controller, recurrent_input_dim=num_read_heads * memory_unit_size, compile_step=compile_step)
         num_heads = num_read_heads + num_write_heads
         # Per head: key (W), strength, interpolation gate, shift logits (2k+1), sharpening.
         self._head_params = memory_unit_size + 3 + (2 * shift_range + 1)
@@ -95,19 +91,13 @@ class NTMCell(MemoryCore):
 
     def initial_row(self, device: torch.device, dtype: torch.dtype) -> NTMState:
         row = super().initial_row(device, dtype)
-        memory = torch.full_like(row.memory, self.memory_init)
         focused = torch.zeros_like(row.read_weights[..., :1, :])
         focused[..., 0] = 1.0
         return row._replace(
-            memory=memory,
-            read_vectors=addressing.read(memory, focused.expand_as(row.read_weights)),
+            read_vectors=addressing.read(row.memory, focused.expand_as(row.read_weights)),
             read_weights=focused.expand_as(row.read_weights).clone(),
             write_weights=focused.expand_as(row.write_weights).clone(),
         )
-
-    @property
-    def output_dim(self) -> int:
-        return self.controller_dim + self.num_read_heads * self.memory_unit_size
 
     def step(self, projected_input: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
         batch = projected_input.shape[0]
