@@ -6,7 +6,6 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.utils import get_schedule_fn
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
@@ -27,7 +26,7 @@ def train_and_evaluate(algo, policy: str, policy_kwargs: dict, seed: int = 0, st
         policy,
         env,
         learning_rate=linear(1e-3),
-        clip_range=get_schedule_fn(linear(0.2)),
+        clip_range=linear(0.2),
         seed=seed,
         policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]), **policy_kwargs),
         **ZOO_KWARGS,
@@ -43,8 +42,13 @@ def train_and_evaluate(algo, policy: str, policy_kwargs: dict, seed: int = 0, st
 @pytest.mark.parametrize(
     "policy,policy_kwargs",
     [
-        ("NTMPolicy", dict(controller_dim=64, memory_units=32, memory_unit_size=16)),
-        ("DNCPolicy", dict(controller_dim=64, memory_units=32, memory_unit_size=16, num_read_heads=2)),
+        # The critic gets its own core, as the tuned RecurrentPPO config gives it its own LSTM
+        # (enable_critic_lstm=True). With one shared core the DNC reached only 153 with seed 0.
+        ("NTMPolicy", dict(controller_dim=64, memory_units=32, memory_unit_size=16, critic_memory="separate")),
+        (
+            "DNCPolicy",
+            dict(controller_dim=64, memory_units=32, memory_unit_size=16, num_read_heads=2, critic_memory="separate"),
+        ),
     ],
 )
 def test_memory_ppo_solves_cartpole_without_velocities(policy, policy_kwargs):
