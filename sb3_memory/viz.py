@@ -7,7 +7,7 @@ Usage:
 
 import argparse
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import gymnasium as gym
 import numpy as np
@@ -18,10 +18,19 @@ import sb3_memory  # noqa: F401  (registers the sb3_memory/... environments)
 from sb3_memory.common.policies import MemoryActorCriticPolicy
 
 
-def record_episode(model: BaseAlgorithm, env: gym.Env, seed: Optional[int] = None, deterministic: bool = True) -> dict[str, Any]:
+def record_episode(
+    model: BaseAlgorithm,
+    env: gym.Env,
+    seed: Optional[int] = None,
+    deterministic: bool = True,
+    obs_transform: Optional[Callable[[Any], Any]] = None,
+) -> dict[str, Any]:
     """
     Run one episode with ``model`` on a (non-vectorised) ``env`` and record the actor core's state
     after every step.
+
+    :param obs_transform: applied to each observation before ``predict`` (e.g. the
+        ``normalize_obs`` of the ``VecNormalize`` the model was trained with)
 
     :return: ``rewards`` (T,) and, for each state field of the core with weightings or usage,
         an array stacked over time, e.g. ``read_weights`` (T, R, N), ``write_weights``,
@@ -36,7 +45,8 @@ def record_episode(model: BaseAlgorithm, env: gym.Env, seed: Optional[int] = Non
     trace: dict[str, list[np.ndarray]] = {"rewards": []}
     done = False
     while not done:
-        action, state = model.predict(obs, state=state, episode_start=episode_start, deterministic=deterministic)
+        policy_obs = obs if obs_transform is None else obs_transform(obs)
+        action, state = model.predict(policy_obs, state=state, episode_start=episode_start, deterministic=deterministic)
         episode_start = np.zeros(1, dtype=bool)
         obs, reward, terminated, truncated, _ = env.step(action)
         done = terminated or truncated
@@ -80,8 +90,8 @@ def plot_memory_trace(trace: dict[str, Any], path: Union[str, Path], title: str 
         ax.set_title(name)
         ax.set_xlabel("time step")
         ax.set_ylabel("memory slot")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
         fig.colorbar(shown, ax=ax, fraction=0.046)
     if "link" in trace:
         ax = axes[0][-1]
@@ -101,10 +111,15 @@ def plot_memory_trace(trace: dict[str, Any], path: Union[str, Path], title: str 
 
 
 def render_memory_trace(
-    model: BaseAlgorithm, env: gym.Env, path: Union[str, Path], seed: Optional[int] = None, title: str = ""
+    model: BaseAlgorithm,
+    env: gym.Env,
+    path: Union[str, Path],
+    seed: Optional[int] = None,
+    title: str = "",
+    obs_transform: Optional[Callable[[Any], Any]] = None,
 ) -> Path:
     """Record one episode of ``model`` on ``env`` and save its memory trace as a PNG."""
-    return plot_memory_trace(record_episode(model, env, seed=seed), path, title=title)
+    return plot_memory_trace(record_episode(model, env, seed=seed, obs_transform=obs_transform), path, title=title)
 
 
 def main() -> None:
@@ -118,12 +133,23 @@ def main() -> None:
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value pairs (values parsed as Python literals)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="memory_trace.png")
+    parser.add_argument("--vecnormalize", help="VecNormalize statistics the model was trained with (rl-zoo3: vecnormalize.pkl)")
     args = parser.parse_args()
     import ast
 
+    try:
+        import rl_zoo3.import_envs  # noqa: F401  (CartPoleNoVel-v1 and the other zoo envs, if installed)
+    except ImportError:
+        pass
     env_kwargs = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.env_kwargs)}
     model = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}[args.algo].load(args.model, device="cpu")
-    path = render_memory_trace(model, gym.make(args.env, **env_kwargs), args.out, seed=args.seed, title=args.env)
+    env = gym.make(args.env, **env_kwargs)
+    obs_transform = None
+    if args.vecnormalize:
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+        obs_transform = VecNormalize.load(args.vecnormalize, DummyVecEnv([lambda: env])).normalize_obs
+    path = render_memory_trace(model, env, args.out, seed=args.seed, title=args.env, obs_transform=obs_transform)
     print(f"saved {path}")
 
 
