@@ -151,11 +151,12 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             x = np.asarray(runs[0]["timesteps"][:length])
             curves = np.asarray([r["mean_returns"][:length] for r in runs])
             centre = curves.mean(axis=0)
-            ax.plot(x, centre, label=algo)
+            color = f"C{list(ALGOS).index(algo)}"  # same colour for an algorithm in every figure
+            ax.plot(x, centre, label=algo, color=color)
             if len(runs) > 1:
                 # With a handful of seeds a t-interval band spills far past the possible returns;
                 # the figure shows the range over seeds, the table the interval.
-                ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), alpha=0.2)
+                ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), alpha=0.2, color=color)
         if threshold is not None:
             ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
         ax.set_title(env)
