@@ -1,0 +1,35 @@
+"""The comparison script's statistics and report, on synthetic runs."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from compare import steps_to_threshold, t_interval, write_report  # noqa: E402
+
+
+def test_t_interval_matches_hand_computation():
+    mean, half = t_interval([1.0, 2.0, 3.0])
+    # sample std 1, t(0.975, df=2) = 4.3027
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
+
+
+def test_steps_to_threshold_is_first_crossing():
+    result = {"timesteps": [10, 20, 30, 40], "mean_returns": [1.0, 5.0, 3.0, 6.0]}
+    assert steps_to_threshold(result, 5.0) == 20
+    assert steps_to_threshold(result, 7.0) is None
+    assert steps_to_threshold(result, None) is None
+
+
+def test_report_rows(tmp_path):
+    def run(algo, seed, returns):
+        return dict(algo=algo, env="CartPoleNoVel-v1", seed=seed, timesteps=[100, 200], mean_returns=returns, wall_seconds=10.0 * (seed + 1), steps_per_second=20.0)
+
+    results = [run("ppo_lstm", 0, [100.0, 460.0]), run("ppo_lstm", 1, [300.0, 480.0]), run("ppo", 0, [10.0, 20.0])]
+    write_report(results, tmp_path, "python scripts/compare.py --test")
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | 450.0 | 200 | 15 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | 450.0 | - (0/1) |" in table
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
