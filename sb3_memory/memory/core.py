@@ -1,12 +1,13 @@
 """What every memory core shares: state handling, resets, flattening and the sequence loop."""
 
+import functools
 import math
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from sb3_memory.memory.controller import CONTROLLER_TYPES, Controller
+from sb3_memory.memory.controller import Controller
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -43,8 +44,6 @@ class MemoryCore(nn.Module):
         self._compiled_step = None
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.controller_dim = check_positive_int("controller_dim", controller_dim)
-        if controller not in CONTROLLER_TYPES:
-            raise ValueError(f"controller must be one of {CONTROLLER_TYPES}, got {controller!r}")
         self.controller = Controller(input_dim, recurrent_input_dim, controller_dim, controller)
         self._initial_rows: dict[tuple[torch.device, torch.dtype], NamedTuple] = {}
 
@@ -58,10 +57,16 @@ class MemoryCore(nn.Module):
         """Initial state of one batch row; override to start from something other than zeros."""
         return self.state_type(*(torch.zeros((1, *shape), device=device, dtype=dtype) for shape in self.state_shapes().values()))
 
+    @functools.cached_property
+    def _state_layout(self) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+        # Fixed by the configuration; cached because unflatten_state runs at every rollout step.
+        shapes = tuple(self.state_shapes().values())
+        return shapes, tuple(int(torch.Size(shape).numel()) for shape in shapes)
+
     @property
     def state_size(self) -> int:
         """``D``, the size of the flat state of one batch row."""
-        return sum(int(torch.Size(shape).numel()) for shape in self.state_shapes().values())
+        return sum(self._state_layout[1])
 
     @property
     def output_dim(self) -> int:
@@ -111,8 +116,7 @@ class MemoryCore(nn.Module):
                 f"flat state must have shape (batch, {self.state_size}) for this core, got {tuple(flat.shape)}: "
                 "was it made by a core with another configuration?"
             )
-        shapes = self.state_shapes().values()
-        sizes = [int(torch.Size(shape).numel()) for shape in shapes]
+        shapes, sizes = self._state_layout
         # Contiguous copies: kernels on strided views may round differently from the original.
         return self.state_type(*(part.reshape(flat.shape[0], *shape).contiguous() for part, shape in zip(torch.split(flat, sizes, dim=1), shapes)))
 
