@@ -6,7 +6,33 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from compare import steps_to_threshold, t_interval, write_report  # noqa: E402
+from compare import ROOT, compiled_config, steps_to_threshold, t_interval, write_report  # noqa: E402
+
+
+@pytest.mark.parametrize("config", ["memory_ppo.yml", "memory_a2c.yml"])
+def test_compiled_config_only_adds_compile_step(config, tmp_path):
+    import yaml
+    from torch import nn
+
+    original_path = ROOT / "zoo_configs" / config
+    compiled_path = compiled_config(original_path, tmp_path)
+    assert compiled_path.parent == tmp_path
+    original = yaml.load(original_path.read_text(), Loader=yaml.UnsafeLoader)
+    compiled = yaml.load(compiled_path.read_text(), Loader=yaml.UnsafeLoader)
+    assert list(compiled) == list(original)
+    for env_id, entry in original.items():
+        compiled_entry = dict(compiled[env_id])
+        compiled_kwargs = eval(compiled_entry.pop("policy_kwargs"), {"nn": nn})
+        original_kwargs = eval(entry.pop("policy_kwargs"), {"nn": nn})
+        assert compiled_kwargs == {**original_kwargs, "compile_step": True}
+        assert compiled_entry == dict(entry)
+
+
+def test_compiled_config_rejects_non_dict_policy_kwargs(tmp_path):
+    config = tmp_path / "bad.yml"
+    config.write_text("CartPole-v1:\n  policy_kwargs: 'make_kwargs()'\n")
+    with pytest.raises(ValueError, match="dict"):
+        compiled_config(config, tmp_path / "out")
 
 
 def test_t_interval_matches_hand_computation():
