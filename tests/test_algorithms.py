@@ -359,12 +359,12 @@ def test_dict_observations(algo, policy):
 
 
 @pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy", "LSTMPolicy"])
-@pytest.mark.parametrize("critic_memory", ["shared", "separate", "none"])
+@pytest.mark.parametrize("critic_memory", ["shared", "detached", "separate", "none"])
 def test_critic_memory_modes(policy, critic_memory):
     model = make_model(MemoryPPO, policy, short_episode_env, policy_kwargs=dict(critic_memory=critic_memory))
     p = model.policy
     core_size = p.core.state_size
-    if critic_memory == "shared":
+    if critic_memory in ("shared", "detached"):
         assert p.critic_core is None and p.critic_projection is None
         assert p.state_size == core_size
     elif critic_memory == "separate":
@@ -393,7 +393,7 @@ def test_critic_memory_modes(policy, critic_memory):
         values_critic_fresh = p.predict_values(obs, critic_fresh, zeros)
         logits_critic_fresh = p.get_distribution(obs, critic_fresh, zeros)[0].distribution.logits
     assert not th.allclose(logits_actor_fresh, logits), "the actor must read the actor core's state"
-    if critic_memory == "shared":
+    if critic_memory in ("shared", "detached"):
         assert not th.allclose(values_actor_fresh, values), "the shared critic reads the core's state"
     elif critic_memory == "separate":
         th.testing.assert_close(values_actor_fresh, values, atol=0, rtol=0)  # critic ignores the actor state
@@ -416,6 +416,13 @@ def test_critic_memory_modes(policy, critic_memory):
 
     if critic_memory == "shared":
         assert grad_norm(p.core) > 0
+    elif critic_memory == "detached":
+        assert grad_norm(p.core) == 0 and grad_norm(p.features_extractor) == 0 and grad_norm(p.value_net) > 0
+        # while the policy loss still trains the core
+        p.optimizer.zero_grad()
+        _, log_prob, _ = p.evaluate_actions(samples.observations, batch_actions(model, samples.actions), samples.states, samples.episode_starts)
+        (-(samples.advantages * log_prob).mean()).backward()
+        assert grad_norm(p.core) > 0
     elif critic_memory == "separate":
         assert grad_norm(p.critic_core) > 0 and grad_norm(p.core) == 0
     else:
@@ -424,7 +431,7 @@ def test_critic_memory_modes(policy, critic_memory):
     # And learning trains them.
     before = snapshot(model)
     model.learn(2 * N_STEPS * model.n_envs)
-    extra = {"shared": (), "separate": ("critic_core.",), "none": ("critic_projection.",)}[critic_memory]
+    extra = {"shared": (), "detached": (), "separate": ("critic_core.",), "none": ("critic_projection.",)}[critic_memory]
     assert_learned(before, model, *extra)
 
 
@@ -473,6 +480,7 @@ REPLAY_CASES = [
     ("LSTMPolicy", dict(critic_memory="shared"), short_episode_env),
     ("NTMPolicy", dict(critic_memory="separate"), short_episode_env),
     ("DNCPolicy", dict(critic_memory="none"), short_episode_env),
+    ("DNCPolicy", dict(critic_memory="detached"), short_episode_env),
     ("LSTMPolicy", dict(critic_memory="separate", controller="gru"), short_episode_env),
     ("NTMPolicy", dict(controller="mlp", num_read_heads=2), short_episode_env),
     ("DNCPolicy", dict(critic_memory="separate"), short_continuous_env),

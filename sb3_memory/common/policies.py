@@ -19,7 +19,7 @@ from torch import nn
 
 from sb3_memory.memory import CORES, MemoryCore
 
-CRITIC_MEMORY_MODES = ("shared", "separate", "none")
+CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
 
 
 class MemoryActorCriticPolicy(ActorCriticPolicy):
@@ -36,6 +36,8 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
     of the B sequences at their first step, ``(B, state_size)``; rollouts use T = 1.
 
     :param critic_memory: ``"shared"``: one core feeds both heads (the value loss trains it too);
+        ``"detached"``: one core feeds both heads, but only the policy loss trains it (the critic
+        reads a detached copy, as sb3-contrib's ``shared_lstm=True``);
         ``"separate"``: the critic has its own core of the same configuration (twice the state);
         ``"none"``: the critic sees only the current features, through a linear layer
     :param core_kwargs: the core's keyword arguments (``memory_units``, ``memory_unit_size``,
@@ -73,9 +75,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
     ) -> None:
         if critic_memory not in CRITIC_MEMORY_MODES:
             raise ValueError(f"critic_memory must be one of {CRITIC_MEMORY_MODES}, got {critic_memory!r}")
-        if critic_memory == "shared" and not share_features_extractor:
+        if critic_memory in ("shared", "detached") and not share_features_extractor:
             raise ValueError(
-                "critic_memory='shared' feeds one core from one features extractor: set "
+                f"critic_memory={critic_memory!r} feeds one core from one features extractor: set "
                 "share_features_extractor=True, or use critic_memory='separate' or 'none'"
             )
         core_class = CORES[self.core_name]
@@ -177,6 +179,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             new_states.append(self.critic_core.flatten_state(critic_state))
         elif self.critic_projection is not None:
             latent_vf = self.critic_projection(vf_features)
+        elif self.critic_memory == "detached":
+            # The value loss's large, noisy gradients would otherwise shape the memory the actor reads.
+            latent_vf = latent_pi.detach()
         else:
             latent_vf = latent_pi
         new_state = new_states[0] if len(new_states) == 1 else th.cat(new_states, dim=1)
