@@ -11,6 +11,7 @@ Usage:
     python scripts/compare.py --envs CartPoleNoVel-v1 --seeds 0 1 2 --budget 50000
     python scripts/compare.py --algos memory_ppo-dnc ppo_lstm --envs sb3_memory/PassiveTMaze-v0 \\
         --env-kwargs corridor_length=10 --budget 100000
+    python scripts/compare.py --compile --envs sb3_memory/Copy-v0   # memory agents with compile_step=True
     python scripts/compare.py --report-only   # rebuild the table and figure from finished runs
 """
 
