@@ -29,14 +29,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (zoo algorithm, config file, extra hyperparameters passed with -params)
-ALGOS: dict[str, tuple[str, str, list[str]]] = {
-    "memory_ppo-ntm": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"]),
-    "memory_ppo-dnc": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'"]),
-    "memory_a2c-dnc": ("memory_a2c", "memory_a2c.yml", ["policy:'DNCPolicy'"]),
-    "ppo_lstm": ("ppo_lstm", "ppo_lstm.yml", []),
-    "ppo": ("ppo", "ppo.yml", []),
+# name -> (zoo algorithm, config file, extra hyperparameters passed with -params, policy_kwargs overrides)
+ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
+    "memory_ppo-ntm": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {}),
+    "memory_ppo-dnc": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'"], {}),
+    "memory_a2c-dnc": ("memory_a2c", "memory_a2c.yml", ["policy:'DNCPolicy'"], {}),
+    "ppo_lstm": ("ppo_lstm", "ppo_lstm.yml", [], {}),
+    "ppo": ("ppo", "ppo.yml", [], {}),
+    # The critic reads the core without training it, as RecurrentPPO's shared_lstm=True does.
+    "memory_ppo-ntm-detached": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "detached"}),
 }
+MEMORY_ALGOS = ("memory_ppo", "memory_a2c")
 # Success thresholds for "steps to reach": about 90% of the optimal return.
 THRESHOLDS = {
     "CartPoleNoVel-v1": 450.0,
@@ -58,10 +61,13 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    zoo_algo, config, params = ALGOS[algo]
+    zoo_algo, config, params, policy_overrides = ALGOS[algo]
+    compiled = args.compile and zoo_algo in MEMORY_ALGOS
     config_path = ROOT / "zoo_configs" / config
-    if args.compile and zoo_algo in ("memory_ppo", "memory_a2c"):
-        config_path = compiled_config(config_path, root / "configs")
+    if policy_overrides or compiled:
+        overrides = {**policy_overrides, **({"compile_step": True} if compiled else {})}
+        name = f"{algo}-compiled" if compiled else algo
+        config_path = derived_config(config_path, root / "configs" / f"{name}.yml", overrides)
     command = [
         sys.executable, "-m", "sb3_memory.zoo", "train",
         "--algo", zoo_algo, "--env", env, "-conf", str(config_path),
@@ -92,31 +98,34 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
         timesteps=timesteps.tolist(),
         mean_returns=evaluations["results"].mean(axis=1).tolist(),
         wall_seconds=wall,
-        compiled=config_path.parent != ROOT / "zoo_configs",
+        compiled=compiled,
         steps_per_second=float(timesteps[-1]) / wall if len(timesteps) else math.nan,
     )
     result_file.write_text(json.dumps(result))
     return result
 
 
-def compiled_config(config_path: Path, folder: Path) -> Path:
-    """A copy of a memory config whose ``policy_kwargs`` also set ``compile_step=True``.
+def derived_config(config_path: Path, out_path: Path, policy_overrides: dict[str, Any]) -> Path:
+    """
+    Write a copy of a zoo config whose ``policy_kwargs`` are updated with ``policy_overrides``
+    in every entry (the rest of each entry is unchanged) and return its path.
 
-    The configs stay eager (``torch.compile`` costs 10-60 s per process and needs a C++ compiler);
-    for runs of 10^5-10^6 steps the compiled step roughly doubles throughput.
+    Used for ``--compile`` (``compile_step=True``: ``torch.compile`` costs 10-60 s per process and
+    needs a C++ compiler, so the configs stay eager, but it roughly doubles the throughput of runs of
+    10^5-10^6 steps) and for the algorithm variants of ``ALGOS``.
     """
     import yaml
 
     entries = yaml.safe_load(config_path.read_text())
     for entry in entries.values():
-        policy_kwargs = entry.get("policy_kwargs", "dict()")
-        if not policy_kwargs.lstrip().startswith("dict("):
-            raise ValueError(f"{config_path}: policy_kwargs must be a 'dict(...)' string, got {policy_kwargs!r}")
-        entry["policy_kwargs"] = policy_kwargs.replace("dict(", "dict(compile_step=True, ", 1)
-    folder.mkdir(parents=True, exist_ok=True)
-    compiled_path = folder / config_path.name
-    compiled_path.write_text(yaml.safe_dump(entries, sort_keys=False))
-    return compiled_path
+        policy_kwargs = entry.get("policy_kwargs", {})
+        if isinstance(policy_kwargs, dict):
+            entry["policy_kwargs"] = {**policy_kwargs, **policy_overrides}
+        else:  # a Python expression that rl-zoo3 evaluates
+            entry["policy_kwargs"] = f"{{**({policy_kwargs.strip()}), **{policy_overrides!r}}}"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(yaml.safe_dump(entries, sort_keys=False))
+    return out_path
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:

@@ -6,33 +6,40 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from compare import ROOT, compiled_config, steps_to_threshold, t_interval, write_report  # noqa: E402
+from compare import ROOT, derived_config, steps_to_threshold, t_interval, write_report  # noqa: E402
 
 
 @pytest.mark.parametrize("config", ["memory_ppo.yml", "memory_a2c.yml"])
-def test_compiled_config_only_adds_compile_step(config, tmp_path):
+def test_derived_config_only_updates_policy_kwargs(config, tmp_path):
     import yaml
     from torch import nn
 
     original_path = ROOT / "zoo_configs" / config
-    compiled_path = compiled_config(original_path, tmp_path)
-    assert compiled_path.parent == tmp_path
+    overrides = {"compile_step": True, "critic_memory": "detached"}
+    derived_path = derived_config(original_path, tmp_path / "variant.yml", overrides)
+    assert derived_path == tmp_path / "variant.yml"
     original = yaml.load(original_path.read_text(), Loader=yaml.UnsafeLoader)
-    compiled = yaml.load(compiled_path.read_text(), Loader=yaml.UnsafeLoader)
-    assert list(compiled) == list(original)
+    derived = yaml.load(derived_path.read_text(), Loader=yaml.UnsafeLoader)
+    assert list(derived) == list(original)
     for env_id, entry in original.items():
-        compiled_entry = dict(compiled[env_id])
-        compiled_kwargs = eval(compiled_entry.pop("policy_kwargs"), {"nn": nn})
+        derived_entry = dict(derived[env_id])
+        derived_kwargs = eval(derived_entry.pop("policy_kwargs"), {"nn": nn})
         original_kwargs = eval(entry.pop("policy_kwargs"), {"nn": nn})
-        assert compiled_kwargs == {**original_kwargs, "compile_step": True}
-        assert compiled_entry == dict(entry)
+        assert original_kwargs["critic_memory"] != "detached"
+        assert derived_kwargs == {**original_kwargs, **overrides}
+        assert derived_entry == dict(entry)
 
 
-def test_compiled_config_rejects_non_dict_policy_kwargs(tmp_path):
-    config = tmp_path / "bad.yml"
-    config.write_text("CartPole-v1:\n  policy_kwargs: 'make_kwargs()'\n")
-    with pytest.raises(ValueError, match="dict"):
-        compiled_config(config, tmp_path / "out")
+def test_derived_config_with_mapping_policy_kwargs(tmp_path):
+    import yaml
+
+    config = tmp_path / "config.yml"
+    config.write_text("CartPole-v1:\n  n_envs: 2\n  policy_kwargs:\n    memory_units: 8\nPendulum-v1:\n  n_envs: 4\n")
+    derived = yaml.safe_load(derived_config(config, tmp_path / "out" / "variant.yml", {"compile_step": True}).read_text())
+    assert derived == {
+        "CartPole-v1": {"n_envs": 2, "policy_kwargs": {"memory_units": 8, "compile_step": True}},
+        "Pendulum-v1": {"n_envs": 4, "policy_kwargs": {"compile_step": True}},
+    }
 
 
 def test_t_interval_matches_hand_computation():
