@@ -159,7 +159,8 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         f"Made by `{command}`.",
         "Final return: mean of the last evaluation (deterministic episodes) over seeds, ± half-width of the 95% "
         "t-interval. Steps to threshold: median over seeds of the first evaluation at or above it ('-' if a seed "
-        "never reached it: count in brackets). Wall time and steps/s: median over seeds, one thread each, process start-up and evaluations included. "
+        "never reached it: count in brackets). Wall time and steps/s: median over seeds, one thread each, process start-up and evaluations included; "
+        "a '+' after the steps/s marks memory agents run with compile_step=True (compilation time included). "
         "Figure: mean over seeds, band from the lowest to the highest seed.",
         "",
         "| env | algorithm | seeds | budget | final return | threshold | steps to threshold | wall (s) | steps/s |",
@@ -179,7 +180,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             lines.append(
                 f"| {env} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | "
                 f"{threshold} | {steps} | {np.median([r['wall_seconds'] for r in runs]):.0f} | "
-                f"{np.median([r['steps_per_second'] for r in runs]):.0f} |"
+                f"{np.median([r['steps_per_second'] for r in runs]):.0f}{'+' if all(r.get('compiled') for r in runs) else ''} |"
             )
             length = min(len(r["timesteps"]) for r in runs)
             x = np.asarray(runs[0]["timesteps"][:length])

@@ -61,8 +61,10 @@ def test_report_rows(tmp_path):
         return dict(algo=algo, env="CartPoleNoVel-v1", seed=seed, timesteps=[100, 200], mean_returns=returns, wall_seconds=10.0 * (seed + 1), steps_per_second=20.0)
 
     results = [run("ppo_lstm", 0, [100.0, 460.0]), run("ppo_lstm", 1, [300.0, 480.0]), run("ppo", 0, [10.0, 20.0])]
+    results.append({**run("memory_ppo-ntm", 0, [50.0, 70.0]), "compiled": True})
     write_report(results, tmp_path, "python scripts/compare.py --test")
     table = (tmp_path / "comparison.md").read_text()
     assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | 450.0 | 200 | 15 | 20 |" in table
-    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | 450.0 | - (0/1) |" in table
+    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | 450.0 | - (0/1) | 10 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | memory_ppo-ntm | 1 | 200 | 70.00 ± nan | 450.0 | - (0/1) | 10 | 20+ |" in table
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
