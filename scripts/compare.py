@@ -139,6 +139,15 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return float(values_array.mean()), float(half)
 
 
+def welch_p_value(values: list[float], baseline: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test that the mean final returns differ (nan if undefined)."""
+    from scipy import stats
+
+    if len(values) < 2 or len(baseline) < 2 or (np.std(values) == 0 and np.std(baseline) == 0):
+        return math.nan
+    return float(stats.ttest_ind(values, baseline, equal_var=False).pvalue)
+
+
 def steps_to_threshold(result: dict[str, Any], threshold: Optional[float]) -> Optional[int]:
     if threshold is None:
         return None
@@ -161,10 +170,12 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         "t-interval. Steps to threshold: median over seeds of the first evaluation at or above it ('-' if a seed "
         "never reached it: count in brackets). Wall time and steps/s: median over seeds, one thread each, process start-up and evaluations included; "
         "a '+' after the steps/s marks memory agents run with compile_step=True (compilation time included). "
+        "vs RecurrentPPO: difference of the mean final returns, with the p-value of Welch's t-test (with 3 seeds "
+        "only large differences can reach p < 0.05). "
         "Figure: mean over seeds, band from the lowest to the highest seed.",
         "",
-        "| env | algorithm | seeds | budget | final return | threshold | steps to threshold | wall (s) | steps/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| env | algorithm | seeds | budget | final return | vs RecurrentPPO | threshold | steps to threshold | wall (s) | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
@@ -173,12 +184,15 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             runs = [r for r in results if r["env"] == env and r["algo"] == algo and r["timesteps"]]
             if not runs:
                 continue
-            mean, half = t_interval([r["mean_returns"][-1] for r in runs])
+            finals = [r["mean_returns"][-1] for r in runs]
+            mean, half = t_interval(finals)
+            baseline = [r["mean_returns"][-1] for r in results if r["env"] == env and r["algo"] == "ppo_lstm" and r["timesteps"]]
+            versus = "-" if algo == "ppo_lstm" or not baseline else f"{mean - np.mean(baseline):+.2f} (p={welch_p_value(finals, baseline):.2f})"
             reached = [steps_to_threshold(r, threshold) for r in runs]
             hits = [s for s in reached if s is not None]
             steps = f"{int(np.median(hits))}" if len(hits) == len(runs) else f"- ({len(hits)}/{len(runs)})"
             lines.append(
-                f"| {env} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | "
+                f"| {env} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | {versus} | "
                 f"{threshold} | {steps} | {np.median([r['wall_seconds'] for r in runs]):.0f} | "
                 f"{np.median([r['steps_per_second'] for r in runs]):.0f}{'+' if all(r.get('compiled') for r in runs) else ''} |"
             )

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from compare import ROOT, derived_config, steps_to_threshold, t_interval, write_report  # noqa: E402
+from compare import ROOT, derived_config, steps_to_threshold, t_interval, welch_p_value, write_report  # noqa: E402
 
 
 @pytest.mark.parametrize("config", ["memory_ppo.yml", "memory_a2c.yml"])
@@ -49,6 +49,13 @@ def test_t_interval_matches_hand_computation():
     assert half == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
 
 
+def test_welch_p_value_matches_hand_computation():
+    # means 2 and 5, variances 1 and 1, n 3 and 3: t = 3 / sqrt(2/3) = 3.674, df = 4
+    assert welch_p_value([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.021312, rel=1e-3)
+    assert welch_p_value([1.0], [4.0, 5.0]) != welch_p_value([1.0], [4.0, 5.0])  # nan: one seed
+    assert welch_p_value([1.0, 1.0], [1.0, 1.0]) != welch_p_value([1.0, 1.0], [1.0, 1.0])  # nan: no spread
+
+
 def test_steps_to_threshold_is_first_crossing():
     result = {"timesteps": [10, 20, 30, 40], "mean_returns": [1.0, 5.0, 3.0, 6.0]}
     assert steps_to_threshold(result, 5.0) == 20
@@ -64,7 +71,7 @@ def test_report_rows(tmp_path):
     results.append({**run("memory_ppo-ntm", 0, [50.0, 70.0]), "compiled": True})
     write_report(results, tmp_path, "python scripts/compare.py --test")
     table = (tmp_path / "comparison.md").read_text()
-    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | 450.0 | 200 | 15 | 20 |" in table
-    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | 450.0 | - (0/1) | 10 | 20 |" in table
-    assert "| CartPoleNoVel-v1 | memory_ppo-ntm | 1 | 200 | 70.00 ± nan | 450.0 | - (0/1) | 10 | 20+ |" in table
+    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | 450.0 | 200 | 15 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | -450.00 (p=nan) | 450.0 | - (0/1) | 10 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | memory_ppo-ntm | 1 | 200 | 70.00 ± nan | -400.00 (p=nan) | 450.0 | - (0/1) | 10 | 20+ |" in table
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
