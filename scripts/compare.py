@@ -211,8 +211,11 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         ax.set_title(env)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    # One legend for the figure: an algorithm may be missing from some panels.
+    labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    names = sorted(labelled, key=list(ALGOS).index)
+    fig.legend([labelled[n] for n in names], names, loc="upper center", ncol=len(names), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "comparison.png", dpi=100)
     plt.close(fig)
