@@ -40,6 +40,8 @@ ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
     "memory_ppo-ntm-detached": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "detached"}),
 }
 MEMORY_ALGOS = ("memory_ppo", "memory_a2c")
+ALGO_ORDER = list(ALGOS)  # table rows, legend and colours (an algorithm keeps its colour in every figure)
+BASELINE = "ppo_lstm"  # the "vs RecurrentPPO" column compares with this entry of ALGOS
 # Success thresholds for "steps to reach": about 90% of the optimal return.
 THRESHOLDS = {
     "CartPoleNoVel-v1": 450.0,
@@ -161,7 +163,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     import matplotlib.pyplot as plt
 
     envs = sorted({r["env"] for r in results})
-    algos = [a for a in ALGOS if any(r["algo"] == a for r in results)]
+    algos = [a for a in ALGO_ORDER if any(r["algo"] == a for r in results)]
     lines = [
         "# Memory agents against RecurrentPPO and PPO",
         "",
@@ -180,14 +182,14 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
         threshold = THRESHOLDS.get(env)
+        baseline = [r["mean_returns"][-1] for r in results if r["env"] == env and r["algo"] == BASELINE and r["timesteps"]]
         for algo in algos:
             runs = [r for r in results if r["env"] == env and r["algo"] == algo and r["timesteps"]]
             if not runs:
                 continue
             finals = [r["mean_returns"][-1] for r in runs]
             mean, half = t_interval(finals)
-            baseline = [r["mean_returns"][-1] for r in results if r["env"] == env and r["algo"] == "ppo_lstm" and r["timesteps"]]
-            versus = "-" if algo == "ppo_lstm" or not baseline else f"{mean - np.mean(baseline):+.2f} (p={welch_p_value(finals, baseline):.2f})"
+            versus = "-" if algo == BASELINE or not baseline else f"{mean - np.mean(baseline):+.2f} (p={welch_p_value(finals, baseline):.2f})"
             reached = [steps_to_threshold(r, threshold) for r in runs]
             hits = [s for s in reached if s is not None]
             steps = f"{int(np.median(hits))}" if len(hits) == len(runs) else f"- ({len(hits)}/{len(runs)})"
@@ -200,7 +202,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             x = np.asarray(runs[0]["timesteps"][:length])
             curves = np.asarray([r["mean_returns"][:length] for r in runs])
             centre = curves.mean(axis=0)
-            color = f"C{list(ALGOS).index(algo)}"  # same colour for an algorithm in every figure
+            color = f"C{ALGO_ORDER.index(algo)}"
             ax.plot(x, centre, label=algo, color=color)
             if len(runs) > 1:
                 # With a handful of seeds a t-interval band spills far past the possible returns;
@@ -213,7 +215,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         ax.set_ylabel("evaluation return")
     # One legend for the figure: an algorithm may be missing from some panels.
     labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
-    names = sorted(labelled, key=list(ALGOS).index)
+    names = sorted(labelled, key=ALGO_ORDER.index)
     fig.legend([labelled[n] for n in names], names, loc="upper center", ncol=len(names), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     out.mkdir(parents=True, exist_ok=True)
