@@ -166,17 +166,17 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         pi_features, vf_features = (features, features) if self.share_features_extractor else features
         self._check_state(state, pi_features.shape[0])
         starts = episode_starts.reshape(-1, n_seq)
-        actor_state = self.core.unflatten_state(state[:, : self._actor_state_size])
-        latent_pi, actor_state = self.core.forward_sequence(pi_features.reshape(-1, n_seq, self.core.input_dim), actor_state, starts)
-        new_states = [self.core.flatten_state(actor_state)]
+        latent_pi, actor_state = self.core.forward_flat(
+            pi_features.reshape(-1, n_seq, self.core.input_dim), state[:, : self._actor_state_size], starts
+        )
+        new_states = [actor_state]
         latent_pi = latent_pi.reshape(-1, latent_pi.shape[-1])
         if self.critic_core is not None:
-            critic_state = self.critic_core.unflatten_state(state[:, self._actor_state_size :])
-            latent_vf, critic_state = self.critic_core.forward_sequence(
-                vf_features.reshape(-1, n_seq, self.critic_core.input_dim), critic_state, starts
+            latent_vf, critic_state = self.critic_core.forward_flat(
+                vf_features.reshape(-1, n_seq, self.critic_core.input_dim), state[:, self._actor_state_size :], starts
             )
             latent_vf = latent_vf.reshape(-1, latent_vf.shape[-1])
-            new_states.append(self.critic_core.flatten_state(critic_state))
+            new_states.append(critic_state)
         elif self.critic_projection is not None:
             latent_vf = self.critic_projection(vf_features)
         elif self.critic_memory == "detached":

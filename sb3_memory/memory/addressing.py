@@ -149,7 +149,8 @@ def allocation_weights(usage: Tensor) -> Tensor:
     :return: (B, N), sums to at most 1
     """
     usage = USAGE_EPS + (1.0 - USAGE_EPS) * usage
-    sorted_usage, order = torch.sort(usage, dim=-1)
+    # Stable: equal usages (all slots at an episode start) are allocated in slot order.
+    sorted_usage, order = torch.sort(usage, dim=-1, stable=True)
     # Exclusive cumulative product: the first free slot gets the full share.
     ones = torch.ones_like(sorted_usage[:, :1])
     before = torch.cumprod(torch.cat([ones, sorted_usage[:, :-1]], dim=-1), dim=-1)

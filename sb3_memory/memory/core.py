@@ -2,12 +2,23 @@
 
 import functools
 import math
+import warnings
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from sb3_memory.memory import native
 from sb3_memory.memory.controller import Controller
+
+BACKENDS = ("auto", "native", "reference")
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -29,19 +40,40 @@ class MemoryCore(nn.Module):
     :param controller_dim: size of the controller output
     :param controller: ``"lstm"``, ``"gru"`` or ``"mlp"``
     :param recurrent_input_dim: size of what is fed back into the controller each step
-    :param compile_step: compile :meth:`step` with ``torch.compile`` on first use: fuses the
-        many small tensor operations of a step (about 1.5-2x faster on CPU), at the price of
-        tens of seconds of compilation per process and input shape
+    :param compile_step: run the reference path with :meth:`step` compiled by ``torch.compile``
+        (fuses a step's small operations; tens of seconds of compilation per process and input
+        shape). Only with ``backend="reference"`` or ``"auto"``, where it selects the reference path
+    :param backend: how :meth:`forward_sequence` runs. ``"native"``: fused C++ kernels for the
+        whole chunk, forward and backward (:mod:`sb3_memory.memory.native`; CPU, float32/float64);
+        ``"reference"``: the step-by-step PyTorch code, the oracle the kernels are tested against;
+        ``"auto"`` (default): native where it can run, otherwise the reference with one warning
     """
 
     state_type: type
+    native_core: str  # the kernels' name for this core: "ntm", "dnc" or "plain"
 
-    def __init__(self, input_dim: int, controller_dim: int, controller: str, recurrent_input_dim: int, compile_step: bool = False) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        controller_dim: int,
+        controller: str,
+        recurrent_input_dim: int,
+        compile_step: bool = False,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         if not isinstance(compile_step, bool):
             raise TypeError(f"compile_step must be a bool, got {compile_step!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if compile_step and backend == "native":
+            raise ValueError("compile_step=True compiles the reference path: use backend='reference' (or 'auto') with it")
+        if backend == "native":
+            native.load_library()  # fail here, not deep inside a training run
         self.compile_step = compile_step
+        self.backend = backend
         self._compiled_step = None
+        self._native_kernel: Optional[native.NativeSequence] = None
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.controller_dim = check_positive_int("controller_dim", controller_dim)
         self.controller = Controller(input_dim, recurrent_input_dim, controller_dim, controller)
@@ -151,7 +183,37 @@ class MemoryCore(nn.Module):
             initial state before step t
         :return: features (T, B, output_dim) and the state after the last step
         """
-        self._check_inputs(x, state, episode_starts)
+        self._check_state_type(state)
+        kernel = self._native_for(x)
+        if kernel is None:
+            return self.reference_sequence(x, state, episode_starts)
+        features, flat = self.forward_flat(x, self.flatten_state(state), episode_starts)
+        return features, self.unflatten_state(flat)
+
+    def forward_flat(self, x: Tensor, flat_state: Tensor, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """
+        :meth:`forward_sequence` on the flat ``(B, state_size)`` state (see :meth:`flatten_state`),
+        as policies and rollout buffers hold it: the native path reads and writes it directly.
+
+        :return: features (T, B, output_dim) and the flat state after the last step
+        """
+        kernel = self._native_for(x)
+        if kernel is None:
+            features, state = self.reference_sequence(x, self.unflatten_state(flat_state), episode_starts)
+            return features, self.flatten_state(state)
+        if flat_state.dim() != 2 or flat_state.shape[1] != self.state_size:
+            raise ValueError(f"flat state must have shape (batch, {self.state_size}) for this core, got {tuple(flat_state.shape)}")
+        self._check_inputs(x, flat_state.shape[0], episode_starts)
+        projected = self.controller.project_input(x)
+        return native.fused_sequence(kernel, projected, flat_state, episode_starts, self._native_weights())
+
+    def reference_sequence(self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, NamedTuple]:
+        """
+        :meth:`forward_sequence` through :meth:`step`, one step at a time in PyTorch: the reference
+        the native kernels are tested against (and run with ``compile_step``).
+        """
+        self._check_state_type(state)
+        self._check_inputs(x, state[0].shape[0], episode_starts)
         projected = self.controller.project_input(x)
         resets: list[bool] = [False] * x.shape[0]
         if episode_starts is not None:
@@ -174,6 +236,73 @@ class MemoryCore(nn.Module):
             )
         return features, state
 
+    # --- native path ----------------------------------------------------------------------------
+
+    def native_config(self) -> dict[str, int]:
+        """This core's sizes for the native kernels (what :meth:`_native_config` adds to the controller's)."""
+        offsets, start = {}, 0
+        for name, size in zip(self.state_shapes(), self._state_layout[1]):
+            offsets[name] = start
+            start += size
+        controller = self.controller
+        recurrent = controller.weight_recurrent
+        config = dict(
+            controller=native.CONTROLLER_IDS[controller.kind],
+            C=controller.hidden_dim,
+            G=controller.weight_input.shape[0],
+            K=0 if recurrent is None else recurrent.shape[1],
+            D=self.state_size,
+            hidden_size=controller.hidden_size,
+            cell_size=controller.cell_size,
+            N=0, W=0, R=0, Hw=0, S=0, P=0,
+        )  # fmt: skip
+        for field in ("memory", "read_vectors", "read_weights", "write_weights", "usage", "precedence", "link"):
+            config[f"off_{field}"] = offsets.get(field, 0)
+        config["off_hidden"] = offsets["controller_hidden"]
+        config["off_cell"] = offsets["controller_cell"]
+        config.update(self._native_config())
+        config["core"] = native.CORE_IDS[self.native_core]
+        return config
+
+    def _native_config(self) -> dict[str, int]:
+        return {}
+
+    def _native_weights(self) -> tuple[Optional[Tensor], ...]:
+        """The weights the kernels use, in ``native.WEIGHT_NAMES`` order."""
+        controller = self.controller
+        gru = controller.kind == "gru"
+        interface = getattr(self, "interface", None)
+        return (
+            controller.weight_recurrent,
+            controller.weight_hidden if gru else None,
+            controller.bias_hidden if gru else None,
+            None if interface is None else interface.weight,
+            None if interface is None else interface.bias,
+        )
+
+    def _native_for(self, x: Tensor) -> Optional[native.NativeSequence]:
+        """The kernels to run ``x`` with, or None for the reference path."""
+        if self.backend == "reference" or self.compile_step:
+            return None
+        reason = None
+        if x.device.type != "cpu":
+            reason = f"the native memory kernels run on CPU only; {x.device.type} tensors use the reference path"
+        elif x.dtype not in native.SUPPORTED_DTYPES:
+            reason = f"the native memory kernels support float32 and float64; {x.dtype} uses the reference path"
+        if reason is None and self._native_kernel is None:
+            try:
+                row = self._cached_initial_row(x.device, x.dtype)
+                init_row = torch.cat([field.reshape(-1) for field in row])
+                self._native_kernel = native.NativeSequence(self.native_config(), init_row, type(self).__name__)
+            except native.NativeUnavailableError as error:
+                reason = f"the native memory kernels are unavailable ({error}); the cores run the slower reference path"
+        if reason is not None:
+            if self.backend == "native":
+                raise ValueError(f"backend='native' cannot run here: {reason}")
+            _warn_once(reason)
+            return None
+        return self._native_kernel
+
     def _step_function(self):
         if not self.compile_step:
             return self.step
@@ -184,15 +313,23 @@ class MemoryCore(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # A compiled function cannot be pickled or deep-copied; it is rebuilt on first use.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_compiled_step": None, "_initial_rows": {}}
+        return {**state, "_compiled_step": None, "_initial_rows": {}, "_native_kernel": None}
 
-    def _check_inputs(self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor]) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.input_dim:
-            raise ValueError(f"{type(self).__name__} expects x of shape (T, B, {self.input_dim}), got {tuple(x.shape)}")
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Models pickled before the native path existed lack its attributes.
+        state.setdefault("backend", "auto")
+        state.setdefault("_native_kernel", None)
+        super().__setstate__(state)
+
+    def _check_state_type(self, state: NamedTuple) -> None:
         if not isinstance(state, self.state_type):
             raise TypeError(f"state must be a {self.state_type.__name__}, got {type(state).__name__}; use initial_state()")
-        if state[0].shape[0] != x.shape[1]:
-            raise ValueError(f"state has batch size {state[0].shape[0]} but x has batch size {x.shape[1]}")
+
+    def _check_inputs(self, x: Tensor, batch_size: int, episode_starts: Optional[Tensor]) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.input_dim:
+            raise ValueError(f"{type(self).__name__} expects x of shape (T, B, {self.input_dim}), got {tuple(x.shape)}")
+        if batch_size != x.shape[1]:
+            raise ValueError(f"state has batch size {batch_size} but x has batch size {x.shape[1]}")
         if episode_starts is not None and tuple(episode_starts.shape) != tuple(x.shape[:2]):
             raise ValueError(f"episode_starts must have shape (T, B) = {tuple(x.shape[:2])}, got {tuple(episode_starts.shape)}")
         if not torch.isfinite(x).all():
@@ -224,6 +361,7 @@ class ExternalMemoryCore(MemoryCore):
         num_read_heads: int,
         memory_init: float,
         compile_step: bool,
+        backend: str,
     ) -> None:
         self.memory_units = check_positive_int("memory_units", memory_units)
         self.memory_unit_size = check_positive_int("memory_unit_size", memory_unit_size)
@@ -231,7 +369,7 @@ class ExternalMemoryCore(MemoryCore):
         if isinstance(memory_init, bool) or not isinstance(memory_init, (int, float)) or not math.isfinite(memory_init):
             raise ValueError(f"memory_init must be a finite number, got {memory_init!r}")
         self.memory_init = float(memory_init)
-        super().__init__(input_dim, controller_dim, controller, num_read_heads * memory_unit_size, compile_step)
+        super().__init__(input_dim, controller_dim, controller, num_read_heads * memory_unit_size, compile_step, backend)
 
     @property
     def output_dim(self) -> int:

@@ -43,10 +43,12 @@ class DNCCell(ExternalMemoryCore):
     :param memory_unit_size: W, size of each slot
     :param num_read_heads: R
     :param memory_init: constant value of every memory cell at an episode start
-    :param compile_step: compile the step with ``torch.compile`` (see :class:`MemoryCore`)
+    :param compile_step: compile the reference step with ``torch.compile`` (see :class:`MemoryCore`)
+    :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`)
     """
 
     state_type = DNCState
+    native_core = "dnc"
 
     def __init__(
         self,
@@ -58,9 +60,10 @@ class DNCCell(ExternalMemoryCore):
         num_read_heads: int = 2,
         memory_init: float = 1e-6,
         compile_step: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__(
-            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step
+            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step, backend
         )
         r, w = num_read_heads, memory_unit_size
         # Interface layout, grouped by nonlinearity so each group is activated in one call:
@@ -82,6 +85,9 @@ class DNCCell(ExternalMemoryCore):
             "controller_hidden": (self.controller.hidden_size,),
             "controller_cell": (self.controller.cell_size,),
         }
+
+    def _native_config(self) -> dict[str, int]:
+        return dict(N=self.memory_units, W=self.memory_unit_size, R=self.num_read_heads, Hw=1, P=self.interface.out_features)
 
     def step(self, projected_input: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
         batch = projected_input.shape[0]

@@ -22,15 +22,19 @@ class LSTMCore(MemoryCore):
     :param input_dim: size of the input features
     :param controller_dim: hidden size
     :param controller: ``"lstm"`` (default) or ``"gru"``
-    :param compile_step: compile the step with ``torch.compile`` (see :class:`MemoryCore`)
+    :param compile_step: compile the reference step with ``torch.compile`` (see :class:`MemoryCore`)
+    :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`)
     """
 
     state_type = LSTMState
+    native_core = "plain"
 
-    def __init__(self, input_dim: int, controller_dim: int = 64, controller: str = "lstm", compile_step: bool = False) -> None:
+    def __init__(
+        self, input_dim: int, controller_dim: int = 64, controller: str = "lstm", compile_step: bool = False, backend: str = "auto"
+    ) -> None:
         if controller == "mlp":
             raise ValueError("LSTMCore needs a recurrent controller: use controller='lstm' or 'gru'")
-        super().__init__(input_dim, controller_dim, controller, recurrent_input_dim=0, compile_step=compile_step)
+        super().__init__(input_dim, controller_dim, controller, recurrent_input_dim=0, compile_step=compile_step, backend=backend)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"controller_hidden": (self.controller.hidden_size,), "controller_cell": (self.controller.cell_size,)}

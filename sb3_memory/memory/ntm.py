@@ -44,10 +44,12 @@ class NTMCell(ExternalMemoryCore):
     :param num_write_heads: number of write heads
     :param shift_range: k, shifts from -k to +k (2k + 1 <= N)
     :param memory_init: constant value of every memory cell at an episode start
-    :param compile_step: compile the step with ``torch.compile`` (see :class:`MemoryCore`)
+    :param compile_step: compile the reference step with ``torch.compile`` (see :class:`MemoryCore`)
+    :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`)
     """
 
     state_type = NTMState
+    native_core = "ntm"
 
     def __init__(
         self,
@@ -61,11 +63,12 @@ class NTMCell(ExternalMemoryCore):
         shift_range: int = 1,
         memory_init: float = 1e-6,
         compile_step: bool = False,
+        backend: str = "auto",
     ) -> None:
         self.num_write_heads = check_positive_int("num_write_heads", num_write_heads)
         self.shift_range = check_positive_int("shift_range", shift_range, minimum=0)
         super().__init__(
-            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step
+            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step, backend
         )
         if 2 * shift_range + 1 > memory_units:
             raise ValueError(
@@ -88,6 +91,16 @@ class NTMCell(ExternalMemoryCore):
             "controller_hidden": (self.controller.hidden_size,),
             "controller_cell": (self.controller.cell_size,),
         }
+
+    def _native_config(self) -> dict[str, int]:
+        return dict(
+            N=self.memory_units,
+            W=self.memory_unit_size,
+            R=self.num_read_heads,
+            Hw=self.num_write_heads,
+            S=2 * self.shift_range + 1,
+            P=self.interface.out_features,
+        )
 
     def initial_row(self, device: torch.device, dtype: torch.dtype) -> NTMState:
         row = super().initial_row(device, dtype)

@@ -1,0 +1,1400 @@
+// Fused forward and backward passes of the memory cores over a time-major chunk.
+//
+// This is the native fast path of sb3_memory.memory: the same equations as addressing.py,
+// ntm.py, dnc.py and controller.py (the reference, which the tests compare against), written as
+// plain loops over one batch row at a time. A core step is ~60 tiny tensor operations in
+// PyTorch, so eager execution is dominated by per-operation overhead; here a whole chunk is one
+// call. The forward pass records a per-step "tape" of intermediate values; the backward pass
+// walks the tape in reverse and accumulates the parameter gradients.
+//
+// No PyTorch headers: the library is compiled in about a second with the system C++ compiler
+// and called through ctypes (see native.py). Every buffer is contiguous and row-major:
+//   projected (T, B, G), starts (T, B) uint8, state (B, D), features (T, B, F), tape (B, T, TS).
+// Weights keep PyTorch's (out_features, in_features) layout.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#define RESTRICT __restrict__
+
+namespace {
+
+constexpr double kUsageEps = 1e-6;     // addressing.USAGE_EPS
+constexpr double kCosineEps = 1e-6;    // addressing.cosine_similarity
+constexpr double kSharpenEps = 1e-12;  // addressing.sharpen
+constexpr double kSoftplusThreshold = 20.0;  // torch.nn.functional.softplus default
+
+enum Core : int64_t { kNTM = 0, kDNC = 1, kPlain = 2 };
+enum ControllerKind : int64_t { kLSTM = 0, kGRU = 1, kMLP = 2 };
+
+}  // namespace
+
+extern "C" {
+
+// Sizes and flat-state offsets, filled in by native.py from the core's configuration.
+struct SmemConfig {
+  int64_t core, controller;
+  int64_t T, B;
+  int64_t G;  // width of the projected input: gates * C
+  int64_t C;  // controller output size
+  int64_t K;  // columns of the recurrent weight: fed-back reads (+ hidden for an LSTM)
+  int64_t N, W, R, Hw, S;  // memory slots, word size, read heads, write heads (NTM), shifts (NTM)
+  int64_t P;  // interface width
+  int64_t D;  // flat state width
+  int64_t off_memory, off_read_vectors, off_read_weights, off_write_weights;
+  int64_t off_usage, off_precedence, off_link, off_hidden, off_cell;
+  int64_t hidden_size, cell_size;
+};
+
+struct SmemBuffers {
+  // forward inputs
+  const void* projected;
+  const void* state0;
+  const uint8_t* starts;  // null: no episode starts
+  const void* init_row;
+  const void* w_rec;  // (G, K), null when K == 0
+  const void* w_hid;  // (3C, C), GRU only
+  const void* b_hid;  // (3C), GRU only
+  const void* w_if;   // (P, C), external-memory cores only
+  const void* b_if;   // (P)
+  // forward outputs
+  void* features;
+  void* state_T;
+  void* tape;  // null: inference, nothing recorded
+  // backward inputs
+  const void* d_features;
+  const void* d_state_T;  // null: zero
+  // backward outputs; the backward pass also writes the tape's gradient fields (smem_tape_fields)
+  void* d_projected;
+  void* d_state0;
+};
+
+}  // extern "C"
+
+namespace {
+
+// ----------------------------------------------------------------------------------------------
+// Small dense helpers. `omp simd` lets the compiler vectorise reductions without -ffast-math.
+
+template <typename F>
+inline F dot(const F* RESTRICT a, const F* RESTRICT b, int64_t n) {
+  F s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename F>
+inline void axpy(F* RESTRICT y, const F* RESTRICT x, F a, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// y += W x, given W^T (cols, rows): column updates on a block of y held in registers, instead of
+// one short dot product (and horizontal reduction) per row.
+template <typename F>
+inline void gemv_cols(F* RESTRICT y, const F* RESTRICT wt, const F* RESTRICT x, int64_t rows, int64_t cols) {
+  constexpr int64_t kBlock = 4 * 64 / sizeof(F);
+  int64_t i0 = 0;
+  for (; i0 + kBlock <= rows; i0 += kBlock) {
+    F acc[kBlock];
+    std::copy(y + i0, y + i0 + kBlock, acc);
+    for (int64_t j = 0; j < cols; ++j) {
+      const F xj = x[j];
+      const F* RESTRICT column = wt + j * rows + i0;
+#pragma omp simd
+      for (int64_t k = 0; k < kBlock; ++k) acc[k] += column[k] * xj;
+    }
+    std::copy(acc, acc + kBlock, y + i0);
+  }
+  if (i0 < rows)
+    for (int64_t j = 0; j < cols; ++j) axpy(y + i0, wt + j * rows + i0, x[j], rows - i0);
+}
+
+// x += W^T y, W (rows, cols)
+template <typename F>
+inline void gemv_t(F* x, const F* w, const F* y, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) axpy(x, w + i * cols, y[i], cols);
+}
+
+template <typename F>
+void transpose(const F* w, int64_t rows, int64_t cols, std::vector<F>& out) {
+  out.resize(rows * cols);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = w[i * cols + j];
+}
+
+// ----------------------------------------------------------------------------------------------
+// exp and log that the compiler can vectorise (libm's are opaque scalar calls, and were most of
+// the forward pass). Range reduction plus polynomial, accurate to a few ulp in float and double;
+// NaN propagates, so non-finite values are still caught.
+
+template <typename F>
+struct FloatBits;
+template <>
+struct FloatBits<float> {
+  using Int = int32_t;
+  static constexpr int mantissa = 23, bias = 127;
+  static constexpr int exp_terms = 7, log_terms = 6;
+  static constexpr float exp_max = 88.0f, exp_min = -87.0f;
+};
+template <>
+struct FloatBits<double> {
+  using Int = int64_t;
+  static constexpr int mantissa = 52, bias = 1023;
+  static constexpr int exp_terms = 13, log_terms = 12;
+  static constexpr double exp_max = 708.0, exp_min = -708.0;
+};
+
+template <typename F>
+inline F from_bits(typename FloatBits<F>::Int bits) {
+  F value;
+  std::memcpy(&value, &bits, sizeof(F));
+  return value;
+}
+
+template <typename F>
+inline typename FloatBits<F>::Int to_bits(F value) {
+  typename FloatBits<F>::Int bits;
+  std::memcpy(&bits, &value, sizeof(F));
+  return bits;
+}
+
+// 1/k!, for the Taylor series of exp
+constexpr double kInverseFactorials[] = {1.0,
+                                         1.0,
+                                         1.0 / 2,
+                                         1.0 / 6,
+                                         1.0 / 24,
+                                         1.0 / 120,
+                                         1.0 / 720,
+                                         1.0 / 5040,
+                                         1.0 / 40320,
+                                         1.0 / 362880,
+                                         1.0 / 3628800,
+                                         1.0 / 39916800,
+                                         1.0 / 479001600,
+                                         1.0 / 6227020800};
+
+template <typename F>
+inline F vexp(F x) {
+  using B = FloatBits<F>;
+  const F xc = std::min(std::max(x, F(B::exp_min)), F(B::exp_max));
+  // x = n ln2 + r, |r| <= ln2 / 2, with ln2 split in two so that n ln2 is exact (Cody and Waite).
+  // Adding and subtracting 1.5 * 2^mantissa rounds to an integer (floor does not vectorise).
+  const F magic = F(1.5) * from_bits<F>(typename B::Int(B::bias + B::mantissa) << B::mantissa);
+  const F n = (xc * F(1.4426950408889634) + magic) - magic;
+  const F r = (xc - n * F(0.693145751953125)) - n * F(1.4286068203094172e-06);
+  F p = F(kInverseFactorials[B::exp_terms]);
+#pragma GCC unroll 16
+  for (int k = B::exp_terms - 1; k >= 0; --k) p = F(kInverseFactorials[k]) + p * r;
+  const F scale = from_bits<F>((typename B::Int(n) + B::bias) << B::mantissa);
+  F result = p * scale;
+  result = x > F(B::exp_max) ? std::numeric_limits<F>::infinity() : result;
+  result = x < F(B::exp_min) ? F(0) : result;
+  return x != x ? x : result;
+}
+
+// Natural log of a positive number.
+template <typename F>
+inline F vlog(F x) {
+  using B = FloatBits<F>;
+  using Int = typename B::Int;
+  const Int bits = to_bits(x);
+  const Int mantissa_mask = (Int(1) << B::mantissa) - 1;
+  Int exponent = ((bits >> B::mantissa) & Int(2 * B::bias + 1)) - B::bias;
+  F m = from_bits<F>((bits & mantissa_mask) | (Int(B::bias) << B::mantissa));  // in [1, 2)
+  // Selects of constants only: a conditional multiply would keep the loop from vectorising.
+  const bool high = m > F(1.4142135623730951);
+  m *= high ? F(0.5) : F(1);
+  exponent += Int(high);
+  // log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172
+  const F s = (m - F(1)) / (m + F(1));
+  const F s2 = s * s;
+  F series = F(0);
+#pragma GCC unroll 16
+  for (int k = B::log_terms - 1; k >= 0; --k) series = F(1) / F(2 * k + 1) + s2 * series;
+  const F e = F(exponent);
+  F result = e * F(0.693145751953125) + (e * F(1.4286068203094172e-06) + F(2) * s * series);
+  result = x == std::numeric_limits<F>::infinity() ? x : result;
+  result = x == F(0) ? -std::numeric_limits<F>::infinity() : result;
+  result = x < F(0) ? std::numeric_limits<F>::quiet_NaN() : result;
+  return x != x ? x : result;
+}
+
+template <typename F>
+inline F sigmoid(F x) {
+  return F(1) / (F(1) + vexp(-x));
+}
+
+template <typename F>
+inline F vtanh(F x) {
+  const F e = vexp(F(-2) * std::abs(x));
+  const F t = (F(1) - e) / (F(1) + e);
+  return x < F(0) ? -t : (x != x ? x : t);
+}
+
+template <typename F>
+inline F softplus(F x) {
+  return x > F(kSoftplusThreshold) ? x : vlog(F(1) + vexp(x));
+}
+
+template <typename F>
+inline F softplus_grad(F x) {
+  if (x > F(kSoftplusThreshold)) return F(1);
+  const F z = vexp(x);
+  return z / (z + F(1));
+}
+
+// torch.lerp's formula (exact at both ends)
+template <typename F>
+inline F lerp(F start, F end, F weight) {
+  return weight < F(0.5) ? start + weight * (end - start) : end - (end - start) * (F(1) - weight);
+}
+
+template <typename F>
+inline void softmax(F* y, const F* x, int64_t n) {
+  F m = x[0];
+  bool nan = false;
+  for (int64_t i = 1; i < n; ++i) {
+    m = std::max(m, x[i]);
+    nan |= x[i] != x[i];
+  }
+  if (nan || x[0] != x[0]) m = std::numeric_limits<F>::quiet_NaN();
+  F s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = vexp(x[i] - m);
+    s += y[i];
+  }
+  const F inv = F(1) / s;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] *= inv;
+}
+
+// dx = y * (dy - <dy, y>), written (not accumulated)
+template <typename F>
+inline void softmax_backward(F* dx, const F* y, const F* dy, int64_t n) {
+  const F s = dot(dy, y, n);
+  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] * (dy[i] - s);
+}
+
+template <typename F>
+inline void row_norms(F* norms, const F* m, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) norms[i] = std::sqrt(dot(m + i * cols, m + i * cols, cols));
+}
+
+// Content addressing, addressing.content_weights: wc = softmax(beta * cos(key, M_n)).
+template <typename F>
+inline void content_forward(const F* mem, const F* mnorm, const F* key, F beta, int64_t n, int64_t w, F* knorm,
+                            F* cos, F* wc) {
+  const F kn = std::sqrt(dot(key, key, w));
+  *knorm = kn;
+  for (int64_t i = 0; i < n; ++i) {
+    cos[i] = dot(key, mem + i * w, w) / (kn * mnorm[i] + F(kCosineEps));
+    wc[i] = beta * cos[i];
+  }
+  softmax(wc, wc, n);
+}
+
+// Accumulates into dmem, dmnorm (applied later by apply_norm_grad), dkey and dbeta.
+template <typename F>
+inline void content_backward(const F* mem, const F* mnorm, const F* key, F knorm, F beta, const F* cos, const F* wc,
+                             const F* dwc, int64_t n, int64_t w, F* dmem, F* dmnorm, F* dkey, F* dbeta) {
+  const F s = dot(dwc, wc, n);
+  F db = 0, dkn = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const F dlogit = wc[i] * (dwc[i] - s);
+    db += dlogit * cos[i];
+    const F dcos = dlogit * beta;
+    const F den = knorm * mnorm[i] + F(kCosineEps);
+    const F ddot = dcos / den;
+    const F dden = -dcos * cos[i] / den;
+    dkn += dden * mnorm[i];
+    dmnorm[i] += dden * knorm;
+    axpy(dkey, mem + i * w, ddot, w);
+    axpy(dmem + i * w, key, ddot, w);
+  }
+  *dbeta += db;
+  if (knorm > F(0)) axpy(dkey, key, dkn / knorm, w);
+}
+
+// d|m_i| -> dm_i (the gradient of a zero norm is zero, as in PyTorch)
+template <typename F>
+inline void apply_norm_grad(F* dmem, const F* mem, const F* mnorm, const F* dmnorm, int64_t n, int64_t w) {
+  for (int64_t i = 0; i < n; ++i)
+    if (mnorm[i] > F(0)) axpy(dmem + i * w, mem + i * w, dmnorm[i] / mnorm[i], w);
+}
+
+// addressing.circular_shift: out[i] = sum_o w[(i - (o - k)) mod n] * shift[o]. Each offset is two
+// contiguous segments, so there is no modulo per element.
+template <typename F>
+inline void shift_forward(const F* RESTRICT wg, const F* RESTRICT shift, int64_t n, int64_t size, F* RESTRICT out) {
+  const int64_t k = (size - 1) / 2;
+  std::fill(out, out + n, F(0));
+  for (int64_t o = 0; o < size; ++o) {
+    const int64_t d = (((o - k) % n) + n) % n;
+    const F s = shift[o];
+    axpy(out, wg + n - d, s, d);
+    axpy(out + d, wg, s, n - d);
+  }
+}
+
+template <typename F>
+inline void shift_backward(const F* RESTRICT wg, const F* RESTRICT shift, const F* RESTRICT dout, int64_t n,
+                           int64_t size, F* RESTRICT dwg, F* RESTRICT dshift) {
+  const int64_t k = (size - 1) / 2;
+  std::fill(dwg, dwg + n, F(0));
+  for (int64_t o = 0; o < size; ++o) {
+    const int64_t d = (((o - k) % n) + n) % n;
+    dshift[o] += dot(dout, wg + n - d, d) + dot(dout + d, wg, n - d);
+    axpy(dwg + n - d, dout, shift[o], d);
+    axpy(dwg, dout + d, shift[o], n - d);
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Layout of one step's tape record. Every core starts with the state it read and the controller.
+
+struct ControllerTape {
+  int64_t x, act, fh, dfh, cell, tanh_cell, out, size;
+};
+
+ControllerTape controller_tape(const SmemConfig& c, int64_t start) {
+  ControllerTape t{};
+  int64_t o = start;
+  t.x = o;  // recurrent input: [read vectors, hidden] for an LSTM, read vectors otherwise
+  o += c.K;
+  t.act = o;  // LSTM: i, f, o, g; GRU: r, z, n; MLP: relu output
+  o += c.G;
+  t.fh = o;  // GRU: b_hid + W_hid h
+  o += (c.controller == kGRU ? 3 * c.C : 0);
+  t.dfh = o;  // GRU, written by the backward pass: gradient of fh, for W_hid's and b_hid's
+  o += (c.controller == kGRU ? 3 * c.C : 0);
+  t.cell = o;  // LSTM: new cell
+  o += (c.controller == kLSTM ? c.C : 0);
+  t.tanh_cell = o;
+  o += (c.controller == kLSTM ? c.C : 0);
+  t.out = o;
+  o += c.C;
+  t.size = o - start;
+  return t;
+}
+
+struct Tape {
+  int64_t state;
+  ControllerTape ctrl;
+  int64_t raw, act;  // interface before / after its nonlinearities
+  int64_t draw;      // written by the backward pass: gradient of raw, for W_if's and b_if's
+  // NTM
+  int64_t knorm, mnorm, cos, wc, wg, ws, logws, wsh;
+  // DNC
+  int64_t wknorm, wcos, cw, usage1, retention, sorted, order, before, alloc, ww, mnorm2, rknorm, rcos, rc, fwd, bwd,
+      rw;
+  int64_t size;
+};
+
+Tape make_tape(const SmemConfig& c) {
+  Tape t{};
+  int64_t o = 0;
+  auto take = [&o](int64_t n) {
+    const int64_t start = o;
+    o += n;
+    return start;
+  };
+  t.state = take(c.D);
+  t.ctrl = controller_tape(c, o);
+  o += t.ctrl.size;
+  const int64_t n = c.N, r = c.R;
+  if (c.core == kNTM) {
+    const int64_t heads = c.R + c.Hw;
+    t.raw = take(c.P);
+    t.act = take(c.P);
+    t.draw = take(c.P);
+    t.knorm = take(heads);
+    t.mnorm = take(n);
+    t.cos = take(heads * n);
+    t.wc = take(heads * n);
+    t.wg = take(heads * n);
+    t.ws = take(heads * n);
+    t.logws = take(heads * n);
+    t.wsh = take(heads * n);
+  } else if (c.core == kDNC) {
+    t.raw = take(c.P);
+    t.act = take(c.P);
+    t.draw = take(c.P);
+    t.mnorm = take(n);
+    t.wknorm = take(1);
+    t.wcos = take(n);
+    t.cw = take(n);
+    t.usage1 = take(n);
+    t.retention = take(n);
+    t.sorted = take(n);
+    t.order = take(n);
+    t.before = take(n);
+    t.alloc = take(n);
+    t.ww = take(n);
+    t.mnorm2 = take(n);
+    t.rknorm = take(r);
+    t.rcos = take(r * n);
+    t.rc = take(r * n);
+    t.fwd = take(r * n);
+    t.bwd = take(r * n);
+    t.rw = take(r * n);
+  }
+  t.size = o;
+  return t;
+}
+
+// PyTorch's (out, in) weights for the backward pass, and their transposes for the forward pass.
+template <typename F>
+struct Weights {
+  const F* w_rec;
+  const F* w_hid;
+  const F* b_hid;
+  const F* w_if;
+  const F* b_if;
+  std::vector<F> t_rec, t_hid, t_if;
+
+  explicit Weights(const SmemBuffers& b)
+      : w_rec(static_cast<const F*>(b.w_rec)),
+        w_hid(static_cast<const F*>(b.w_hid)),
+        b_hid(static_cast<const F*>(b.b_hid)),
+        w_if(static_cast<const F*>(b.w_if)),
+        b_if(static_cast<const F*>(b.b_if)) {}
+
+  void transpose_all(const SmemConfig& c) {
+    if (w_rec) transpose(w_rec, c.G, c.K, t_rec);
+    if (w_hid) transpose(w_hid, 3 * c.C, c.C, t_hid);
+    if (w_if) transpose(w_if, c.P, c.C, t_if);
+  }
+};
+
+// ----------------------------------------------------------------------------------------------
+// Controller (controller.py): one step from the projected input, the fed-back reads and its state.
+
+template <typename F>
+void controller_forward(const SmemConfig& c, const Weights<F>& wt, const F* projected, const F* reads,
+                        const F* hidden, const F* cell, F* tape, const ControllerTape& L, F* hidden_out,
+                        F* cell_out) {
+  const int64_t C = c.C, rin = c.K - (c.controller == kLSTM ? C : 0);
+  F* x = tape + L.x;
+  std::copy(reads, reads + rin, x);
+  if (c.controller == kLSTM) std::copy(hidden, hidden + C, x + rin);
+  F* act = tape + L.act;
+  std::copy(projected, projected + c.G, act);
+  if (c.K > 0) gemv_cols(act, wt.t_rec.data(), x, c.G, c.K);
+  F* out = tape + L.out;
+  if (c.controller == kLSTM) {
+#pragma omp simd
+    for (int64_t j = 0; j < 3 * C; ++j) act[j] = sigmoid(act[j]);
+#pragma omp simd
+    for (int64_t j = 3 * C; j < 4 * C; ++j) act[j] = vtanh(act[j]);
+    F* RESTRICT new_cell = tape + L.cell;
+    F* RESTRICT tanh_cell = tape + L.tanh_cell;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      new_cell[j] = act[C + j] * cell[j] + act[j] * act[3 * C + j];
+      tanh_cell[j] = vtanh(new_cell[j]);
+      out[j] = act[2 * C + j] * tanh_cell[j];
+    }
+    std::copy(out, out + C, hidden_out);
+    std::copy(new_cell, new_cell + C, cell_out);
+  } else if (c.controller == kGRU) {
+    F* fh = tape + L.fh;
+    std::copy(wt.b_hid, wt.b_hid + 3 * C, fh);
+    gemv_cols(fh, wt.t_hid.data(), hidden, 3 * C, C);
+#pragma omp simd
+    for (int64_t j = 0; j < 2 * C; ++j) act[j] = sigmoid(act[j] + fh[j]);
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) {
+      const F n = vtanh(act[2 * C + j] + act[j] * fh[2 * C + j]);
+      act[2 * C + j] = n;
+      out[j] = lerp(n, hidden[j], act[C + j]);
+    }
+    std::copy(out, out + C, hidden_out);
+  } else {
+    for (int64_t j = 0; j < C; ++j) act[j] = out[j] = std::max(act[j], F(0));
+  }
+}
+
+// dout: total gradient of the controller output (features, interface and carried hidden state);
+// dcell_out: gradient of the carried cell state. Writes dprojected (which is also the gradient of
+// the gate pre-activations, hence of W_rec's output) and, for a GRU, the tape's dfh; accumulates
+// dreads, dhidden and dcell. Weight gradients are left to one matrix product over the whole tape.
+template <typename F>
+void controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, const ControllerTape& L,
+                         const F* hidden, const F* cell, const F* dout, const F* dcell_out, F* dprojected,
+                         F* dreads, F* dhidden, F* dcell, F* scratch) {
+  const int64_t C = c.C, rin = c.K - (c.controller == kLSTM ? C : 0);
+  const F* act = tape + L.act;
+  F* dgates = dprojected;
+  if (c.controller == kLSTM) {
+    const F* tanh_cell = tape + L.tanh_cell;
+    for (int64_t j = 0; j < C; ++j) {
+      const F i = act[j], f = act[C + j], o = act[2 * C + j], g = act[3 * C + j];
+      const F dc = dcell_out[j] + dout[j] * o * (F(1) - tanh_cell[j] * tanh_cell[j]);
+      dgates[j] = dc * g * i * (F(1) - i);
+      dgates[C + j] = dc * cell[j] * f * (F(1) - f);
+      dgates[2 * C + j] = dout[j] * tanh_cell[j] * o * (F(1) - o);
+      dgates[3 * C + j] = dc * i * (F(1) - g * g);
+      dcell[j] += dc * f;
+    }
+  } else if (c.controller == kGRU) {
+    const F* fh = tape + L.fh;
+    F* dfh = tape + L.dfh;
+    for (int64_t j = 0; j < C; ++j) {
+      const F r = act[j], z = act[C + j], n = act[2 * C + j];
+      const F dn_pre = dout[j] * (F(1) - z) * (F(1) - n * n);
+      const F dr = dn_pre * fh[2 * C + j];
+      const F dz = dout[j] * (hidden[j] - n);
+      dhidden[j] += dout[j] * z;
+      dgates[j] = dfh[j] = dr * r * (F(1) - r);
+      dgates[C + j] = dfh[C + j] = dz * z * (F(1) - z);
+      dgates[2 * C + j] = dn_pre;
+      dfh[2 * C + j] = dn_pre * r;
+    }
+    gemv_t(dhidden, wt.w_hid, dfh, 3 * C, C);
+  } else {
+    for (int64_t j = 0; j < C; ++j) dgates[j] = act[j] > F(0) ? dout[j] : F(0);
+  }
+  if (c.K > 0) {
+    F* dx = scratch + 3 * C;
+    std::fill(dx, dx + c.K, F(0));
+    gemv_t(dx, wt.w_rec, dgates, c.G, c.K);
+    axpy(dreads, dx, F(1), rin);
+    if (c.controller == kLSTM) axpy(dhidden, dx + rin, F(1), C);
+  }
+}
+
+// Interface: raw = W_if out + b_if
+template <typename F>
+void interface_forward(const SmemConfig& c, const Weights<F>& wt, const F* out, F* raw) {
+  std::copy(wt.b_if, wt.b_if + c.P, raw);
+  gemv_cols(raw, wt.t_if.data(), out, c.P, c.C);
+}
+
+// Per-row scratch of the backward pass, sized for the largest core.
+template <typename F>
+struct Scratch {
+  std::vector<F> buf;
+  F* at(int64_t offset) { return buf.data() + offset; }
+};
+
+// ----------------------------------------------------------------------------------------------
+// NTM (ntm.py). Interface: per head [key (W), strength, gate, shift (S), gamma], then erase and
+// add (Hw * W each). Heads 0..R-1 read, R..R+Hw-1 write.
+
+template <typename F>
+struct Ntm {
+  const SmemConfig& c;
+  const Tape& L;
+  int64_t heads, hp, k;
+
+  Ntm(const SmemConfig& config, const Tape& tape)
+      : c(config), L(tape), heads(config.R + config.Hw), hp(config.W + 3 + config.S), k((config.S - 1) / 2) {}
+
+  void activate(const F* raw, F* act) const {
+    const int64_t w = c.W, s = c.S;
+    for (int64_t h = 0; h < heads; ++h) {
+      const F* r = raw + h * hp;
+      F* a = act + h * hp;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) a[j] = vtanh(r[j]);
+      a[w] = softplus(r[w]);
+      a[w + 1] = sigmoid(r[w + 1]);
+      softmax(a + w + 2, r + w + 2, s);
+      a[w + 2 + s] = F(1) + softplus(r[w + 2 + s]);
+    }
+    const int64_t e0 = heads * hp, a0 = e0 + c.Hw * w;
+#pragma omp simd
+    for (int64_t j = 0; j < c.Hw * w; ++j) {
+      act[e0 + j] = sigmoid(raw[e0 + j]);
+      act[a0 + j] = vtanh(raw[a0 + j]);
+    }
+  }
+
+  void activate_backward(const F* raw, const F* act, const F* dact, F* draw) const {
+    const int64_t w = c.W, s = c.S;
+    for (int64_t h = 0; h < heads; ++h) {
+      const F* r = raw + h * hp;
+      const F* a = act + h * hp;
+      const F* d = dact + h * hp;
+      F* dr = draw + h * hp;
+      for (int64_t j = 0; j < w; ++j) dr[j] = d[j] * (F(1) - a[j] * a[j]);
+      dr[w] = d[w] * softplus_grad(r[w]);
+      dr[w + 1] = d[w + 1] * a[w + 1] * (F(1) - a[w + 1]);
+      softmax_backward(dr + w + 2, a + w + 2, d + w + 2, s);
+      dr[w + 2 + s] = d[w + 2 + s] * softplus_grad(r[w + 2 + s]);
+    }
+    const int64_t e0 = heads * hp, a0 = e0 + c.Hw * w;
+    for (int64_t j = 0; j < c.Hw * w; ++j) {
+      draw[e0 + j] = dact[e0 + j] * act[e0 + j] * (F(1) - act[e0 + j]);
+      draw[a0 + j] = dact[a0 + j] * (F(1) - act[a0 + j] * act[a0 + j]);
+    }
+  }
+
+  // addressing.write: M' = M * prod_h (1 - w_h e_h^T) + sum_h w_h a_h^T
+  void write(const F* RESTRICT mem, const F* RESTRICT wsh, const F* RESTRICT act, F* RESTRICT out) const {
+    const int64_t n = c.N, w = c.W, hw = c.Hw;
+    const F* RESTRICT erase = act + heads * hp;
+    const F* RESTRICT add = erase + hw * w;
+    const F* RESTRICT ww = wsh + c.R * n;
+    for (int64_t i = 0; i < n; ++i) {
+      F* RESTRICT o = out + i * w;
+      const F* RESTRICT m = mem + i * w;
+      if (hw == 1) {
+        const F wi = ww[i];
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) o[j] = m[j] * (F(1) - wi * erase[j]) + wi * add[j];
+        continue;
+      }
+      std::fill(o, o + w, F(1));
+      for (int64_t h = 0; h < hw; ++h) {
+        const F wi = ww[h * n + i];
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) o[j] *= F(1) - wi * erase[h * w + j];
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) o[j] *= m[j];
+      for (int64_t h = 0; h < hw; ++h) axpy(o, add + h * w, ww[h * n + i], w);
+    }
+  }
+
+  void forward(const Weights<F>& wt, const F* projected, F* tape, F* state_out, F* features) const {
+    const int64_t n = c.N, w = c.W, R = c.R;
+    const F* s = tape + L.state;
+    const F* mem = s + c.off_memory;
+    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_hidden, s + c.off_cell, tape, L.ctrl,
+                       state_out + c.off_hidden, state_out + c.off_cell);
+    const F* out = tape + L.ctrl.out;
+    F* raw = tape + L.raw;
+    F* act = tape + L.act;
+    interface_forward(c, wt, out, raw);
+    activate(raw, act);
+
+    F* mnorm = tape + L.mnorm;
+    row_norms(mnorm, mem, n, w);
+    for (int64_t h = 0; h < heads; ++h) {
+      const F* a = act + h * hp;
+      const F* prev = h < R ? s + c.off_read_weights + h * n : s + c.off_write_weights + (h - R) * n;
+      F* cos = tape + L.cos + h * n;
+      F* wc = tape + L.wc + h * n;
+      F* wg = tape + L.wg + h * n;
+      F* ws = tape + L.ws + h * n;
+      F* wsh = tape + L.wsh + h * n;
+      content_forward(mem, mnorm, a, a[w], n, w, tape + L.knorm + h, cos, wc);
+      const F gate = a[w + 1];
+      for (int64_t i = 0; i < n; ++i) wg[i] = lerp(prev[i], wc[i], gate);
+      shift_forward(wg, a + w + 2, n, c.S, ws);
+      const F gamma = a[w + 2 + c.S];
+      F* logws = tape + L.logws + h * n;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        logws[i] = vlog(std::max(ws[i], F(kSharpenEps)));
+        wsh[i] = gamma * logws[i];
+      }
+      softmax(wsh, wsh, n);
+    }
+    const F* wsh = tape + L.wsh;
+    F* new_mem = state_out + c.off_memory;
+    write(mem, wsh, act, new_mem);
+    std::copy(wsh, wsh + R * n, state_out + c.off_read_weights);
+    std::copy(wsh + R * n, wsh + heads * n, state_out + c.off_write_weights);
+    F* reads = state_out + c.off_read_vectors;
+    std::fill(reads, reads + R * w, F(0));
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < n; ++i) axpy(reads + r * w, new_mem + i * w, wsh[r * n + i], w);
+    std::copy(out, out + c.C, features);
+    std::copy(reads, reads + R * w, features + c.C);
+  }
+
+  int64_t scratch_size() const {
+    const int64_t nw = c.N * c.W;
+    return 2 * nw + heads * c.N + 4 * c.N + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
+  }
+
+  // dstate_out: gradient of the state after the step; dstate_in (zeroed by the caller) receives
+  // the gradient of the state before it.
+  void backward(const Weights<F>& wt, F* tape, const F* dfeatures, const F* dstate_out, F* dstate_in,
+                F* dprojected, Scratch<F>& sc) const {
+    const int64_t n = c.N, w = c.W, R = c.R, C = c.C, nw = n * w;
+    const F* s = tape + L.state;
+    const F* mem = s + c.off_memory;
+    const F* act = tape + L.act;
+    const F* raw = tape + L.raw;
+    const F* wsh = tape + L.wsh;
+    const F* mnorm = tape + L.mnorm;
+    int64_t o = 0;
+    F* new_mem = sc.at(o);
+    o += nw;
+    F* dnew_mem = sc.at(o);
+    o += nw;
+    F* dwsh = sc.at(o);
+    o += heads * n;
+    F* dws = sc.at(o);
+    o += n;
+    F* dwg = sc.at(o);
+    o += n;
+    F* dwc = sc.at(o);
+    o += n;
+    F* dmnorm = sc.at(o);
+    o += n;
+    F* dact = sc.at(o);
+    o += c.P;
+    F* dout = sc.at(o);
+    o += C;
+    F* dreads = sc.at(o);
+    o += R * w;
+    F* ctrl_scratch = sc.at(o);
+    F* draw = tape + L.draw;
+
+    write(mem, wsh, act, new_mem);
+    std::copy(dfeatures, dfeatures + C, dout);
+    if (c.hidden_size) axpy(dout, dstate_out + c.off_hidden, F(1), C);
+    for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
+    std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
+    std::copy(dstate_out + c.off_read_weights, dstate_out + c.off_read_weights + R * n, dwsh);
+    std::copy(dstate_out + c.off_write_weights, dstate_out + c.off_write_weights + c.Hw * n, dwsh + R * n);
+    std::fill(dact, dact + c.P, F(0));
+    std::fill(dmnorm, dmnorm + n, F(0));
+
+    // reads: r_r = sum_i wsh_r[i] M'_i
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < n; ++i) {
+        dwsh[r * n + i] += dot(dreads + r * w, new_mem + i * w, w);
+        axpy(dnew_mem + i * w, dreads + r * w, wsh[r * n + i], w);
+      }
+
+    // write
+    F* RESTRICT dmem = dstate_in + c.off_memory;
+    const F* RESTRICT erase = act + heads * hp;
+    const F* RESTRICT add = erase + c.Hw * w;
+    F* RESTRICT derase = dact + heads * hp;
+    F* RESTRICT dadd = derase + c.Hw * w;
+    const F* RESTRICT ww = wsh + R * n;
+    F* RESTRICT dww = dwsh + R * n;
+    F* RESTRICT keep = dws;  // scratch rows of w (dws is free until the addressing below)
+    F* RESTRICT others = dwg;
+    for (int64_t i = 0; i < n; ++i) {
+      const F* RESTRICT g = dnew_mem + i * w;
+      const F* RESTRICT m = mem + i * w;
+      F* RESTRICT dm = dmem + i * w;
+      if (c.Hw == 1) {
+        const F wi = ww[i];
+        F dwi = 0;
+#pragma omp simd reduction(+ : dwi)
+        for (int64_t j = 0; j < w; ++j) {
+          dm[j] += g[j] * (F(1) - wi * erase[j]);
+          dwi += g[j] * (add[j] - m[j] * erase[j]);
+          derase[j] -= g[j] * m[j] * wi;
+          dadd[j] += g[j] * wi;
+        }
+        dww[i] += dwi;
+        continue;
+      }
+      std::fill(keep, keep + w, F(1));
+      for (int64_t h = 0; h < c.Hw; ++h)
+        for (int64_t j = 0; j < w; ++j) keep[j] *= F(1) - ww[h * n + i] * erase[h * w + j];
+      for (int64_t j = 0; j < w; ++j) dm[j] += g[j] * keep[j];
+      for (int64_t h = 0; h < c.Hw; ++h) {
+        std::fill(others, others + w, F(1));
+        for (int64_t q = 0; q < c.Hw; ++q)
+          if (q != h)
+            for (int64_t j = 0; j < w; ++j) others[j] *= F(1) - ww[q * n + i] * erase[q * w + j];
+        const F wi = ww[h * n + i];
+        F dwi = 0;
+        for (int64_t j = 0; j < w; ++j) {
+          dwi += g[j] * (add[h * w + j] - m[j] * others[j] * erase[h * w + j]);
+          derase[h * w + j] -= g[j] * m[j] * others[j] * wi;
+          dadd[h * w + j] += g[j] * wi;
+        }
+        dww[h * n + i] += dwi;
+      }
+    }
+
+    // addressing, head by head
+    for (int64_t h = 0; h < heads; ++h) {
+      const F* a = act + h * hp;
+      F* da = dact + h * hp;
+      const F* cos = tape + L.cos + h * n;
+      const F* wc = tape + L.wc + h * n;
+      const F* wg = tape + L.wg + h * n;
+      const F* ws = tape + L.ws + h * n;
+      const F* wh = wsh + h * n;
+      const F* dwh = dwsh + h * n;
+      const F gamma = a[w + 2 + c.S];
+      // sharpen: wsh = softmax(gamma * log(max(ws, eps)))
+      const F* logws = tape + L.logws + h * n;
+      const F sdot = dot(dwh, wh, n);
+      F dgamma = 0;
+#pragma omp simd reduction(+ : dgamma)
+      for (int64_t i = 0; i < n; ++i) {
+        const F dz = wh[i] * (dwh[i] - sdot);
+        dgamma += dz * logws[i];
+        dws[i] = ws[i] >= F(kSharpenEps) ? dz * gamma / ws[i] : F(0);
+      }
+      da[w + 2 + c.S] += dgamma;
+      shift_backward(wg, a + w + 2, dws, n, c.S, dwg, da + w + 2);
+      // interpolation
+      const F gate = a[w + 1];
+      const F* prev = h < R ? s + c.off_read_weights + h * n : s + c.off_write_weights + (h - R) * n;
+      F* dprev = h < R ? dstate_in + c.off_read_weights + h * n : dstate_in + c.off_write_weights + (h - R) * n;
+      F dgate = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        dprev[i] += dwg[i] * (F(1) - gate);
+        dwc[i] = dwg[i] * gate;
+        dgate += dwg[i] * (wc[i] - prev[i]);
+      }
+      da[w + 1] += dgate;
+      content_backward(mem, mnorm, a, tape[L.knorm + h], a[w], cos, wc, dwc, n, w, dmem, dmnorm, da, da + w);
+    }
+    apply_norm_grad(dmem, mem, mnorm, dmnorm, n, w);
+
+    activate_backward(raw, act, dact, draw);
+    gemv_t(dout, wt.w_if, draw, c.P, c.C);
+    controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
+                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_hidden,
+                        dstate_in + c.off_cell, ctrl_scratch);
+  }
+};
+
+// ----------------------------------------------------------------------------------------------
+// DNC (dnc.py). Interface: [read keys (R*W), write key (W), write vector (W)] raw |
+// [read strengths (R), write strength] oneplus | [erase (W), free gates (R), allocation gate,
+// write gate] sigmoid | read modes (R x 3: backward, content, forward) softmax.
+
+template <typename F>
+struct Dnc {
+  const SmemConfig& c;
+  const Tape& L;
+  int64_t strengths, gates, modes;  // offsets of the interface groups
+
+  Dnc(const SmemConfig& config, const Tape& tape) : c(config), L(tape) {
+    strengths = config.R * config.W + 2 * config.W;
+    gates = strengths + config.R + 1;
+    modes = gates + config.W + config.R + 2;
+  }
+
+  void activate(const F* raw, F* act) const {
+    std::copy(raw, raw + strengths, act);
+    for (int64_t j = strengths; j < gates; ++j) act[j] = F(1) + softplus(raw[j]);
+#pragma omp simd
+    for (int64_t j = gates; j < modes; ++j) act[j] = sigmoid(raw[j]);
+    for (int64_t r = 0; r < c.R; ++r) softmax(act + modes + 3 * r, raw + modes + 3 * r, 3);
+  }
+
+  void activate_backward(const F* raw, const F* act, const F* dact, F* draw) const {
+    std::copy(dact, dact + strengths, draw);
+    for (int64_t j = strengths; j < gates; ++j) draw[j] = dact[j] * softplus_grad(raw[j]);
+    for (int64_t j = gates; j < modes; ++j) draw[j] = dact[j] * act[j] * (F(1) - act[j]);
+    for (int64_t r = 0; r < c.R; ++r)
+      softmax_backward(draw + modes + 3 * r, act + modes + 3 * r, dact + modes + 3 * r, 3);
+  }
+
+  // M' = M * (1 - ww e^T) + ww v^T
+  void write(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRICT erase, const F* RESTRICT vec,
+             F* RESTRICT out) const {
+    const int64_t n = c.N, w = c.W;
+    for (int64_t i = 0; i < n; ++i) {
+      const F wi = ww[i];
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) out[i * w + j] = mem[i * w + j] * (F(1) - wi * erase[j]) + wi * vec[j];
+    }
+  }
+
+  // row i of L' = ((1 - ww_i) - ww_j) L[i, j] + ww_i p_j, zero diagonal
+  void link_row(const F* RESTRICT lnk, const F* RESTRICT ww, const F* RESTRICT prec, int64_t i,
+                F* RESTRICT out) const {
+    const int64_t n = c.N;
+    const F wi = ww[i];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) out[j] = ((F(1) - wi) - ww[j]) * lnk[i * n + j] + wi * prec[j];
+    out[i] = F(0);
+  }
+
+  void forward(const Weights<F>& wt, const F* projected, F* tape, F* state_out, F* features) const {
+    const int64_t n = c.N, w = c.W, R = c.R;
+    const F* s = tape + L.state;
+    const F* mem = s + c.off_memory;
+    const F* prev_rw = s + c.off_read_weights;
+    const F* prev_ww = s + c.off_write_weights;
+    const F* usage = s + c.off_usage;
+    const F* prec = s + c.off_precedence;
+    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_hidden, s + c.off_cell, tape, L.ctrl,
+                       state_out + c.off_hidden, state_out + c.off_cell);
+    const F* out = tape + L.ctrl.out;
+    F* raw = tape + L.raw;
+    F* act = tape + L.act;
+    interface_forward(c, wt, out, raw);
+    activate(raw, act);
+    const F* read_keys = act;
+    const F* write_key = act + R * w;
+    const F* write_vec = write_key + w;
+    const F* erase = act + gates;
+    const F* free_gates = erase + w;
+    const F alloc_gate = free_gates[R], write_gate = free_gates[R + 1];
+
+    // usage
+    F* usage1 = tape + L.usage1;
+    F* retention = tape + L.retention;
+    F* new_usage = state_out + c.off_usage;
+    for (int64_t i = 0; i < n; ++i) {
+      usage1[i] = usage[i] + prev_ww[i] - usage[i] * prev_ww[i];
+      F keep = F(1);
+      for (int64_t r = 0; r < R; ++r) keep *= F(1) - free_gates[r] * prev_rw[r * n + i];
+      retention[i] = keep;
+      new_usage[i] = usage1[i] * keep;
+    }
+    // write content weighting on the memory before the write
+    F* mnorm = tape + L.mnorm;
+    row_norms(mnorm, mem, n, w);
+    F* cw = tape + L.cw;
+    content_forward(mem, mnorm, write_key, act[strengths + R], n, w, tape + L.wknorm, tape + L.wcos, cw);
+    // allocation: slots sorted by usage (stable, as torch.sort(stable=True)); exclusive cumprod
+    F* sorted = tape + L.sorted;
+    F* order_f = tape + L.order;
+    F* before = tape + L.before;
+    F* alloc = tape + L.alloc;
+    thread_local std::vector<int64_t> order;
+    order.resize(n);
+    std::iota(order.begin(), order.end(), int64_t(0));
+    F* eased = alloc;  // reuse as scratch before it is written
+    for (int64_t i = 0; i < n; ++i) eased[i] = F(kUsageEps) + (F(1) - F(kUsageEps)) * new_usage[i];
+    std::stable_sort(order.begin(), order.end(), [eased](int64_t a, int64_t b) { return eased[a] < eased[b]; });
+    for (int64_t j = 0; j < n; ++j) {
+      sorted[j] = eased[order[j]];
+      order_f[j] = F(order[j]);
+    }
+    before[0] = F(1);
+    for (int64_t j = 1; j < n; ++j) before[j] = before[j - 1] * sorted[j - 1];
+    for (int64_t j = 0; j < n; ++j) alloc[order[j]] = (F(1) - sorted[j]) * before[j];
+    // write weighting, memory, link, precedence
+    F* ww = tape + L.ww;
+    for (int64_t i = 0; i < n; ++i) ww[i] = write_gate * lerp(cw[i], alloc[i], alloc_gate);
+    F* new_mem = state_out + c.off_memory;
+    write(mem, ww, erase, write_vec, new_mem);
+    F* new_link = state_out + c.off_link;
+    for (int64_t i = 0; i < n; ++i) link_row(s + c.off_link, ww, prec, i, new_link + i * n);
+    F wsum = 0;
+    for (int64_t i = 0; i < n; ++i) wsum += ww[i];
+    F* new_prec = state_out + c.off_precedence;
+    for (int64_t i = 0; i < n; ++i) new_prec[i] = (F(1) - wsum) * prec[i] + ww[i];
+    std::copy(ww, ww + n, state_out + c.off_write_weights);
+    // reads
+    F* fwd = tape + L.fwd;
+    F* bwd = tape + L.bwd;
+    std::fill(bwd, bwd + R * n, F(0));
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < n; ++i) {
+        fwd[r * n + i] = dot(new_link + i * n, prev_rw + r * n, n);
+        axpy(bwd + r * n, new_link + i * n, prev_rw[r * n + i], n);
+      }
+    F* mnorm2 = tape + L.mnorm2;
+    row_norms(mnorm2, new_mem, n, w);
+    F* rw = tape + L.rw;
+    F* reads = state_out + c.off_read_vectors;
+    std::fill(reads, reads + R * w, F(0));
+    for (int64_t r = 0; r < R; ++r) {
+      F* rc = tape + L.rc + r * n;
+      content_forward(new_mem, mnorm2, read_keys + r * w, act[strengths + r], n, w, tape + L.rknorm + r,
+                      tape + L.rcos + r * n, rc);
+      const F* m = act + modes + 3 * r;
+      for (int64_t i = 0; i < n; ++i) rw[r * n + i] = m[0] * bwd[r * n + i] + m[1] * rc[i] + m[2] * fwd[r * n + i];
+      for (int64_t i = 0; i < n; ++i) axpy(reads + r * w, new_mem + i * w, rw[r * n + i], w);
+    }
+    std::copy(rw, rw + R * n, state_out + c.off_read_weights);
+    std::copy(out, out + c.C, features);
+    std::copy(reads, reads + R * w, features + c.C);
+  }
+
+  int64_t scratch_size() const {
+    const int64_t n = c.N;
+    return 2 * n * c.W + n * n + 2 * c.R * n + 8 * n + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
+  }
+
+  void backward(const Weights<F>& wt, F* tape, const F* dfeatures, const F* dstate_out, F* dstate_in,
+                F* dprojected, Scratch<F>& sc) const {
+    const int64_t n = c.N, w = c.W, R = c.R, C = c.C, nw = n * w;
+    const F* s = tape + L.state;
+    const F* mem = s + c.off_memory;
+    const F* prev_rw = s + c.off_read_weights;
+    const F* prev_ww = s + c.off_write_weights;
+    const F* usage = s + c.off_usage;
+    const F* prec = s + c.off_precedence;
+    const F* lnk = s + c.off_link;
+    const F* act = tape + L.act;
+    const F* raw = tape + L.raw;
+    const F* read_keys = act;
+    const F* write_key = act + R * w;
+    const F* write_vec = write_key + w;
+    const F* erase = act + gates;
+    const F* free_gates = erase + w;
+    const F alloc_gate = free_gates[R], write_gate = free_gates[R + 1];
+    const F* ww = tape + L.ww;
+    const F* rw = tape + L.rw;
+    const F* cw = tape + L.cw;
+    const F* alloc = tape + L.alloc;
+
+    int64_t o = 0;
+    F* new_mem = sc.at(o);
+    o += nw;
+    F* dnew_mem = sc.at(o);
+    o += nw;
+    F* dlink = sc.at(o);
+    o += n * n;
+    F* drw = sc.at(o);
+    o += R * n;
+    F* dbwd = sc.at(o);
+    o += R * n;
+    F* dww = sc.at(o);
+    o += n;
+    F* dmnorm = sc.at(o);
+    o += n;
+    F* dcw = sc.at(o);
+    o += n;
+    F* dalloc = sc.at(o);
+    o += n;
+    F* dsorted = sc.at(o);
+    o += n;
+    F* dusage = sc.at(o);
+    o += n;
+    F* tmp = sc.at(o);
+    o += 2 * n;
+    F* dact = sc.at(o);
+    o += c.P;
+    F* dout = sc.at(o);
+    o += C;
+    F* dreads = sc.at(o);
+    o += R * w;
+    F* ctrl_scratch = sc.at(o);
+    F* draw = tape + L.draw;
+
+    write(mem, ww, erase, write_vec, new_mem);
+    std::copy(dfeatures, dfeatures + C, dout);
+    if (c.hidden_size) axpy(dout, dstate_out + c.off_hidden, F(1), C);
+    for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
+    std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
+    std::copy(dstate_out + c.off_read_weights, dstate_out + c.off_read_weights + R * n, drw);
+    std::copy(dstate_out + c.off_link, dstate_out + c.off_link + n * n, dlink);
+    std::copy(dstate_out + c.off_write_weights, dstate_out + c.off_write_weights + n, dww);
+    std::copy(dstate_out + c.off_usage, dstate_out + c.off_usage + n, dusage);
+    std::fill(dact, dact + c.P, F(0));
+
+    F* dread_keys = dact;
+    F* dwrite_key = dact + R * w;
+    F* dwrite_vec = dwrite_key + w;
+    F* dstrengths = dact + strengths;
+    F* derase = dact + gates;
+    F* dfree = derase + w;
+
+    // reads from the written memory
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < n; ++i) {
+        drw[r * n + i] += dot(dreads + r * w, new_mem + i * w, w);
+        axpy(dnew_mem + i * w, dreads + r * w, rw[r * n + i], w);
+      }
+    // read weightings: modes mix backward, content and forward
+    const F* mnorm2 = tape + L.mnorm2;
+    std::fill(dmnorm, dmnorm + n, F(0));
+    for (int64_t r = 0; r < R; ++r) {
+      const F* m = act + modes + 3 * r;
+      F* dm = dact + modes + 3 * r;
+      const F* d = drw + r * n;
+      const F* rc = tape + L.rc + r * n;
+      dm[0] += dot(d, tape + L.bwd + r * n, n);
+      dm[1] += dot(d, rc, n);
+      dm[2] += dot(d, tape + L.fwd + r * n, n);
+      F* dfwd = tmp;  // reused per head
+      F* drc = tmp + n;
+      for (int64_t i = 0; i < n; ++i) {
+        dbwd[r * n + i] = m[0] * d[i];
+        drc[i] = m[1] * d[i];
+        dfwd[i] = m[2] * d[i];
+      }
+      content_backward(new_mem, mnorm2, read_keys + r * w, tape[L.rknorm + r], act[strengths + r],
+                       tape + L.rcos + r * n, rc, drc, n, w, dnew_mem, dmnorm, dread_keys + r * w, dstrengths + r);
+      // forward weighting f_r[i] = <L'_i, prev_rw_r>
+      for (int64_t i = 0; i < n; ++i) axpy(dlink + i * n, prev_rw + r * n, dfwd[i], n);
+      std::copy(dfwd, dfwd + n, drw + r * n);  // drw_r is spent: keep dfwd_r there
+    }
+    apply_norm_grad(dnew_mem, new_mem, mnorm2, dmnorm, n, w);
+    // The new link matrix is recomputed row by row rather than stored (N^2 per step).
+    F* dprev_rw = dstate_in + c.off_read_weights;
+    F* new_link = tmp;
+    for (int64_t i = 0; i < n; ++i) {
+      link_row(lnk, ww, prec, i, new_link);
+      for (int64_t r = 0; r < R; ++r) {
+        // forward: dprev_rw_r += dfwd_r[i] L'_i
+        axpy(dprev_rw + r * n, new_link, drw[r * n + i], n);
+        // backward weighting b_r[j] = sum_i prev_rw_r[i] L'[i, j]
+        dprev_rw[r * n + i] += dot(dbwd + r * n, new_link, n);
+        axpy(dlink + i * n, dbwd + r * n, prev_rw[r * n + i], n);
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) dlink[i * n + i] = F(0);  // the diagonal was zeroed in place
+
+    // precedence p' = (1 - sum ww) p + ww
+    const F* dprec_out = dstate_out + c.off_precedence;
+    F* dprec = dstate_in + c.off_precedence;
+    F wsum = 0;
+    for (int64_t i = 0; i < n; ++i) wsum += ww[i];
+    const F dsum = -dot(dprec_out, prec, n);
+    for (int64_t i = 0; i < n; ++i) {
+      dprec[i] += dprec_out[i] * (F(1) - wsum);
+      dww[i] += dprec_out[i] + dsum;
+    }
+    // link L'[i, j] = ((1 - ww_i) - ww_j) L[i, j] + ww_i p_j
+    {
+      F* RESTRICT dlink_in = dstate_in + c.off_link;
+      F* RESTRICT dww_cols = dalloc;  // scratch: dalloc is written from scratch below
+      F* RESTRICT dprec_r = dprec;
+      std::fill(dww_cols, dww_cols + n, F(0));
+      for (int64_t i = 0; i < n; ++i) {
+        const F* RESTRICT g = dlink + i * n;
+        const F* RESTRICT l = lnk + i * n;
+        F* RESTRICT dl = dlink_in + i * n;
+        const F wi = ww[i];
+        F dwi = 0;
+#pragma omp simd reduction(+ : dwi)
+        for (int64_t j = 0; j < n; ++j) {
+          dl[j] += g[j] * ((F(1) - wi) - ww[j]);
+          dwi += g[j] * (prec[j] - l[j]);
+          dww_cols[j] -= g[j] * l[j];
+          dprec_r[j] += g[j] * wi;
+        }
+        dww[i] += dwi;
+      }
+      axpy(dww, dww_cols, F(1), n);
+    }
+    // write
+    {
+      F* RESTRICT dmem = dstate_in + c.off_memory;
+      F* RESTRICT derase_r = derase;
+      F* RESTRICT dvec = dwrite_vec;
+      for (int64_t i = 0; i < n; ++i) {
+        const F* RESTRICT g = dnew_mem + i * w;
+        const F* RESTRICT m = mem + i * w;
+        F* RESTRICT dm = dmem + i * w;
+        const F wi = ww[i];
+        F dwi = 0;
+#pragma omp simd reduction(+ : dwi)
+        for (int64_t j = 0; j < w; ++j) {
+          dm[j] += g[j] * (F(1) - wi * erase[j]);
+          dwi += g[j] * (write_vec[j] - m[j] * erase[j]);
+          derase_r[j] -= g[j] * m[j] * wi;
+          dvec[j] += g[j] * wi;
+        }
+        dww[i] += dwi;
+      }
+    }
+    F* dmem = dstate_in + c.off_memory;
+    // ww = write_gate * lerp(cw, alloc, alloc_gate)
+    F dwrite_gate = 0, dalloc_gate = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      dwrite_gate += dww[i] * lerp(cw[i], alloc[i], alloc_gate);
+      const F dl = dww[i] * write_gate;
+      dcw[i] = dl * (F(1) - alloc_gate);
+      dalloc[i] = dl * alloc_gate;
+      dalloc_gate += dl * (alloc[i] - cw[i]);
+    }
+    dfree[R] += dalloc_gate;
+    dfree[R + 1] += dwrite_gate;
+    // allocation: a[order[j]] = (1 - s_j) prod_{k<j} s_k
+    const F* sorted = tape + L.sorted;
+    const F* order_f = tape + L.order;
+    const F* before = tape + L.before;
+    F* dbefore = tmp;
+    for (int64_t j = 0; j < n; ++j) {
+      const F da = dalloc[int64_t(order_f[j])];
+      dsorted[j] = -da * before[j];
+      dbefore[j] = da * (F(1) - sorted[j]);
+    }
+    F tail = 0;  // sum_{j>i} dbefore_j prod_{i<k<j} s_k
+    for (int64_t i = n - 2; i >= 0; --i) {
+      tail = dbefore[i + 1] + sorted[i + 1] * tail;
+      dsorted[i] += before[i] * tail;
+    }
+    for (int64_t j = 0; j < n; ++j) dusage[int64_t(order_f[j])] += dsorted[j] * (F(1) - F(kUsageEps));
+    // write content weighting
+    const F* mnorm = tape + L.mnorm;
+    std::fill(dmnorm, dmnorm + n, F(0));
+    content_backward(mem, mnorm, write_key, tape[L.wknorm], act[strengths + R], tape + L.wcos, cw, dcw, n, w, dmem,
+                     dmnorm, dwrite_key, dstrengths + R);
+    apply_norm_grad(dmem, mem, mnorm, dmnorm, n, w);
+    // usage: u' = (u + ww_prev - u ww_prev) * prod_r (1 - f_r rw_prev_r)
+    const F* usage1 = tape + L.usage1;
+    const F* retention = tape + L.retention;
+    F* dusage_in = dstate_in + c.off_usage;
+    F* dprev_ww = dstate_in + c.off_write_weights;
+    for (int64_t i = 0; i < n; ++i) {
+      const F du1 = dusage[i] * retention[i];
+      const F dret = dusage[i] * usage1[i];
+      dusage_in[i] += du1 * (F(1) - prev_ww[i]);
+      dprev_ww[i] += du1 * (F(1) - usage[i]);
+      for (int64_t r = 0; r < R; ++r) {
+        F others = F(1);
+        for (int64_t q = 0; q < R; ++q)
+          if (q != r) others *= F(1) - free_gates[q] * prev_rw[q * n + i];
+        const F dq = dret * others;
+        dfree[r] -= dq * prev_rw[r * n + i];
+        dprev_rw[r * n + i] -= dq * free_gates[r];
+      }
+    }
+
+    activate_backward(raw, act, dact, draw);
+    gemv_t(dout, wt.w_if, draw, c.P, c.C);
+    controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
+                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_hidden,
+                        dstate_in + c.off_cell, ctrl_scratch);
+  }
+};
+
+// ----------------------------------------------------------------------------------------------
+// Plain recurrent core (lstm.py): the controller alone.
+
+template <typename F>
+struct Plain {
+  const SmemConfig& c;
+  const Tape& L;
+  Plain(const SmemConfig& config, const Tape& tape) : c(config), L(tape) {}
+
+  void forward(const Weights<F>& wt, const F* projected, F* tape, F* state_out, F* features) const {
+    const F* s = tape + L.state;
+    controller_forward(c, wt, projected, s, s + c.off_hidden, s + c.off_cell, tape, L.ctrl, state_out + c.off_hidden,
+                       state_out + c.off_cell);
+    std::copy(tape + L.ctrl.out, tape + L.ctrl.out + c.C, features);
+  }
+
+  int64_t scratch_size() const { return 2 * c.C + 3 * c.C + c.K + 16; }
+
+  void backward(const Weights<F>& wt, F* tape, const F* dfeatures, const F* dstate_out, F* dstate_in,
+                F* dprojected, Scratch<F>& sc) const {
+    const int64_t C = c.C;
+    const F* s = tape + L.state;
+    F* dout = sc.at(0);
+    std::copy(dfeatures, dfeatures + C, dout);
+    axpy(dout, dstate_out + c.off_hidden, F(1), C);
+    F* unused_dreads = sc.at(C);
+    controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
+                        dprojected, unused_dreads, dstate_in + c.off_hidden, dstate_in + c.off_cell, sc.at(2 * C));
+  }
+};
+
+// ----------------------------------------------------------------------------------------------
+// The sequence loops, one batch row at a time (rows are independent; only parameter gradients
+// are shared).
+
+template <typename F>
+bool all_finite(const F* x, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+  return ok;
+}
+
+template <typename F, template <typename> class CoreT>
+int run_forward(const SmemConfig& c, const SmemBuffers& b) {
+  const Tape L = make_tape(c);
+  const CoreT<F> core(c, L);
+  Weights<F> wt(b);
+  wt.transpose_all(c);
+  const F* projected = static_cast<const F*>(b.projected);
+  const F* state0 = static_cast<const F*>(b.state0);
+  const F* init = static_cast<const F*>(b.init_row);
+  F* features = static_cast<F*>(b.features);
+  F* state_T = static_cast<F*>(b.state_T);
+  F* tape = static_cast<F*>(b.tape);
+  const int64_t T = c.T, B = c.B, FD = c.C + c.R * c.W;
+  std::vector<F> scratch_tape(tape ? 0 : L.size);
+  std::vector<F> current(c.D);
+  for (int64_t row = 0; row < B; ++row) {
+    std::copy(state0 + row * c.D, state0 + (row + 1) * c.D, current.data());
+    for (int64_t t = 0; t < T; ++t) {
+      F* record = tape ? tape + (row * T + t) * L.size : scratch_tape.data();
+      const F* from = (b.starts && b.starts[t * B + row]) ? init : current.data();
+      std::copy(from, from + c.D, record + L.state);
+      core.forward(wt, projected + (t * B + row) * c.G, record, current.data(), features + (t * B + row) * FD);
+    }
+    std::copy(current.begin(), current.end(), state_T + row * c.D);
+  }
+  return all_finite(features, T * B * FD) ? 0 : 2;
+}
+
+template <typename F, template <typename> class CoreT>
+int run_backward(const SmemConfig& c, const SmemBuffers& b) {
+  const Tape L = make_tape(c);
+  const CoreT<F> core(c, L);
+  const Weights<F> wt(b);
+  F* tape = static_cast<F*>(b.tape);
+  const F* dfeatures = static_cast<const F*>(b.d_features);
+  const F* dstate_T = static_cast<const F*>(b.d_state_T);
+  F* dprojected = static_cast<F*>(b.d_projected);
+  F* dstate0 = static_cast<F*>(b.d_state0);
+  const int64_t T = c.T, B = c.B, FD = c.C + c.R * c.W;
+  Scratch<F> sc{std::vector<F>(core.scratch_size())};
+  std::vector<F> dout(c.D), din(c.D);
+  for (int64_t row = 0; row < B; ++row) {
+    if (dstate_T)
+      std::copy(dstate_T + row * c.D, dstate_T + (row + 1) * c.D, dout.data());
+    else
+      std::fill(dout.begin(), dout.end(), F(0));
+    for (int64_t t = T - 1; t >= 0; --t) {
+      std::fill(din.begin(), din.end(), F(0));
+      core.backward(wt, tape + (row * T + t) * L.size, dfeatures + (t * B + row) * FD, dout.data(), din.data(),
+                    dprojected + (t * B + row) * c.G, sc);
+      // A reset replaced the state: what came before gets no gradient through it.
+      if (b.starts && b.starts[t * B + row]) std::fill(din.begin(), din.end(), F(0));
+      std::swap(dout, din);
+    }
+    std::copy(dout.begin(), dout.end(), dstate0 + row * c.D);
+  }
+  return 0;
+}
+
+template <typename F>
+int dispatch(const SmemConfig& c, const SmemBuffers& b, bool backward) {
+  switch (c.core) {
+    case kNTM:
+      return backward ? run_backward<F, Ntm>(c, b) : run_forward<F, Ntm>(c, b);
+    case kDNC:
+      return backward ? run_backward<F, Dnc>(c, b) : run_forward<F, Dnc>(c, b);
+    case kPlain:
+      return backward ? run_backward<F, Plain>(c, b) : run_forward<F, Plain>(c, b);
+    default:
+      return -1;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Bumped whenever SmemConfig, SmemBuffers or the calling convention change.
+int64_t smem_abi_version() { return 2; }
+
+int64_t smem_tape_size(const SmemConfig* c) { return make_tape(*c).size; }
+
+// Offsets in a step's tape record of what the weight gradients are made of: the controller's
+// recurrent input, its output, the interface gradient and (GRU) the hidden-product gradient.
+void smem_tape_fields(const SmemConfig* c, int64_t* out) {
+  const Tape t = make_tape(*c);
+  out[0] = t.ctrl.x;
+  out[1] = t.ctrl.out;
+  out[2] = t.draw;
+  out[3] = t.ctrl.dfh;
+  out[4] = t.state;
+}
+
+// Return 0 on success, 2 if a feature is not finite, -1 for an unknown core.
+int smem_forward_f32(const SmemConfig* c, const SmemBuffers* b) { return dispatch<float>(*c, *b, false); }
+int smem_forward_f64(const SmemConfig* c, const SmemBuffers* b) { return dispatch<double>(*c, *b, false); }
+int smem_backward_f32(const SmemConfig* c, const SmemBuffers* b) { return dispatch<float>(*c, *b, true); }
+int smem_backward_f64(const SmemConfig* c, const SmemBuffers* b) { return dispatch<double>(*c, *b, true); }
+
+}  // extern "C"

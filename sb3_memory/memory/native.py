@@ -1,0 +1,326 @@
+"""The native fast path of the memory cores: fused forward and backward passes over a chunk.
+
+A step of an NTM or DNC is about 60 tiny tensor operations; in eager PyTorch their per-operation
+overhead, not their arithmetic, sets the speed, and the backward pass doubles it. The kernels in
+``csrc/memory_kernels.cpp`` run a whole time-major chunk in one call, with a hand-written backward
+pass, and are checked against the PyTorch reference (``MemoryCore.reference_sequence``) in the
+tests: same features, final state and gradients.
+
+The C++ file uses no PyTorch headers. It is compiled on first use with the system C++ compiler
+(about two seconds, once per machine: the library is cached under ``$SB3_MEMORY_CACHE``, by
+default ``~/.cache/sb3_memory``) and called through :mod:`ctypes` on the tensors' memory. Without
+a compiler the cores fall back to the reference path (see ``MemoryCore``'s ``backend``).
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
+ABI_VERSION = 2
+CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
+CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+_CONFIG_FIELDS = (
+    "core", "controller", "T", "B", "G", "C", "K", "N", "W", "R", "Hw", "S", "P", "D",
+    "off_memory", "off_read_vectors", "off_read_weights", "off_write_weights",
+    "off_usage", "off_precedence", "off_link", "off_hidden", "off_cell", "hidden_size", "cell_size",
+)  # fmt: skip
+_BUFFER_FIELDS = (
+    "projected", "state0", "starts", "init_row", "w_rec", "w_hid", "b_hid", "w_if", "b_if",
+    "features", "state_T", "tape", "d_features", "d_state_T", "d_projected", "d_state0",
+)  # fmt: skip
+# Weights in the order the kernels take them; a core passes None for those it does not have.
+WEIGHT_NAMES = ("w_rec", "w_hid", "b_hid", "w_if", "b_if")
+
+
+class _Config(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in _CONFIG_FIELDS]
+
+
+class _Buffers(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in _BUFFER_FIELDS]
+
+
+class NativeUnavailableError(RuntimeError):
+    """The native kernels could not be built or loaded on this machine."""
+
+
+_lock = threading.Lock()
+_library: Optional[ctypes.CDLL] = None
+_failure: Optional[str] = None
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$SB3_MEMORY_CACHE``, else ``$XDG_CACHE_HOME/sb3_memory``."""
+    if os.environ.get("SB3_MEMORY_CACHE"):
+        return Path(os.environ["SB3_MEMORY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sb3_memory"
+
+
+def _compiler() -> Optional[str]:
+    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    return None
+
+
+def _cpu_identity() -> str:
+    # -march=native code must not be reused on a CPU with fewer instruction-set extensions.
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _flag_sets() -> list[list[str]]:
+    common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno"]
+    common += os.environ.get("SB3_MEMORY_CXXFLAGS", "").split()  # e.g. "-g" to profile the kernels
+    return [common + ["-march=native"], common]
+
+
+def _build(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    directory = cache_dir()
+    errors = []
+    for flags in _flag_sets():
+        key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
+        target = directory / f"memory_kernels-{key}.so"
+        if target.exists():
+            return target
+        directory.mkdir(parents=True, exist_ok=True)
+        # Compile to a private name, then rename: concurrent processes never load half a file.
+        handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
+        os.close(handle)
+        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], capture_output=True, text=True)
+        if result.returncode == 0:
+            os.replace(partial, target)
+            return target
+        os.unlink(partial)
+        errors.append(f"{compiler} {' '.join(flags)}: {result.stderr.strip()[-2000:]}")
+    raise NativeUnavailableError("compilation failed:\n" + "\n".join(errors))
+
+
+def load_library() -> ctypes.CDLL:
+    """
+    The compiled kernels, built on first use.
+
+    :raises NativeUnavailableError: no C++ compiler, a failed build, or an unwritable cache
+    """
+    global _library, _failure
+    with _lock:
+        if _library is not None:
+            return _library
+        if _failure is not None:
+            raise NativeUnavailableError(_failure)
+        try:
+            compiler = _compiler()
+            if compiler is None:
+                raise NativeUnavailableError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
+            library = ctypes.CDLL(str(_build(compiler)))
+            if library.smem_abi_version() != ABI_VERSION:
+                raise NativeUnavailableError("the cached library does not match this version of sb3_memory")
+        except (NativeUnavailableError, OSError) as error:
+            _failure = str(error)
+            raise NativeUnavailableError(_failure) from None
+        library.smem_tape_size.restype = ctypes.c_int64
+        library.smem_tape_size.argtypes = [ctypes.POINTER(_Config)]
+        library.smem_tape_fields.restype = None
+        library.smem_tape_fields.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(ctypes.c_int64)]
+        for name in ("smem_forward_f32", "smem_forward_f64", "smem_backward_f32", "smem_backward_f64"):
+            function = getattr(library, name)
+            function.restype = ctypes.c_int
+            function.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(_Buffers)]
+        _library = library
+        return library
+
+
+def is_available() -> bool:
+    """Whether the native kernels are built (or can be) on this machine."""
+    try:
+        load_library()
+    except NativeUnavailableError:
+        return False
+    return True
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why :func:`load_library` failed, or None."""
+    return _failure
+
+
+def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
+    return None if tensor is None else tensor.data_ptr()
+
+
+class NativeSequence:
+    """
+    The kernels bound to one core configuration (sizes and flat-state offsets).
+
+    :param config: every field of the kernels' ``SmemConfig`` but ``T`` and ``B``
+    :param init_row: the flat initial state of one row, ``(D,)``, copied in at episode starts
+    :param name: the core's name, for error messages
+    """
+
+    def __init__(self, config: dict[str, int], init_row: Tensor, name: str = "memory core") -> None:
+        missing = set(_CONFIG_FIELDS) - {"T", "B"} - set(config)
+        if missing:
+            raise ValueError(f"native config lacks {sorted(missing)}")
+        self.library = load_library()
+        self.config = _Config(T=0, B=0, **config)
+        self.init_rows = {init_row.dtype: init_row.contiguous()}
+        self.tape_size = int(self.library.smem_tape_size(ctypes.byref(self.config)))
+        fields = (ctypes.c_int64 * 5)()
+        self.library.smem_tape_fields(ctypes.byref(self.config), fields)
+        # Offsets in a step's tape record (see smem_tape_fields)
+        self.tape_x, self.tape_out, self.tape_draw, self.tape_dfh, self.tape_state = list(fields)
+        self.feature_size = config["C"] + config["R"] * config["W"]
+        self.name = name
+
+    def _init_row(self, dtype: torch.dtype) -> Tensor:
+        if dtype not in self.init_rows:
+            self.init_rows[dtype] = next(iter(self.init_rows.values())).to(dtype)
+        return self.init_rows[dtype]
+
+    def _call(self, kind: str, dtype: torch.dtype, steps: int, batch: int, **buffers: Optional[Tensor]) -> int:
+        self.config.T, self.config.B = steps, batch
+        pointers = _Buffers(**{name: _pointer(tensor) for name, tensor in buffers.items()})
+        function = getattr(self.library, f"smem_{kind}_{'f32' if dtype == torch.float32 else 'f64'}")
+        return function(ctypes.byref(self.config), ctypes.byref(pointers))
+
+    def forward(
+        self, projected: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...], record: bool
+    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """
+        Run the chunk.
+
+        :param projected: (T, B, G) contiguous
+        :param state: (B, D) contiguous
+        :param starts: (T, B) uint8, or None
+        :param weights: in :data:`WEIGHT_NAMES` order
+        :param record: keep the tape for :meth:`backward`
+        :return: features (T, B, F), final state (B, D), tape (or None)
+        """
+        steps, batch = projected.shape[0], projected.shape[1]
+        dtype = projected.dtype
+        features = projected.new_empty((steps, batch, self.feature_size))
+        final = state.new_empty(state.shape)
+        tape = projected.new_empty((batch, steps, self.tape_size)) if record else None
+        status = self._call(
+            "forward", dtype, steps, batch, projected=projected, state0=state, starts=starts,
+            init_row=self._init_row(dtype), features=features, state_T=final, tape=tape,
+            **dict(zip(WEIGHT_NAMES, weights)),
+        )  # fmt: skip
+        if status != 0:
+            raise self._status_error(status)
+        return features, final, tape
+
+    def backward(
+        self,
+        tape: Tensor,
+        starts: Optional[Tensor],
+        weights: tuple[Optional[Tensor], ...],
+        d_features: Tensor,
+        d_state: Optional[Tensor],
+    ) -> tuple[Tensor, Tensor, tuple[Optional[Tensor], ...]]:
+        """Gradients of the projected input, the initial state and the weights."""
+        batch, steps = tape.shape[0], tape.shape[1]
+        config = self.config
+        d_projected = tape.new_empty((steps, batch, config.G))
+        d_state0 = tape.new_empty((batch, config.D))
+        status = self._call(
+            "backward", tape.dtype, steps, batch, starts=starts, tape=tape, d_features=d_features, d_state_T=d_state,
+            d_projected=d_projected, d_state0=d_state0, **dict(zip(WEIGHT_NAMES, weights)),
+        )  # fmt: skip
+        if status != 0:
+            raise self._status_error(status)
+        # Each weight gradient is one matrix product over all (row, step) records of the tape:
+        # d(out) / dW summed over the chunk = d(out)^T @ (what W multiplied).
+        records = tape.reshape(batch * steps, self.tape_size)
+        gates = d_projected.transpose(0, 1).reshape(batch * steps, config.G)
+        w_rec, w_hid, b_hid, w_if, b_if = weights
+
+        def columns(start: int, width: int) -> Tensor:
+            return records[:, start : start + width]
+
+        d_w_rec = None if w_rec is None else gates.t() @ columns(self.tape_x, config.K)
+        d_w_hid = d_b_hid = d_w_if = d_b_if = None
+        if w_hid is not None:
+            d_fh = columns(self.tape_dfh, 3 * config.C)
+            d_w_hid = d_fh.t() @ columns(self.tape_state + config.off_hidden, config.C)
+            d_b_hid = d_fh.sum(0)
+        if w_if is not None:
+            d_raw = columns(self.tape_draw, config.P)
+            d_w_if = d_raw.t() @ columns(self.tape_out, config.C)
+            d_b_if = d_raw.sum(0)
+        return d_projected, d_state0, (d_w_rec, d_w_hid, d_b_hid, d_w_if, d_b_if)
+
+    def _status_error(self, status: int) -> Exception:
+        if status == 2:
+            return ValueError(
+                f"{self.name} produced non-finite features (NaN/Inf): the parameters or the carried state "
+                "diverged; lower the learning rate or clip gradients (max_grad_norm)"
+            )
+        return RuntimeError(f"native memory kernel failed with status {status}")
+
+
+class _FusedSequenceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, kernel: NativeSequence, starts: Optional[Tensor], projected: Tensor, state: Tensor, *weights: Optional[Tensor]):  # type: ignore[override]
+        features, final, tape = kernel.forward(projected, state, starts, weights, record=True)
+        ctx.kernel = kernel
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(tape, starts, *weights)
+        return features, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, d_features: Optional[Tensor], d_final: Optional[Tensor]):  # type: ignore[override]
+        tape, starts, *weights = ctx.saved_tensors
+        if d_features is None:
+            d_features = tape.new_zeros((tape.shape[1], tape.shape[0], ctx.kernel.feature_size))
+        d_projected, d_state0, d_weights = ctx.kernel.backward(
+            tape, starts, tuple(weights), d_features.contiguous(), None if d_final is None else d_final.contiguous()
+        )
+        return (None, None, d_projected, d_state0, *d_weights)
+
+
+def fused_sequence(
+    kernel: NativeSequence, projected: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...]
+) -> tuple[Tensor, Tensor]:
+    """
+    Features and final state of a chunk through the native kernels, differentiable with respect to
+    the projected input, the initial flat state and the weights.
+
+    :param projected: (T, B, G)
+    :param state: (B, D) flat state before the first step
+    :param starts: (T, B) episode starts (any dtype; nonzero resets the row before that step), or None
+    :param weights: in :data:`WEIGHT_NAMES` order, None where the core has no such weight
+    """
+    projected = projected.contiguous()
+    state = state.contiguous()
+    starts = None if starts is None else starts.to(torch.uint8).contiguous()
+    weights = tuple(None if weight is None else weight.contiguous() for weight in weights)
+    needs_grad = torch.is_grad_enabled() and any(
+        tensor is not None and tensor.requires_grad for tensor in (projected, state, *weights)
+    )
+    if not needs_grad:
+        features, final, _ = kernel.forward(projected, state, starts, weights, record=False)
+        return features, final
+    return _FusedSequenceFunction.apply(kernel, starts, projected, state, *weights)
