@@ -67,6 +67,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import os
 import runpy
 import sys
 from contextvars import ContextVar
@@ -365,10 +366,15 @@ Example: sb3-memory-zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0
 """
 
 
+def _has_option(args: list[str], option: str) -> bool:
+    return any(arg == option or arg.startswith(option + "=") for arg in args)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """
     ``sb3-memory-zoo SUBCOMMAND [rl-zoo3 arguments]``: register, drop the subcommand from ``sys.argv``
-    and run rl-zoo3's entry point, which parses ``sys.argv`` itself.
+    and run rl-zoo3's entry point, which parses ``sys.argv`` itself. ``train`` and ``enjoy`` get
+    ``--num-threads 1`` unless it is given or ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` is set.
 
     :param argv: arguments after the program name (default: ``sys.argv[1:]``)
     :return: exit status (0; rl-zoo3's argparse exits on bad arguments)
@@ -382,6 +388,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"sb3-memory-zoo: unknown subcommand {command!r}\n\n{_USAGE}", file=sys.stderr)
         return 2
     register()
+    if command in ("train", "enjoy") and not _has_option(rest, "--num-threads") and not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        # rl-zoo3 leaves torch's default (one thread per core), which collapses on a busy machine.
+        rest = [*rest, "--num-threads", "1"]
     saved_argv = sys.argv
     sys.argv = [f"sb3-memory-zoo {command}", *rest]
     try:

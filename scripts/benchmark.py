@@ -1,75 +1,79 @@
-"""Throughput of MemoryPPO against sb3-contrib's RecurrentPPO on CartPoleNoVel-v1.
+"""Training throughput of MemoryPPO against sb3-contrib's RecurrentPPO, on the zoo configs.
 
-All runs use rl-zoo3's tuned ``ppo_lstm`` hyperparameters for CartPoleNoVel-v1 (8 envs,
-n_steps 32, batch 256, 20 epochs, VecNormalize, 64-unit recurrent controller, pi/vf [64]) and
-the same number of steps; the algorithms alternate round by round in one process with one
-torch thread, so machine noise hits them alike. Reported: median steps/second over rounds,
-the time split between rollout collection and training, the rollout buffer's bytes per
-transition (every array it holds), and each ratio to RecurrentPPO.
+For each env, every model is built by rl-zoo3's own ExperimentManager from ``zoo_configs/``:
+``memory_ppo.yml`` with the NTM and DNC policies, and ``ppo_lstm.yml`` (RecurrentPPO). Same env,
+n_envs, n_steps, batch_size and epochs; the memory rows run with the default settings (the
+native kernels) and, with ``--reference``, also with ``backend='reference'`` (the step-by-step
+PyTorch path). Each run is ``model.learn(--steps)`` without evaluations; the algorithms alternate
+round by round in one process with one torch thread, so machine noise hits them alike. Reported:
+median steps/second over rounds, each ratio to RecurrentPPO, the split between rollout collection
+and training, and the native kernels' one-time compilation (first use on a machine, measured in
+a fresh process with an empty cache) as a share of each config's full budget.
 
-Usage: python scripts/benchmark.py [--steps 16384] [--rounds 3] [--compile] [--only NAME ...]
+Usage: python scripts/benchmark.py [--envs ENV ...] [--steps 16384] [--rounds 3] [--reference]
 """
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import rl_zoo3.import_envs  # noqa: F401  (registers CartPoleNoVel-v1)
 import torch
-from sb3_contrib import RecurrentPPO
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecNormalize
-from torch import nn
+import yaml
+from rl_zoo3.exp_manager import ExperimentManager
 
-from sb3_memory import MemoryPPO
+import sb3_memory.zoo  # noqa: F401  (registers memory_ppo, the envs and CartPoleNoVel-v1)
+from sb3_memory.zoo import _evaluate_policy_kwargs
 
-ENV_ID = "CartPoleNoVel-v1"
-PPO_KWARGS = dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0)
-SHARED_POLICY_KWARGS = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
-
-
-def algorithms(compile_step: bool) -> dict[str, Callable[[Any], Any]]:
-    def memory_ppo(policy: str, **core: Any) -> Callable[[Any], Any]:
-        return lambda env: MemoryPPO(
-            policy, env, **PPO_KWARGS, seed=0, policy_kwargs=dict(**SHARED_POLICY_KWARGS, controller_dim=64, **core)
-        )
-
-    makers = {
-        "RecurrentPPO": lambda env: RecurrentPPO(
-            "MlpLstmPolicy",
-            env,
-            **PPO_KWARGS,
-            seed=0,
-            policy_kwargs=dict(**SHARED_POLICY_KWARGS, lstm_hidden_size=64, enable_critic_lstm=True),
-        ),
-    }
-    for suffix, extra in [("", {})] + ([("+compile", dict(compile_step=True))] if compile_step else []):
-        makers[f"MemoryPPO-LSTM{suffix}"] = memory_ppo("LSTMPolicy", **extra)
-        makers[f"MemoryPPO-NTM{suffix}"] = memory_ppo("NTMPolicy", memory_units=32, memory_unit_size=16, **extra)
-        makers[f"MemoryPPO-DNC{suffix}"] = memory_ppo(
-            "DNCPolicy", memory_units=32, memory_unit_size=16, num_read_heads=2, **extra
-        )
-    return makers
+ROOT = Path(__file__).resolve().parents[1]
+ENVS = [
+    "CartPoleNoVel-v1",
+    "sb3_memory/Copy-v0",
+    "sb3_memory/RepeatAfterDelay-v0",
+    "sb3_memory/AssociativeRecall-v0",
+    "sb3_memory/PassiveTMaze-v0",
+]
+BASELINE = "RecurrentPPO"
 
 
-def buffer_bytes_per_transition(buffer: Any) -> float:
-    """Every NumPy array and tensor the rollout buffer holds, per stored transition."""
-    total = 0
-    for value in vars(buffer).values():
-        for item in value.values() if isinstance(value, dict) else [value]:
-            if isinstance(item, np.ndarray):
-                total += item.nbytes
-            elif isinstance(item, torch.Tensor):
-                total += item.element_size() * item.nelement()
-    return total / (buffer.buffer_size * buffer.n_envs)
+def variants(reference: bool) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """name -> (zoo algorithm, config file, policy_kwargs overrides or a policy name)"""
+    table = {BASELINE: ("ppo_lstm", "ppo_lstm.yml", {})}
+    for suffix, extra in [("", {})] + ([(" (reference)", {"backend": "reference"})] if reference else []):
+        table[f"MemoryPPO-NTM{suffix}"] = ("memory_ppo", "memory_ppo.yml", {"policy": "NTMPolicy", **extra})
+        table[f"MemoryPPO-DNC{suffix}"] = ("memory_ppo", "memory_ppo.yml", {"policy": "DNCPolicy", **extra})
+    return table
 
 
-def run(make_model: Callable[[Any], Any], steps: int) -> dict[str, float]:
-    env = VecNormalize(make_vec_env(ENV_ID, n_envs=8, seed=0))
-    model = make_model(env)
+def config_entry(config: str, env_id: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "zoo_configs" / config).read_text())[env_id]
+
+
+def make_model(algo: str, config: str, env_id: str, overrides: dict[str, Any], log_folder: str) -> Any:
+    """The model exactly as ``sb3_memory.zoo train`` builds it from the config (no callbacks)."""
+    overrides = dict(overrides)
+    hyperparams: dict[str, Any] = {}
+    if "policy" in overrides:
+        hyperparams["policy"] = overrides.pop("policy")
+    if overrides:
+        policy_kwargs = _evaluate_policy_kwargs(config_entry(config, env_id).get("policy_kwargs"))
+        hyperparams["policy_kwargs"] = {**policy_kwargs, **overrides}
+    manager = ExperimentManager(
+        argparse.Namespace(), algo, env_id, log_folder, config=str(ROOT / "zoo_configs" / config),
+        hyperparams=hyperparams, seed=0, verbose=0, eval_freq=-1, save_freq=-1,
+    )  # fmt: skip
+    model, _ = manager.setup_experiment()
+    return model
+
+
+def run(make: Callable[[], Any], steps: int) -> dict[str, float]:
+    model = make()
     timings: dict[str, float] = defaultdict(float)
 
     def timed(name: str, function: Callable) -> Callable:
@@ -86,46 +90,58 @@ def run(make_model: Callable[[Any], Any], steps: int) -> dict[str, float]:
     start = time.perf_counter()
     model.learn(steps)
     wall = time.perf_counter() - start
-    env.close()
-    return dict(
-        steps_per_second=model.num_timesteps / wall,
-        rollout_share=timings["rollout"] / wall,
-        train_share=timings["train"] / wall,
-        bytes_per_transition=buffer_bytes_per_transition(model.rollout_buffer),
-    )
+    model.get_env().close()
+    return dict(steps_per_second=model.num_timesteps / wall, rollout=timings["rollout"] / wall, train=timings["train"] / wall)
+
+
+def cold_compile_seconds() -> float:
+    """Wall time of the native kernels' first build, in a fresh process with an empty cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        code = "import time; t = time.perf_counter(); from sb3_memory.memory import native; native.load_library(); print(time.perf_counter() - t)"
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SB3_MEMORY_CACHE": cache}, capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=16384)
+    parser.add_argument("--envs", nargs="+", default=ENVS, choices=ENVS)
+    parser.add_argument("--steps", type=int, default=16384, help="steps per run")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--compile", action="store_true", help="also run the cores with compile_step=True (compile time included)"
-    )
-    parser.add_argument("--only", nargs="*", help="subset of the algorithm names")
+    parser.add_argument("--reference", action="store_true", help="also run the memory agents on the reference path")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    makers = algorithms(args.compile)
-    names = [name for name in makers if not args.only or name in args.only or name == "RecurrentPPO"]
-    results: dict[str, list[dict[str, float]]] = defaultdict(list)
-    for round_index in range(args.rounds):
-        for name in names:
-            results[name].append(run(makers[name], args.steps))
-            print(f"round {round_index + 1} {name}: {results[name][-1]['steps_per_second']:.0f} steps/s", flush=True)
+    compile_seconds = cold_compile_seconds()
+    table = variants(args.reference)
+    lines = [
+        f"{args.steps} steps per run, {args.rounds} alternating rounds, 1 thread, medians; "
+        f"native kernels' first build on this machine: {compile_seconds:.1f} s",
+        "",
+        "| env | algorithm | steps/s | x RecurrentPPO | x RecurrentPPO, first build included over the config's budget | rollout / train |",
+        "|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as logs:
+        for env_id in args.envs:
+            results: dict[str, list[dict[str, float]]] = defaultdict(list)
+            for round_index in range(args.rounds):
+                for name, (algo, config, overrides) in table.items():
+                    make = lambda: make_model(algo, config, env_id, overrides, logs)  # noqa: E731
+                    results[name].append(run(make, args.steps))
+                    print(f"{env_id} round {round_index + 1} {name}: {results[name][-1]['steps_per_second']:.0f} steps/s", flush=True)
 
-    def median(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[name])
+            def median(name: str, key: str) -> float:
+                return statistics.median(r[key] for r in results[name])
 
-    base_speed, base_bytes = median("RecurrentPPO", "steps_per_second"), median("RecurrentPPO", "bytes_per_transition")
-    print(f"\n{ENV_ID}, {args.steps} steps x {args.rounds} rounds, 1 thread, medians")
-    print("| algorithm | steps/s | x RecurrentPPO | rollout | train | buffer bytes/transition | x RecurrentPPO |")
-    print("|---|---|---|---|---|---|---|")
-    for name in names:
-        speed, nbytes = median(name, "steps_per_second"), median(name, "bytes_per_transition")
-        print(
-            f"| {name} | {speed:.0f} | {speed / base_speed:.2f} | {median(name, 'rollout_share'):.0%} | "
-            f"{median(name, 'train_share'):.0%} | {nbytes:.0f} | {nbytes / base_bytes:.2f} |"
-        )
+            base = median(BASELINE, "steps_per_second")
+            budget = float(config_entry("memory_ppo.yml", env_id)["n_timesteps"])
+            for name in table:
+                speed = median(name, "steps_per_second")
+                native_row = name != BASELINE and "reference" not in name
+                first_use = budget / (budget / speed + compile_seconds) / base if native_row else speed / base
+                lines.append(
+                    f"| {env_id} | {name} | {speed:.0f} | {speed / base:.2f} | {first_use:.2f} | "
+                    f"{median(name, 'rollout'):.0%} / {median(name, 'train'):.0%} |"
+                )
+    print("\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Rollout collection shared by MemoryPPO and MemoryA2C: the memory state rides along."""
 
+import contextlib
 import math
-from typing import Optional
+import os
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import torch as th
@@ -17,6 +20,35 @@ from sb3_memory.common.policies import MemoryActorCriticPolicy
 
 # Longer chunks give longer backpropagation through time but slower, more serial updates.
 MAX_DEFAULT_SEQUENCE_LENGTH = 32
+
+# torch's intra-op thread count when sb3_memory was imported: still that at learn() means the user
+# did not choose one (torch.set_num_threads before importing sb3_memory cannot be told apart: use
+# OMP_NUM_THREADS then).
+STARTUP_NUM_THREADS = th.get_num_threads()
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def user_chose_num_threads() -> bool:
+    """Whether the torch thread count was chosen: an environment variable, or a call to ``torch.set_num_threads``."""
+    return any(os.environ.get(name) for name in THREAD_ENV_VARS) or th.get_num_threads() != STARTUP_NUM_THREADS
+
+
+@contextlib.contextmanager
+def single_thread_on_cpu(device: th.device) -> Iterator[None]:
+    """
+    One torch intra-op thread for the duration (restored afterwards) when training on CPU, unless
+    the user chose a number. These models are small: one thread is as fast, and with several,
+    OpenMP threads waiting for a core that another process holds slow training 5-100x.
+    """
+    if device.type != "cpu" or user_chose_num_threads() or th.get_num_threads() == 1:
+        yield
+        return
+    previous = th.get_num_threads()
+    th.set_num_threads(1)
+    try:
+        yield
+    finally:
+        th.set_num_threads(previous)
 
 
 def default_sequence_length(n_steps: int, batch_size: Optional[int]) -> int:
@@ -78,6 +110,11 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         if self._last_memory_state is None or self._last_memory_state.shape[0] != self.n_envs:
             self._last_memory_state = self.policy.initial_state(self.n_envs)
         return result
+
+    def learn(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """SB3's ``learn``, with one torch thread on CPU unless the user chose a number (see :func:`single_thread_on_cpu`)."""
+        with single_thread_on_cpu(self.device):
+            return super().learn(*args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_memory_state"]

@@ -69,11 +69,11 @@ class MemoryCore(nn.Module):
         if compile_step and backend == "native":
             raise ValueError("compile_step=True compiles the reference path: use backend='reference' (or 'auto') with it")
         if backend == "native":
-            native.load_library()  # fail here, not deep inside a training run
+            native.load_library()  # fail here, not deep inside a training run (float32; float64 on use)
         self.compile_step = compile_step
         self.backend = backend
         self._compiled_step = None
-        self._native_kernel: Optional[native.NativeSequence] = None
+        self._native_kernels: dict[torch.dtype, native.NativeSequence] = {}
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.controller_dim = check_positive_int("controller_dim", controller_dim)
         self.controller = Controller(input_dim, recurrent_input_dim, controller_dim, controller)
@@ -289,11 +289,11 @@ class MemoryCore(nn.Module):
             reason = f"the native memory kernels run on CPU only; {x.device.type} tensors use the reference path"
         elif x.dtype not in native.SUPPORTED_DTYPES:
             reason = f"the native memory kernels support float32 and float64; {x.dtype} uses the reference path"
-        if reason is None and self._native_kernel is None:
+        if reason is None and x.dtype not in self._native_kernels:
             try:
                 row = self._cached_initial_row(x.device, x.dtype)
                 init_row = torch.cat([field.reshape(-1) for field in row])
-                self._native_kernel = native.NativeSequence(self.native_config(), init_row, type(self).__name__)
+                self._native_kernels[x.dtype] = native.NativeSequence(self.native_config(), init_row, type(self).__name__)
             except native.NativeUnavailableError as error:
                 reason = f"the native memory kernels are unavailable ({error}); the cores run the slower reference path"
         if reason is not None:
@@ -301,7 +301,7 @@ class MemoryCore(nn.Module):
                 raise ValueError(f"backend='native' cannot run here: {reason}")
             _warn_once(reason)
             return None
-        return self._native_kernel
+        return self._native_kernels[x.dtype]
 
     def _step_function(self):
         if not self.compile_step:
@@ -313,12 +313,12 @@ class MemoryCore(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # A compiled function cannot be pickled or deep-copied; it is rebuilt on first use.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_compiled_step": None, "_initial_rows": {}, "_native_kernel": None}
+        return {**state, "_compiled_step": None, "_initial_rows": {}, "_native_kernels": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Models pickled before the native path existed lack its attributes.
         state.setdefault("backend", "auto")
-        state.setdefault("_native_kernel", None)
+        state.setdefault("_native_kernels", {})
         super().__setstate__(state)
 
     def _check_state_type(self, state: NamedTuple) -> None:

@@ -6,10 +6,11 @@ overhead, not their arithmetic, sets the speed, and the backward pass doubles it
 pass, and are checked against the PyTorch reference (``MemoryCore.reference_sequence``) in the
 tests: same features, final state and gradients.
 
-The C++ file uses no PyTorch headers. It is compiled on first use with the system C++ compiler
-(about two seconds, once per machine: the library is cached under ``$SB3_MEMORY_CACHE``, by
-default ``~/.cache/sb3_memory``) and called through :mod:`ctypes` on the tensors' memory. Without
-a compiler the cores fall back to the reference path (see ``MemoryCore``'s ``backend``).
+The C++ file uses no PyTorch headers. It is compiled on first use with the system C++ compiler,
+one library per scalar type (about 5 s each, once per machine: the libraries are cached under
+``$SB3_MEMORY_CACHE``, by default ``~/.cache/sb3_memory``), and called through :mod:`ctypes` on
+the tensors' memory. Without a compiler the cores fall back to the reference path (see
+``MemoryCore``'s ``backend``).
 """
 
 import ctypes
@@ -27,10 +28,10 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
-ABI_VERSION = 2
+ABI_VERSION = 3
 CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
 CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = {torch.float32: "SMEM_FLOAT32", torch.float64: "SMEM_FLOAT64"}
 
 _CONFIG_FIELDS = (
     "core", "controller", "T", "B", "G", "C", "K", "N", "W", "R", "Hw", "S", "P", "D",
@@ -58,8 +59,8 @@ class NativeUnavailableError(RuntimeError):
 
 
 _lock = threading.Lock()
-_library: Optional[ctypes.CDLL] = None
-_failure: Optional[str] = None
+_libraries: dict[torch.dtype, ctypes.CDLL] = {}
+_failures: dict[torch.dtype, str] = {}
 
 
 def cache_dir() -> Path:
@@ -90,16 +91,17 @@ def _cpu_identity() -> str:
 
 
 def _flag_sets() -> list[list[str]]:
-    common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno"]
+    common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=off"]
     common += os.environ.get("SB3_MEMORY_CXXFLAGS", "").split()  # e.g. "-g" to profile the kernels
     return [common + ["-march=native"], common]
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: str, dtype: torch.dtype) -> Path:
     source = SOURCE.read_bytes()
     directory = cache_dir()
     errors = []
     for flags in _flag_sets():
+        flags = [*flags, f"-D{SUPPORTED_DTYPES[dtype]}"]
         key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
         target = directory / f"memory_kernels-{key}.so"
         if target.exists():
@@ -117,52 +119,47 @@ def _build(compiler: str) -> Path:
     raise NativeUnavailableError("compilation failed:\n" + "\n".join(errors))
 
 
-def load_library() -> ctypes.CDLL:
+def load_library(dtype: torch.dtype = torch.float32) -> ctypes.CDLL:
     """
-    The compiled kernels, built on first use.
+    The compiled kernels for one scalar type, built on first use.
 
     :raises NativeUnavailableError: no C++ compiler, a failed build, or an unwritable cache
     """
-    global _library, _failure
+    if dtype not in SUPPORTED_DTYPES:
+        raise NativeUnavailableError(f"no native kernels for {dtype}; they support {list(SUPPORTED_DTYPES)}")
     with _lock:
-        if _library is not None:
-            return _library
-        if _failure is not None:
-            raise NativeUnavailableError(_failure)
+        if dtype in _libraries:
+            return _libraries[dtype]
+        if dtype in _failures:
+            raise NativeUnavailableError(_failures[dtype])
         try:
             compiler = _compiler()
             if compiler is None:
                 raise NativeUnavailableError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
-            library = ctypes.CDLL(str(_build(compiler)))
+            library = ctypes.CDLL(str(_build(compiler, dtype)))
             if library.smem_abi_version() != ABI_VERSION:
                 raise NativeUnavailableError("the cached library does not match this version of sb3_memory")
         except (NativeUnavailableError, OSError) as error:
-            _failure = str(error)
-            raise NativeUnavailableError(_failure) from None
+            _failures[dtype] = str(error)
+            raise NativeUnavailableError(_failures[dtype]) from None
         library.smem_tape_size.restype = ctypes.c_int64
         library.smem_tape_size.argtypes = [ctypes.POINTER(_Config)]
         library.smem_tape_fields.restype = None
         library.smem_tape_fields.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(ctypes.c_int64)]
-        for name in ("smem_forward_f32", "smem_forward_f64", "smem_backward_f32", "smem_backward_f64"):
-            function = getattr(library, name)
+        for function in (library.smem_forward, library.smem_backward):
             function.restype = ctypes.c_int
             function.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(_Buffers)]
-        _library = library
+        _libraries[dtype] = library
         return library
 
 
-def is_available() -> bool:
-    """Whether the native kernels are built (or can be) on this machine."""
+def is_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the native kernels for ``dtype`` are built (or can be) on this machine."""
     try:
-        load_library()
+        load_library(dtype)
     except NativeUnavailableError:
         return False
     return True
-
-
-def unavailable_reason() -> Optional[str]:
-    """Why :func:`load_library` failed, or None."""
-    return _failure
 
 
 def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
@@ -171,10 +168,11 @@ def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
 
 class NativeSequence:
     """
-    The kernels bound to one core configuration (sizes and flat-state offsets).
+    The kernels bound to one core configuration (sizes and flat-state offsets) and scalar type.
 
     :param config: every field of the kernels' ``SmemConfig`` but ``T`` and ``B``
-    :param init_row: the flat initial state of one row, ``(D,)``, copied in at episode starts
+    :param init_row: the flat initial state of one row, ``(D,)``, copied in at episode starts; its
+        dtype selects the kernels
     :param name: the core's name, for error messages
     """
 
@@ -182,9 +180,10 @@ class NativeSequence:
         missing = set(_CONFIG_FIELDS) - {"T", "B"} - set(config)
         if missing:
             raise ValueError(f"native config lacks {sorted(missing)}")
-        self.library = load_library()
+        self.dtype = init_row.dtype
+        self.library = load_library(self.dtype)
         self.config = _Config(T=0, B=0, **config)
-        self.init_rows = {init_row.dtype: init_row.contiguous()}
+        self.init_row = init_row.contiguous()
         self.tape_size = int(self.library.smem_tape_size(ctypes.byref(self.config)))
         fields = (ctypes.c_int64 * 5)()
         self.library.smem_tape_fields(ctypes.byref(self.config), fields)
@@ -193,15 +192,12 @@ class NativeSequence:
         self.feature_size = config["C"] + config["R"] * config["W"]
         self.name = name
 
-    def _init_row(self, dtype: torch.dtype) -> Tensor:
-        if dtype not in self.init_rows:
-            self.init_rows[dtype] = next(iter(self.init_rows.values())).to(dtype)
-        return self.init_rows[dtype]
-
-    def _call(self, kind: str, dtype: torch.dtype, steps: int, batch: int, **buffers: Optional[Tensor]) -> int:
+    def _call(self, function: Any, steps: int, batch: int, **buffers: Optional[Tensor]) -> int:
+        for name, tensor in buffers.items():
+            if tensor is not None and tensor.dtype != self.dtype and name != "starts":
+                raise TypeError(f"{name} is {tensor.dtype}, but these kernels are {self.dtype}")
         self.config.T, self.config.B = steps, batch
         pointers = _Buffers(**{name: _pointer(tensor) for name, tensor in buffers.items()})
-        function = getattr(self.library, f"smem_{kind}_{'f32' if dtype == torch.float32 else 'f64'}")
         return function(ctypes.byref(self.config), ctypes.byref(pointers))
 
     def forward(
@@ -218,14 +214,12 @@ class NativeSequence:
         :return: features (T, B, F), final state (B, D), tape (or None)
         """
         steps, batch = projected.shape[0], projected.shape[1]
-        dtype = projected.dtype
         features = projected.new_empty((steps, batch, self.feature_size))
         final = state.new_empty(state.shape)
         tape = projected.new_empty((batch, steps, self.tape_size)) if record else None
         status = self._call(
-            "forward", dtype, steps, batch, projected=projected, state0=state, starts=starts,
-            init_row=self._init_row(dtype), features=features, state_T=final, tape=tape,
-            **dict(zip(WEIGHT_NAMES, weights)),
+            self.library.smem_forward, steps, batch, projected=projected, state0=state, starts=starts,
+            init_row=self.init_row, features=features, state_T=final, tape=tape, **dict(zip(WEIGHT_NAMES, weights)),
         )  # fmt: skip
         if status != 0:
             raise self._status_error(status)
@@ -245,7 +239,7 @@ class NativeSequence:
         d_projected = tape.new_empty((steps, batch, config.G))
         d_state0 = tape.new_empty((batch, config.D))
         status = self._call(
-            "backward", tape.dtype, steps, batch, starts=starts, tape=tape, d_features=d_features, d_state_T=d_state,
+            self.library.smem_backward, steps, batch, starts=starts, tape=tape, d_features=d_features, d_state_T=d_state,
             d_projected=d_projected, d_state0=d_state0, **dict(zip(WEIGHT_NAMES, weights)),
         )  # fmt: skip
         if status != 0:

@@ -1,0 +1,275 @@
+"""The native kernels against the PyTorch reference path (the oracle) and on their own."""
+
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from sb3_memory.memory import DNCCell, LSTMCore, NTMCell, core, native
+
+# Configurations: every core, every controller, one and several read/write heads.
+CONFIGS = [
+    ("ntm", dict(num_read_heads=1, num_write_heads=1)),
+    ("ntm", dict(num_read_heads=2, num_write_heads=2, shift_range=2)),
+    ("ntm", dict(num_read_heads=3, num_write_heads=1)),
+    ("dnc", dict(num_read_heads=1)),
+    ("dnc", dict(num_read_heads=3)),
+    ("lstm", dict()),
+]
+CASES = [
+    pytest.param(name, controller, kwargs, id=f"{name}-{controller}-{'-'.join(f'{k}{v}' for k, v in kwargs.items())}")
+    for name, kwargs in CONFIGS
+    for controller in ("lstm", "gru", "mlp")
+    if not (name == "lstm" and controller == "mlp")
+]
+CLASSES = {"ntm": NTMCell, "dnc": DNCCell, "lstm": LSTMCore}
+INPUT_DIM = 5
+
+pytestmark = pytest.mark.skipif(not native.is_available(), reason="no C++ compiler for the native kernels")
+
+
+def make_core(name: str, controller: str, dtype: torch.dtype = torch.float32, seed: int = 0, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if name != "lstm":
+        kwargs = dict(memory_units=9, memory_unit_size=4, **kwargs)
+    return CLASSES[name](input_dim=INPUT_DIM, controller=controller, controller_dim=7, **kwargs).to(dtype)
+
+
+def chunk(core_: torch.nn.Module, dtype: torch.dtype, steps: int = 20, batch: int = 5, seed: int = 0):
+    """Inputs with episode starts inside the chunk, and a state that is not the initial one."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, batch, INPUT_DIM, generator=generator, dtype=dtype)
+    starts = torch.rand(steps, batch, generator=generator) < 0.15
+    starts[3, 1] = True
+    with torch.no_grad():
+        warmup = torch.randn(6, batch, INPUT_DIM, generator=generator, dtype=dtype)
+        _, warm = core_.reference_sequence(warmup, core_.initial_state(batch, dtype=dtype))
+    return x, starts, core_.flatten_state(warm)
+
+
+def run(core_: torch.nn.Module, path: str, x: torch.Tensor, starts: torch.Tensor, flat: torch.Tensor, seed: int = 1):
+    """Features, final state and the gradients of a random loss of both, for one path."""
+    core_.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    flat = flat.clone().requires_grad_(True)
+    if path == "reference":
+        features, final = core_.reference_sequence(x, core_.unflatten_state(flat), starts)
+        final = core_.flatten_state(final)
+    else:
+        assert core_._native_for(x) is not None
+        features, final = core_.forward_flat(x, flat, starts)
+    generator = torch.Generator().manual_seed(seed)
+    loss = (features * torch.randn(features.shape, generator=generator, dtype=x.dtype)).sum()
+    loss = loss + (final * torch.randn(final.shape, generator=generator, dtype=x.dtype)).sum()
+    loss.backward()
+    grads = {name: param.grad.clone() for name, param in core_.named_parameters()}
+    return {"features": features.detach(), "final state": final.detach(), "x": x.grad, "initial state": flat.grad, **grads}
+
+
+def assert_paths_agree(core_, dtype, atol, rtol, **chunk_kwargs) -> None:
+    x, starts, flat = chunk(core_, dtype, **chunk_kwargs)
+    reference = run(core_, "reference", x, starts, flat)
+    fused = run(core_, "native", x, starts, flat)
+    assert reference.keys() == fused.keys()
+    for key in reference:
+        torch.testing.assert_close(fused[key], reference[key], rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}")
+    # The comparison is not vacuous: every gradient is there and nonzero.
+    for key in reference:
+        assert reference[key].abs().sum() > 0, key
+
+
+CHUNK_CASES = [case for case in CASES if case.values[0] != "dnc"]
+DNC_CASES = [case for case in CASES if case.values[0] == "dnc"]
+TOLERANCES = {torch.float64: dict(atol=1e-10, rtol=0), torch.float32: dict(atol=1e-5, rtol=1e-5)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name,controller,kwargs", CHUNK_CASES)
+def test_native_equals_reference_over_a_chunk(name, controller, kwargs, dtype):
+    """
+    NTM and LSTM cores: features, final state and every gradient over a chunk with resets inside,
+    from a state that is not the initial one. float32: within 1e-5, relative for entries above 1
+    (gradients reach ~30 here: summation order alone moves them by ~1e-5).
+    """
+    assert_paths_agree(make_core(name, controller, dtype, **kwargs), dtype, steps=32, batch=8, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("name,controller,kwargs", DNC_CASES)
+def test_native_dnc_equals_reference_step_by_step(name, controller, kwargs):
+    """
+    DNC: each step of a sequence with resets, forward and backward, from the same state on both
+    paths (float64).
+
+    Allocation sorts usages, and it is discontinuous where two of them tie. After a reset all slots
+    have equal histories, so near-equal usages, and the DNC's own arithmetic splits such ties by an
+    ulp in a slot-dependent way (each row of the link matrix has its zero diagonal elsewhere, so the
+    same numbers are summed in another order), differently in any two implementations. Over whole
+    chunks the paths can then allocate different slots, in float64 too; in float32 even a single
+    step can (about 1 sequence in 60 here). So: step by step in float64, and whole chunks in both
+    precisions from a state without ties (below); gradcheck covers the chained backward pass.
+    """
+    core_ = make_core(name, controller, torch.float64, **kwargs)
+    x, starts, flat = chunk(core_, torch.float64, steps=24, batch=6)
+    assert starts.any(dim=1).sum() >= 3
+    for t in range(x.shape[0]):
+        reference = run(core_, "reference", x[t : t + 1], starts[t : t + 1], flat, seed=t)
+        fused = run(core_, "native", x[t : t + 1], starts[t : t + 1], flat, seed=t)
+        for key in reference:
+            torch.testing.assert_close(
+                fused[key], reference[key], **TOLERANCES[torch.float64], msg=lambda m, k=key: f"step {t}, {k}: {m}"
+            )
+        flat = fused["final state"]
+
+
+def random_dnc_state(core_: DNCCell, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """A valid DNC state with distinct usages and memory rows: no ties for the allocation to break."""
+    generator = torch.Generator().manual_seed(3)
+    n, r = core_.memory_units, core_.num_read_heads
+
+    def rand(*shape):
+        return torch.rand(batch, *shape, generator=generator, dtype=dtype)
+
+    link = rand(n, n) * (1 - torch.eye(n, dtype=dtype))
+    state = core_.initial_state(batch, dtype=dtype)._replace(
+        memory=rand(n, core_.memory_unit_size) - 0.5,
+        read_weights=torch.softmax(3 * rand(r, n), -1),
+        write_weights=0.5 * torch.softmax(3 * rand(n), -1),
+        usage=rand(n),
+        precedence=0.5 * torch.softmax(3 * rand(n), -1),
+        link=link / link.sum(-1, keepdim=True) * 0.9,
+    )
+    return core_.flatten_state(state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name,controller,kwargs", DNC_CASES)
+def test_native_dnc_equals_reference_over_a_chunk_without_ties(name, controller, kwargs, dtype):
+    core_ = make_core(name, controller, dtype, **kwargs)
+    x, _, _ = chunk(core_, dtype, steps=16, batch=6)
+    flat = random_dnc_state(core_, 6, dtype)
+    no_starts = torch.zeros(x.shape[:2], dtype=torch.bool)
+    reference = run(core_, "reference", x, no_starts, flat)
+    fused = run(core_, "native", x, no_starts, flat)
+    for key in reference:
+        torch.testing.assert_close(fused[key], reference[key], **TOLERANCES[dtype], msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("name", ["ntm", "dnc", "lstm"])
+def test_native_gradients_match_finite_differences(name):
+    """gradcheck of the fused function itself, independent of the reference path."""
+    core_ = make_core(name, "gru" if name == "lstm" else "lstm", torch.float64)
+    x, starts, flat = chunk(core_, torch.float64, steps=6, batch=2)
+    kernel = core_._native_for(x)
+    projected = core_.controller.project_input(x).detach().requires_grad_(True)
+    weights = tuple(None if w is None else w.detach().clone().requires_grad_(True) for w in core_._native_weights())
+    present = [w for w in weights if w is not None]
+
+    def function(projected_, state_, *present_):
+        it = iter(present_)
+        full = tuple(None if w is None else next(it) for w in weights)
+        return native.fused_sequence(kernel, projected_, state_, starts, full)
+
+    assert torch.autograd.gradcheck(function, (projected, flat.clone().requires_grad_(True), *present), atol=1e-6)
+
+
+def test_native_is_the_default_on_cpu_and_reference_runs_without_it(monkeypatch):
+    auto = make_core("ntm", "lstm")
+    x, starts, flat = chunk(auto, torch.float32)
+    assert auto.backend == "auto" and auto._native_for(x) is not None
+    reference = make_core("ntm", "lstm", backend="reference")
+    expected = reference.reference_sequence(x, reference.unflatten_state(flat), starts)[0]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the reference backend called the native kernels")
+
+    monkeypatch.setattr(native, "fused_sequence", fail)
+    torch.testing.assert_close(reference.forward_flat(x, flat, starts)[0], expected, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="called the native kernels"):
+        auto.forward_flat(x, flat, starts)
+
+
+def test_compiled_reference_is_chosen_by_compile_step():
+    assert make_core("ntm", "lstm", compile_step=True)._native_for(torch.zeros(1, 1, INPUT_DIM)) is None
+    with pytest.raises(ValueError, match="compile_step=True compiles the reference path"):
+        make_core("ntm", "lstm", compile_step=True, backend="native")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_core("ntm", "lstm", backend="fast")
+
+
+def test_without_a_compiler_auto_falls_back_once_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_libraries", {})
+    monkeypatch.setattr(native, "_failures", {})
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    monkeypatch.setattr(core, "_warned", set())
+    with pytest.raises(native.NativeUnavailableError, match="no C\\+\\+ compiler"):
+        make_core("dnc", "lstm", backend="native")
+    fallback = make_core("dnc", "lstm")
+    x, starts, flat = chunk(fallback, torch.float32)
+    with pytest.warns(RuntimeWarning, match="native memory kernels are unavailable.*no C\\+\\+ compiler.*reference path"):
+        features, _ = fallback.forward_flat(x, flat, starts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only once per process
+        again, _ = fallback.forward_flat(x, flat, starts)
+    expected, _ = fallback.reference_sequence(x, fallback.unflatten_state(flat), starts)
+    torch.testing.assert_close(features, expected, rtol=0, atol=0)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_unsupported_dtype_uses_the_reference_path():
+    bf16 = make_core("lstm", "lstm", torch.bfloat16)
+    x = torch.randn(3, 2, INPUT_DIM, dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="float32 and float64"):
+        assert bf16._native_for(x) is None
+    strict = make_core("lstm", "lstm", torch.bfloat16, backend="native")
+    with pytest.raises(ValueError, match="backend='native' cannot run here"):
+        strict.forward_flat(x, strict.flatten_state(strict.initial_state(2, dtype=torch.bfloat16)))
+
+
+def test_cached_library_is_reused_without_compiling(monkeypatch, tmp_path):
+    """A second process (here: a fresh module state) loads the cached file instead of building."""
+    monkeypatch.setenv("SB3_MEMORY_CACHE", str(tmp_path))
+    built = native._build(native._compiler(), torch.float32)
+    assert built.parent == tmp_path and built.exists()
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(native.subprocess, "run", no_compiler)
+    assert native._build(native._compiler(), torch.float32) == built
+    assert not list(tmp_path.glob("*.so.*")) and len(list(tmp_path.iterdir())) == 1  # no partial files left
+
+
+def test_nonfinite_state_raises_on_the_native_path():
+    core_ = make_core("dnc", "gru")
+    x, starts, flat = chunk(core_, torch.float32)
+    flat = flat.clone()
+    flat[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="DNCCell produced non-finite features"):
+        core_.forward_flat(x, flat, torch.zeros_like(starts))
+
+
+def test_native_state_survives_pickling_and_parameter_updates():
+    core_ = make_core("ntm", "gru")
+    x, starts, flat = chunk(core_, torch.float32)
+    core_.forward_flat(x, flat, starts)  # builds and caches the kernels
+    for clone in (copy.deepcopy(core_), pickle.loads(pickle.dumps(core_))):
+        torch.testing.assert_close(clone.forward_flat(x, flat, starts)[0], core_.forward_flat(x, flat, starts)[0], rtol=0, atol=0)
+    with torch.no_grad():
+        core_.interface.weight.mul_(1.5)  # the kernels read the current weights at every call
+    expected = core_.reference_sequence(x, core_.unflatten_state(flat), starts)[0]
+    torch.testing.assert_close(core_.forward_flat(x, flat, starts)[0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_runs_the_reference_path_with_one_warning(monkeypatch):
+    monkeypatch.setattr(core, "_warned", set())
+    cpu = make_core("dnc", "lstm", torch.float32)
+    gpu = copy.deepcopy(cpu).cuda()
+    x, starts, flat = chunk(cpu, torch.float32)
+    with pytest.warns(RuntimeWarning, match="CPU only"):
+        features, final = gpu.forward_flat(x.cuda(), flat.cuda(), starts.cuda())
+    expected, expected_final = cpu.forward_flat(x, flat, starts)
+    torch.testing.assert_close(features.cpu(), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(final.cpu(), expected_final, rtol=0, atol=1e-4)
