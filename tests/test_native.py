@@ -14,6 +14,7 @@ CONFIGS = [
     ("ntm", dict(num_read_heads=1, num_write_heads=1)),
     ("ntm", dict(num_read_heads=2, num_write_heads=2, shift_range=2)),
     ("ntm", dict(num_read_heads=3, num_write_heads=1)),
+    ("ntm", dict(num_read_heads=1, num_write_heads=2, memory_units=3, memory_unit_size=16)),  # W > 3N
     ("dnc", dict(num_read_heads=1)),
     ("dnc", dict(num_read_heads=3)),
     ("lstm", dict()),
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.skipif(not native.is_available(), reason="no C++ compil
 def make_core(name: str, controller: str, dtype: torch.dtype = torch.float32, seed: int = 0, **kwargs) -> torch.nn.Module:
     torch.manual_seed(seed)
     if name != "lstm":
-        kwargs = dict(memory_units=9, memory_unit_size=4, **kwargs)
+        kwargs = {"memory_units": 9, "memory_unit_size": 4, **kwargs}
     return CLASSES[name](input_dim=INPUT_DIM, controller=controller, controller_dim=7, **kwargs).to(dtype)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
-ABI_VERSION = 3
+ABI_VERSION = 4
 CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
 CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
 SUPPORTED_DTYPES = {torch.float32: "SMEM_FLOAT32", torch.float64: "SMEM_FLOAT64"}
@@ -188,7 +188,7 @@ class NativeSequence:
         fields = (ctypes.c_int64 * 5)()
         self.library.smem_tape_fields(ctypes.byref(self.config), fields)
         # Offsets in a step's tape record (see smem_tape_fields)
-        self.tape_x, self.tape_out, self.tape_draw, self.tape_dfh, self.tape_state = list(fields)
+        self.tape_x, self.tape_out, self.tape_draw, self.tape_dfh, self.tape_hidden = list(fields)
         self.feature_size = config["C"] + config["R"] * config["W"]
         self.name = name
 
@@ -228,18 +228,20 @@ class NativeSequence:
     def backward(
         self,
         tape: Tensor,
+        final: Tensor,
         starts: Optional[Tensor],
         weights: tuple[Optional[Tensor], ...],
         d_features: Tensor,
         d_state: Optional[Tensor],
     ) -> tuple[Tensor, Tensor, tuple[Optional[Tensor], ...]]:
-        """Gradients of the projected input, the initial state and the weights."""
+        """Gradients of the projected input, the initial state and the weights (``final``: the forward's final state)."""
         batch, steps = tape.shape[0], tape.shape[1]
         config = self.config
         d_projected = tape.new_empty((steps, batch, config.G))
         d_state0 = tape.new_empty((batch, config.D))
         status = self._call(
-            self.library.smem_backward, steps, batch, starts=starts, tape=tape, d_features=d_features, d_state_T=d_state,
+            self.library.smem_backward, steps, batch, starts=starts, init_row=self.init_row, tape=tape, state_T=final,
+            d_features=d_features, d_state_T=d_state,
             d_projected=d_projected, d_state0=d_state0, **dict(zip(WEIGHT_NAMES, weights)),
         )  # fmt: skip
         if status != 0:
@@ -257,7 +259,7 @@ class NativeSequence:
         d_w_hid = d_b_hid = d_w_if = d_b_if = None
         if w_hid is not None:
             d_fh = columns(self.tape_dfh, 3 * config.C)
-            d_w_hid = d_fh.t() @ columns(self.tape_state + config.off_hidden, config.C)
+            d_w_hid = d_fh.t() @ columns(self.tape_hidden, config.C)
             d_b_hid = d_fh.sum(0)
         if w_if is not None:
             d_raw = columns(self.tape_draw, config.P)
@@ -280,17 +282,17 @@ class _FusedSequenceFunction(torch.autograd.Function):
         features, final, tape = kernel.forward(projected, state, starts, weights, record=True)
         ctx.kernel = kernel
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(tape, starts, *weights)
+        ctx.save_for_backward(tape, final, starts, *weights)
         return features, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_features: Optional[Tensor], d_final: Optional[Tensor]):  # type: ignore[override]
-        tape, starts, *weights = ctx.saved_tensors
+        tape, final, starts, *weights = ctx.saved_tensors
         if d_features is None:
             d_features = tape.new_zeros((tape.shape[1], tape.shape[0], ctx.kernel.feature_size))
         d_projected, d_state0, d_weights = ctx.kernel.backward(
-            tape, starts, tuple(weights), d_features.contiguous(), None if d_final is None else d_final.contiguous()
+            tape, final, starts, tuple(weights), d_features.contiguous(), None if d_final is None else d_final.contiguous()
         )
         return (None, None, d_projected, d_state0, *d_weights)
 

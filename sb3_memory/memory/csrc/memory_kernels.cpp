@@ -96,31 +96,42 @@ inline void axpy(F* RESTRICT y, const F* RESTRICT x, F a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// y += W x, given W^T (cols, rows): column updates on a block of y held in registers, instead of
-// one short dot product (and horizontal reduction) per row.
-template <typename F>
-inline void gemv_cols(F* RESTRICT y, const F* RESTRICT wt, const F* RESTRICT x, int64_t rows, int64_t cols) {
-  constexpr int64_t kBlock = 4 * 64 / sizeof(F);
-  int64_t i0 = 0;
-  for (; i0 + kBlock <= rows; i0 += kBlock) {
-    F acc[kBlock];
-    std::copy(y + i0, y + i0 + kBlock, acc);
-    for (int64_t j = 0; j < cols; ++j) {
-      const F xj = x[j];
-      const F* RESTRICT column = wt + j * rows + i0;
+// y += A x for A (rows, cols), given A^T (cols, rows) row-major: column updates on a block of y
+// held in registers, instead of one short dot product (and horizontal reduction) per row. With
+// A^T = W this is y += W^T x, the backward pass's product, from PyTorch's weight layout.
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int64_t kVectorBytes = 32;
+#else
+constexpr int64_t kVectorBytes = 16;
+#endif
+
+// y[i0, i0 + size) += A x over one block of rows whose accumulators stay in registers; size <= kMax.
+// The masked form (size < kMax) reads no element past the block, so no column is overrun.
+template <typename F, int64_t kMax, bool kFull>
+inline void gemv_block(F* RESTRICT y, const F* RESTRICT wt, const F* RESTRICT x, int64_t rows, int64_t cols,
+                       int64_t i0, int64_t size) {
+  F acc[kMax];
 #pragma omp simd
-      for (int64_t k = 0; k < kBlock; ++k) acc[k] += column[k] * xj;
-    }
-    std::copy(acc, acc + kBlock, y + i0);
+  for (int64_t k = 0; k < kMax; ++k) acc[k] = (kFull || k < size) ? y[i0 + k] : F(0);
+  for (int64_t j = 0; j < cols; ++j) {
+    const F xj = x[j];
+    const F* RESTRICT column = wt + j * rows + i0;
+#pragma omp simd
+    for (int64_t k = 0; k < kMax; ++k) acc[k] += ((kFull || k < size) ? column[k] : F(0)) * xj;
   }
-  if (i0 < rows)
-    for (int64_t j = 0; j < cols; ++j) axpy(y + i0, wt + j * rows + i0, x[j], rows - i0);
+  for (int64_t k = 0; k < (kFull ? kMax : size); ++k) y[i0 + k] = acc[k];
 }
 
-// x += W^T y, W (rows, cols)
 template <typename F>
-inline void gemv_t(F* x, const F* w, const F* y, int64_t rows, int64_t cols) {
-  for (int64_t i = 0; i < rows; ++i) axpy(x, w + i * cols, y[i], cols);
+inline void gemv_cols(F* RESTRICT y, const F* RESTRICT wt, const F* RESTRICT x, int64_t rows, int64_t cols) {
+  // Up to eight independent accumulator registers hide the fused multiply-add latency.
+  constexpr int64_t kBlock = 4 * kVectorBytes / sizeof(F);
+  int64_t i0 = 0;
+  for (; i0 + 2 * kBlock <= rows; i0 += 2 * kBlock) gemv_block<F, 2 * kBlock, true>(y, wt, x, rows, cols, i0, 2 * kBlock);
+  for (; i0 + kBlock <= rows; i0 += kBlock) gemv_block<F, kBlock, true>(y, wt, x, rows, cols, i0, kBlock);
+  if (i0 < rows) gemv_block<F, kBlock, false>(y, wt, x, rows, cols, i0, rows - i0);
 }
 
 template <typename F>
@@ -363,7 +374,7 @@ inline void shift_backward(const F* RESTRICT wg, const F* RESTRICT shift, const 
 // Layout of one step's tape record. Every core starts with the state it read and the controller.
 
 struct ControllerTape {
-  int64_t x, act, fh, dfh, cell, tanh_cell, out, size;
+  int64_t x, act, hidden, fh, dfh, cell, tanh_cell, out, size;
 };
 
 ControllerTape controller_tape(const SmemConfig& c, int64_t start) {
@@ -373,6 +384,8 @@ ControllerTape controller_tape(const SmemConfig& c, int64_t start) {
   o += c.K;
   t.act = o;  // LSTM: i, f, o, g; GRU: r, z, n; MLP: relu output
   o += c.G;
+  t.hidden = o;  // GRU: the hidden state it multiplied (after any reset), for W_hid's gradient
+  o += (c.controller == kGRU ? c.C : 0);
   t.fh = o;  // GRU: b_hid + W_hid h
   o += (c.controller == kGRU ? 3 * c.C : 0);
   t.dfh = o;  // GRU, written by the backward pass: gradient of fh, for W_hid's and b_hid's
@@ -393,10 +406,9 @@ struct Tape {
   int64_t raw, act;  // interface before / after its nonlinearities
   int64_t draw;      // written by the backward pass: gradient of raw, for W_if's and b_if's
   // NTM
-  int64_t knorm, mnorm, cos, wc, wg, ws, logws, wsh;
+  int64_t knorm, mnorm, cos, wc;
   // DNC
-  int64_t wknorm, wcos, cw, usage1, retention, sorted, order, before, alloc, ww, mnorm2, rknorm, rcos, rc, fwd, bwd,
-      rw;
+  int64_t wknorm, wcos, cw, usage1, retention, sorted, order, before, alloc, mnorm2, rknorm, rcos, rc, fwd, bwd;
   int64_t size;
 };
 
@@ -408,7 +420,7 @@ Tape make_tape(const SmemConfig& c) {
     o += n;
     return start;
   };
-  t.state = take(c.D);
+  t.state = take(c.D);  // the state entering the step, before any reset: the previous step's output
   t.ctrl = controller_tape(c, o);
   o += t.ctrl.size;
   const int64_t n = c.N, r = c.R;
@@ -421,10 +433,6 @@ Tape make_tape(const SmemConfig& c) {
     t.mnorm = take(n);
     t.cos = take(heads * n);
     t.wc = take(heads * n);
-    t.wg = take(heads * n);
-    t.ws = take(heads * n);
-    t.logws = take(heads * n);
-    t.wsh = take(heads * n);
   } else if (c.core == kDNC) {
     t.raw = take(c.P);
     t.act = take(c.P);
@@ -439,14 +447,12 @@ Tape make_tape(const SmemConfig& c) {
     t.order = take(n);
     t.before = take(n);
     t.alloc = take(n);
-    t.ww = take(n);
     t.mnorm2 = take(n);
     t.rknorm = take(r);
     t.rcos = take(r * n);
     t.rc = take(r * n);
     t.fwd = take(r * n);
     t.bwd = take(r * n);
-    t.rw = take(r * n);
   }
   t.size = o;
   return t;
@@ -508,6 +514,7 @@ void controller_forward(const SmemConfig& c, const Weights<F>& wt, const F* proj
     std::copy(new_cell, new_cell + C, cell_out);
   } else if (c.controller == kGRU) {
     F* fh = tape + L.fh;
+    std::copy(hidden, hidden + C, tape + L.hidden);
     std::copy(wt.b_hid, wt.b_hid + 3 * C, fh);
     gemv_cols(fh, wt.t_hid.data(), hidden, 3 * C, C);
 #pragma omp simd
@@ -560,14 +567,14 @@ void controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, con
       dgates[2 * C + j] = dn_pre;
       dfh[2 * C + j] = dn_pre * r;
     }
-    gemv_t(dhidden, wt.w_hid, dfh, 3 * C, C);
+    gemv_cols(dhidden, wt.w_hid, dfh, C, 3 * C);
   } else {
     for (int64_t j = 0; j < C; ++j) dgates[j] = act[j] > F(0) ? dout[j] : F(0);
   }
   if (c.K > 0) {
     F* dx = scratch + 3 * C;
     std::fill(dx, dx + c.K, F(0));
-    gemv_t(dx, wt.w_rec, dgates, c.G, c.K);
+    gemv_cols(dx, wt.w_rec, dgates, c.K, c.G);
     axpy(dreads, dx, F(1), rin);
     if (c.controller == kLSTM) axpy(dhidden, dx + rin, F(1), C);
   }
@@ -595,10 +602,12 @@ template <typename F>
 struct Ntm {
   const SmemConfig& c;
   const Tape& L;
-  int64_t heads, hp, k;
+  int64_t heads, hp;
+
+  mutable std::vector<F> scratch;  // forward pass: location addressing of one head
 
   Ntm(const SmemConfig& config, const Tape& tape)
-      : c(config), L(tape), heads(config.R + config.Hw), hp(config.W + 3 + config.S), k((config.S - 1) / 2) {}
+      : c(config), L(tape), heads(config.R + config.Hw), hp(config.W + 3 + config.S), scratch(3 * config.N) {}
 
   void activate(const F* raw, F* act) const {
     const int64_t w = c.W, s = c.S;
@@ -640,12 +649,32 @@ struct Ntm {
     }
   }
 
-  // addressing.write: M' = M * prod_h (1 - w_h e_h^T) + sum_h w_h a_h^T
-  void write(const F* RESTRICT mem, const F* RESTRICT wsh, const F* RESTRICT act, F* RESTRICT out) const {
+  // Location addressing before the sharpening softmax, into out (3N): wg = lerp(prev, wc, gate),
+  // ws = shift(wg), log(max(ws, eps)). Cheap enough for the backward pass to redo rather than
+  // keep on the tape.
+  void location_forward(const F* a, const F* prev, const F* wc, F* out) const {
+    const int64_t n = c.N, w = c.W;
+    F* wg = out;
+    F* ws = out + n;
+    F* logws = out + 2 * n;
+    const F gate = a[w + 1];
+    for (int64_t i = 0; i < n; ++i) wg[i] = lerp(prev[i], wc[i], gate);
+    shift_forward(wg, a + w + 2, n, c.S, ws);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) logws[i] = vlog(std::max(ws[i], F(kSharpenEps)));
+  }
+
+  // Head h's weighting inside a state: read heads, then write heads.
+  template <typename P>
+  P* weights_of(P* state, int64_t h) const {
+    return h < c.R ? state + c.off_read_weights + h * c.N : state + c.off_write_weights + (h - c.R) * c.N;
+  }
+
+  // addressing.write: M' = M * prod_h (1 - w_h e_h^T) + sum_h w_h a_h^T, ww: (Hw, N)
+  void write(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRICT act, F* RESTRICT out) const {
     const int64_t n = c.N, w = c.W, hw = c.Hw;
     const F* RESTRICT erase = act + heads * hp;
     const F* RESTRICT add = erase + hw * w;
-    const F* RESTRICT ww = wsh + c.R * n;
     for (int64_t i = 0; i < n; ++i) {
       F* RESTRICT o = out + i * w;
       const F* RESTRICT m = mem + i * w;
@@ -667,9 +696,9 @@ struct Ntm {
     }
   }
 
-  void forward(const Weights<F>& wt, const F* projected, F* tape, F* state_out, F* features) const {
+  // s: the state the step starts from; state_out: where its new state goes
+  void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     const int64_t n = c.N, w = c.W, R = c.R;
-    const F* s = tape + L.state;
     const F* mem = s + c.off_memory;
     controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_hidden, s + c.off_cell, tape, L.ctrl,
                        state_out + c.off_hidden, state_out + c.off_cell);
@@ -683,57 +712,45 @@ struct Ntm {
     row_norms(mnorm, mem, n, w);
     for (int64_t h = 0; h < heads; ++h) {
       const F* a = act + h * hp;
-      const F* prev = h < R ? s + c.off_read_weights + h * n : s + c.off_write_weights + (h - R) * n;
+      const F* prev = weights_of(s, h);
       F* cos = tape + L.cos + h * n;
       F* wc = tape + L.wc + h * n;
-      F* wg = tape + L.wg + h * n;
-      F* ws = tape + L.ws + h * n;
-      F* wsh = tape + L.wsh + h * n;
+      F* wsh = weights_of(state_out, h);  // the new weighting is part of the new state
       content_forward(mem, mnorm, a, a[w], n, w, tape + L.knorm + h, cos, wc);
-      const F gate = a[w + 1];
-      for (int64_t i = 0; i < n; ++i) wg[i] = lerp(prev[i], wc[i], gate);
-      shift_forward(wg, a + w + 2, n, c.S, ws);
+      location_forward(a, prev, wc, scratch.data());
       const F gamma = a[w + 2 + c.S];
-      F* logws = tape + L.logws + h * n;
+      const F* logws = scratch.data() + 2 * n;
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        logws[i] = vlog(std::max(ws[i], F(kSharpenEps)));
-        wsh[i] = gamma * logws[i];
-      }
+      for (int64_t i = 0; i < n; ++i) wsh[i] = gamma * logws[i];
       softmax(wsh, wsh, n);
     }
-    const F* wsh = tape + L.wsh;
     F* new_mem = state_out + c.off_memory;
-    write(mem, wsh, act, new_mem);
-    std::copy(wsh, wsh + R * n, state_out + c.off_read_weights);
-    std::copy(wsh + R * n, wsh + heads * n, state_out + c.off_write_weights);
+    write(mem, state_out + c.off_write_weights, act, new_mem);
+    const F* rw = state_out + c.off_read_weights;
     F* reads = state_out + c.off_read_vectors;
     std::fill(reads, reads + R * w, F(0));
     for (int64_t r = 0; r < R; ++r)
-      for (int64_t i = 0; i < n; ++i) axpy(reads + r * w, new_mem + i * w, wsh[r * n + i], w);
+      for (int64_t i = 0; i < n; ++i) axpy(reads + r * w, new_mem + i * w, rw[r * n + i], w);
     std::copy(out, out + c.C, features);
     std::copy(reads, reads + R * w, features + c.C);
   }
 
   int64_t scratch_size() const {
     const int64_t nw = c.N * c.W;
-    return 2 * nw + heads * c.N + 4 * c.N + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
+    return nw + heads * c.N + 7 * c.N + 2 * c.W + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
   }
 
-  // dstate_out: gradient of the state after the step; dstate_in (zeroed by the caller) receives
-  // the gradient of the state before it.
-  void backward(const Weights<F>& wt, F* tape, const F* dfeatures, const F* dstate_out, F* dstate_in,
-                F* dprojected, Scratch<F>& sc) const {
+  // s, next: the states before and after the step; dstate_out: gradient of next; dstate_in
+  // (zeroed by the caller) receives the gradient of s.
+  void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
+                F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t n = c.N, w = c.W, R = c.R, C = c.C, nw = n * w;
-    const F* s = tape + L.state;
     const F* mem = s + c.off_memory;
+    const F* new_mem = next + c.off_memory;
     const F* act = tape + L.act;
     const F* raw = tape + L.raw;
-    const F* wsh = tape + L.wsh;
     const F* mnorm = tape + L.mnorm;
     int64_t o = 0;
-    F* new_mem = sc.at(o);
-    o += nw;
     F* dnew_mem = sc.at(o);
     o += nw;
     F* dwsh = sc.at(o);
@@ -746,6 +763,12 @@ struct Ntm {
     o += n;
     F* dmnorm = sc.at(o);
     o += n;
+    F* location = sc.at(o);
+    o += 3 * n;
+    F* keep = sc.at(o);  // rows of the multi-head write
+    o += w;
+    F* others = sc.at(o);
+    o += w;
     F* dact = sc.at(o);
     o += c.P;
     F* dout = sc.at(o);
@@ -755,7 +778,6 @@ struct Ntm {
     F* ctrl_scratch = sc.at(o);
     F* draw = tape + L.draw;
 
-    write(mem, wsh, act, new_mem);
     std::copy(dfeatures, dfeatures + C, dout);
     if (c.hidden_size) axpy(dout, dstate_out + c.off_hidden, F(1), C);
     for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
@@ -769,7 +791,7 @@ struct Ntm {
     for (int64_t r = 0; r < R; ++r)
       for (int64_t i = 0; i < n; ++i) {
         dwsh[r * n + i] += dot(dreads + r * w, new_mem + i * w, w);
-        axpy(dnew_mem + i * w, dreads + r * w, wsh[r * n + i], w);
+        axpy(dnew_mem + i * w, dreads + r * w, next[c.off_read_weights + r * n + i], w);
       }
 
     // write
@@ -778,10 +800,8 @@ struct Ntm {
     const F* RESTRICT add = erase + c.Hw * w;
     F* RESTRICT derase = dact + heads * hp;
     F* RESTRICT dadd = derase + c.Hw * w;
-    const F* RESTRICT ww = wsh + R * n;
+    const F* RESTRICT ww = next + c.off_write_weights;
     F* RESTRICT dww = dwsh + R * n;
-    F* RESTRICT keep = dws;  // scratch rows of w (dws is free until the addressing below)
-    F* RESTRICT others = dwg;
     for (int64_t i = 0; i < n; ++i) {
       const F* RESTRICT g = dnew_mem + i * w;
       const F* RESTRICT m = mem + i * w;
@@ -825,13 +845,15 @@ struct Ntm {
       F* da = dact + h * hp;
       const F* cos = tape + L.cos + h * n;
       const F* wc = tape + L.wc + h * n;
-      const F* wg = tape + L.wg + h * n;
-      const F* ws = tape + L.ws + h * n;
-      const F* wh = wsh + h * n;
+      const F* prev = weights_of(s, h);
+      location_forward(a, prev, wc, location);
+      const F* wg = location;
+      const F* ws = location + n;
+      const F* logws = location + 2 * n;
+      const F* wh = weights_of(next, h);
       const F* dwh = dwsh + h * n;
       const F gamma = a[w + 2 + c.S];
       // sharpen: wsh = softmax(gamma * log(max(ws, eps)))
-      const F* logws = tape + L.logws + h * n;
       const F sdot = dot(dwh, wh, n);
       F dgamma = 0;
 #pragma omp simd reduction(+ : dgamma)
@@ -844,8 +866,7 @@ struct Ntm {
       shift_backward(wg, a + w + 2, dws, n, c.S, dwg, da + w + 2);
       // interpolation
       const F gate = a[w + 1];
-      const F* prev = h < R ? s + c.off_read_weights + h * n : s + c.off_write_weights + (h - R) * n;
-      F* dprev = h < R ? dstate_in + c.off_read_weights + h * n : dstate_in + c.off_write_weights + (h - R) * n;
+      F* dprev = weights_of(dstate_in, h);
       F dgate = 0;
       for (int64_t i = 0; i < n; ++i) {
         dprev[i] += dwg[i] * (F(1) - gate);
@@ -858,7 +879,7 @@ struct Ntm {
     apply_norm_grad(dmem, mem, mnorm, dmnorm, n, w);
 
     activate_backward(raw, act, dact, draw);
-    gemv_t(dout, wt.w_if, draw, c.P, c.C);
+    gemv_cols(dout, wt.w_if, draw, c.C, c.P);
     controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
                         dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_hidden,
                         dstate_in + c.off_cell, ctrl_scratch);
@@ -919,9 +940,8 @@ struct Dnc {
     out[i] = F(0);
   }
 
-  void forward(const Weights<F>& wt, const F* projected, F* tape, F* state_out, F* features) const {
+  void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     const int64_t n = c.N, w = c.W, R = c.R;
-    const F* s = tape + L.state;
     const F* mem = s + c.off_memory;
     const F* prev_rw = s + c.off_read_weights;
     const F* prev_ww = s + c.off_write_weights;
@@ -976,7 +996,7 @@ struct Dnc {
     for (int64_t j = 1; j < n; ++j) before[j] = before[j - 1] * sorted[j - 1];
     for (int64_t j = 0; j < n; ++j) alloc[order[j]] = (F(1) - sorted[j]) * before[j];
     // write weighting, memory, link, precedence
-    F* ww = tape + L.ww;
+    F* ww = state_out + c.off_write_weights;  // the new weightings are part of the new state
     for (int64_t i = 0; i < n; ++i) ww[i] = write_gate * lerp(cw[i], alloc[i], alloc_gate);
     F* new_mem = state_out + c.off_memory;
     write(mem, ww, erase, write_vec, new_mem);
@@ -986,7 +1006,6 @@ struct Dnc {
     for (int64_t i = 0; i < n; ++i) wsum += ww[i];
     F* new_prec = state_out + c.off_precedence;
     for (int64_t i = 0; i < n; ++i) new_prec[i] = (F(1) - wsum) * prec[i] + ww[i];
-    std::copy(ww, ww + n, state_out + c.off_write_weights);
     // reads
     F* fwd = tape + L.fwd;
     F* bwd = tape + L.bwd;
@@ -998,7 +1017,7 @@ struct Dnc {
       }
     F* mnorm2 = tape + L.mnorm2;
     row_norms(mnorm2, new_mem, n, w);
-    F* rw = tape + L.rw;
+    F* rw = state_out + c.off_read_weights;
     F* reads = state_out + c.off_read_vectors;
     std::fill(reads, reads + R * w, F(0));
     for (int64_t r = 0; r < R; ++r) {
@@ -1009,21 +1028,21 @@ struct Dnc {
       for (int64_t i = 0; i < n; ++i) rw[r * n + i] = m[0] * bwd[r * n + i] + m[1] * rc[i] + m[2] * fwd[r * n + i];
       for (int64_t i = 0; i < n; ++i) axpy(reads + r * w, new_mem + i * w, rw[r * n + i], w);
     }
-    std::copy(rw, rw + R * n, state_out + c.off_read_weights);
     std::copy(out, out + c.C, features);
     std::copy(reads, reads + R * w, features + c.C);
   }
 
   int64_t scratch_size() const {
     const int64_t n = c.N;
-    return 2 * n * c.W + n * n + 2 * c.R * n + 8 * n + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
+    return n * c.W + n * n + 2 * c.R * n + 8 * n + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
   }
 
-  void backward(const Weights<F>& wt, F* tape, const F* dfeatures, const F* dstate_out, F* dstate_in,
-                F* dprojected, Scratch<F>& sc) const {
+  void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
+                F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t n = c.N, w = c.W, R = c.R, C = c.C, nw = n * w;
-    const F* s = tape + L.state;
     const F* mem = s + c.off_memory;
+    const F* new_mem = next + c.off_memory;
+    const F* new_link = next + c.off_link;
     const F* prev_rw = s + c.off_read_weights;
     const F* prev_ww = s + c.off_write_weights;
     const F* usage = s + c.off_usage;
@@ -1037,14 +1056,12 @@ struct Dnc {
     const F* erase = act + gates;
     const F* free_gates = erase + w;
     const F alloc_gate = free_gates[R], write_gate = free_gates[R + 1];
-    const F* ww = tape + L.ww;
-    const F* rw = tape + L.rw;
+    const F* ww = next + c.off_write_weights;
+    const F* rw = next + c.off_read_weights;
     const F* cw = tape + L.cw;
     const F* alloc = tape + L.alloc;
 
     int64_t o = 0;
-    F* new_mem = sc.at(o);
-    o += nw;
     F* dnew_mem = sc.at(o);
     o += nw;
     F* dlink = sc.at(o);
@@ -1076,7 +1093,6 @@ struct Dnc {
     F* ctrl_scratch = sc.at(o);
     F* draw = tape + L.draw;
 
-    write(mem, ww, erase, write_vec, new_mem);
     std::copy(dfeatures, dfeatures + C, dout);
     if (c.hidden_size) axpy(dout, dstate_out + c.off_hidden, F(1), C);
     for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
@@ -1125,16 +1141,14 @@ struct Dnc {
       std::copy(dfwd, dfwd + n, drw + r * n);  // drw_r is spent: keep dfwd_r there
     }
     apply_norm_grad(dnew_mem, new_mem, mnorm2, dmnorm, n, w);
-    // The new link matrix is recomputed row by row rather than stored (N^2 per step).
     F* dprev_rw = dstate_in + c.off_read_weights;
-    F* new_link = tmp;
     for (int64_t i = 0; i < n; ++i) {
-      link_row(lnk, ww, prec, i, new_link);
+      const F* link_i = new_link + i * n;
       for (int64_t r = 0; r < R; ++r) {
         // forward: dprev_rw_r += dfwd_r[i] L'_i
-        axpy(dprev_rw + r * n, new_link, drw[r * n + i], n);
+        axpy(dprev_rw + r * n, link_i, drw[r * n + i], n);
         // backward weighting b_r[j] = sum_i prev_rw_r[i] L'[i, j]
-        dprev_rw[r * n + i] += dot(dbwd + r * n, new_link, n);
+        dprev_rw[r * n + i] += dot(dbwd + r * n, link_i, n);
         axpy(dlink + i * n, dbwd + r * n, prev_rw[r * n + i], n);
       }
     }
@@ -1249,7 +1263,7 @@ struct Dnc {
     }
 
     activate_backward(raw, act, dact, draw);
-    gemv_t(dout, wt.w_if, draw, c.P, c.C);
+    gemv_cols(dout, wt.w_if, draw, c.C, c.P);
     controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
                         dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_hidden,
                         dstate_in + c.off_cell, ctrl_scratch);
@@ -1265,8 +1279,7 @@ struct Plain {
   const Tape& L;
   Plain(const SmemConfig& config, const Tape& tape) : c(config), L(tape) {}
 
-  void forward(const Weights<F>& wt, const F* projected, F* tape, F* state_out, F* features) const {
-    const F* s = tape + L.state;
+  void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     controller_forward(c, wt, projected, s, s + c.off_hidden, s + c.off_cell, tape, L.ctrl, state_out + c.off_hidden,
                        state_out + c.off_cell);
     std::copy(tape + L.ctrl.out, tape + L.ctrl.out + c.C, features);
@@ -1274,10 +1287,9 @@ struct Plain {
 
   int64_t scratch_size() const { return 2 * c.C + 3 * c.C + c.K + 16; }
 
-  void backward(const Weights<F>& wt, F* tape, const F* dfeatures, const F* dstate_out, F* dstate_in,
-                F* dprojected, Scratch<F>& sc) const {
+  void backward(const Weights<F>& wt, const F* s, const F* /*next*/, F* tape, const F* dfeatures,
+                const F* dstate_out, F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t C = c.C;
-    const F* s = tape + L.state;
     F* dout = sc.at(0);
     std::copy(dfeatures, dfeatures + C, dout);
     axpy(dout, dstate_out + c.off_hidden, F(1), C);
@@ -1298,6 +1310,9 @@ bool all_finite(const F* x, int64_t n) {
   return ok;
 }
 
+// With a tape, step t reads the state from record t (or the initial row at an episode start) and
+// writes its new state into record t + 1 (state_T after the last step): no copies, and the
+// backward pass finds each step's output there. Without one, two buffers take turns.
 template <typename F, template <typename> class CoreT>
 int run_forward(const SmemConfig& c, const SmemBuffers& b) {
   const Tape L = make_tape(c);
@@ -1310,18 +1325,19 @@ int run_forward(const SmemConfig& c, const SmemBuffers& b) {
   F* features = static_cast<F*>(b.features);
   F* state_T = static_cast<F*>(b.state_T);
   F* tape = static_cast<F*>(b.tape);
-  const int64_t T = c.T, B = c.B, FD = c.C + c.R * c.W;
-  std::vector<F> scratch_tape(tape ? 0 : L.size);
-  std::vector<F> current(c.D);
+  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
+  std::vector<F> scratch_record(tape ? 0 : L.size), buffers(tape ? 0 : 2 * D);
   for (int64_t row = 0; row < B; ++row) {
-    std::copy(state0 + row * c.D, state0 + (row + 1) * c.D, current.data());
+    auto record = [&](int64_t t) { return tape ? tape + (row * T + t) * L.size : scratch_record.data(); };
+    F* entering = tape ? record(0) + L.state : buffers.data();
+    std::copy(state0 + row * D, state0 + (row + 1) * D, entering);
     for (int64_t t = 0; t < T; ++t) {
-      F* record = tape ? tape + (row * T + t) * L.size : scratch_tape.data();
-      const F* from = (b.starts && b.starts[t * B + row]) ? init : current.data();
-      std::copy(from, from + c.D, record + L.state);
-      core.forward(wt, projected + (t * B + row) * c.G, record, current.data(), features + (t * B + row) * FD);
+      const F* s = (b.starts && b.starts[t * B + row]) ? init : entering;
+      F* out = t + 1 == T ? state_T + row * D
+                          : (tape ? record(t + 1) + L.state : buffers.data() + (entering == buffers.data() ? D : 0));
+      core.forward(wt, projected + (t * B + row) * c.G, s, record(t), out, features + (t * B + row) * FD);
+      entering = out;
     }
-    std::copy(current.begin(), current.end(), state_T + row * c.D);
   }
   return all_finite(features, T * B * FD) ? 0 : 2;
 }
@@ -1332,27 +1348,33 @@ int run_backward(const SmemConfig& c, const SmemBuffers& b) {
   const CoreT<F> core(c, L);
   const Weights<F> wt(b);
   F* tape = static_cast<F*>(b.tape);
+  const F* init = static_cast<const F*>(b.init_row);
+  const F* state_T = static_cast<const F*>(b.state_T);
   const F* dfeatures = static_cast<const F*>(b.d_features);
   const F* dstate_T = static_cast<const F*>(b.d_state_T);
   F* dprojected = static_cast<F*>(b.d_projected);
   F* dstate0 = static_cast<F*>(b.d_state0);
-  const int64_t T = c.T, B = c.B, FD = c.C + c.R * c.W;
+  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
   Scratch<F> sc{std::vector<F>(core.scratch_size())};
-  std::vector<F> dout(c.D), din(c.D);
+  std::vector<F> dout(D), din(D);
   for (int64_t row = 0; row < B; ++row) {
     if (dstate_T)
-      std::copy(dstate_T + row * c.D, dstate_T + (row + 1) * c.D, dout.data());
+      std::copy(dstate_T + row * D, dstate_T + (row + 1) * D, dout.data());
     else
       std::fill(dout.begin(), dout.end(), F(0));
     for (int64_t t = T - 1; t >= 0; --t) {
+      F* record = tape + (row * T + t) * L.size;
+      const bool reset = b.starts && b.starts[t * B + row];
+      const F* s = reset ? init : record + L.state;
+      const F* next = t + 1 == T ? state_T + row * D : tape + (row * T + t + 1) * L.size + L.state;
       std::fill(din.begin(), din.end(), F(0));
-      core.backward(wt, tape + (row * T + t) * L.size, dfeatures + (t * B + row) * FD, dout.data(), din.data(),
+      core.backward(wt, s, next, record, dfeatures + (t * B + row) * FD, dout.data(), din.data(),
                     dprojected + (t * B + row) * c.G, sc);
       // A reset replaced the state: what came before gets no gradient through it.
-      if (b.starts && b.starts[t * B + row]) std::fill(din.begin(), din.end(), F(0));
+      if (reset) std::fill(din.begin(), din.end(), F(0));
       std::swap(dout, din);
     }
-    std::copy(dout.begin(), dout.end(), dstate0 + row * c.D);
+    std::copy(dout.begin(), dout.end(), dstate0 + row * D);
   }
   return 0;
 }
@@ -1376,19 +1398,20 @@ int dispatch(const SmemConfig& c, const SmemBuffers& b, bool backward) {
 extern "C" {
 
 // Bumped whenever SmemConfig, SmemBuffers or the calling convention change.
-int64_t smem_abi_version() { return 3; }
+int64_t smem_abi_version() { return 4; }
 
 int64_t smem_tape_size(const SmemConfig* c) { return make_tape(*c).size; }
 
 // Offsets in a step's tape record of what the weight gradients are made of: the controller's
-// recurrent input, its output, the interface gradient and (GRU) the hidden-product gradient.
+// recurrent input, its output, the interface gradient and, for a GRU, the hidden-product gradient
+// and the hidden state.
 void smem_tape_fields(const SmemConfig* c, int64_t* out) {
   const Tape t = make_tape(*c);
   out[0] = t.ctrl.x;
   out[1] = t.ctrl.out;
   out[2] = t.draw;
   out[3] = t.ctrl.dfh;
-  out[4] = t.state;
+  out[4] = t.ctrl.hidden;
 }
 
 // One library per scalar type (-DSMEM_FLOAT32 or -DSMEM_FLOAT64): each builds in half the time,
