@@ -33,7 +33,8 @@ class ThreadCount(BaseCallback):
 
 def train_and_count_threads(algo) -> set[int]:
     env = make_vec_env("sb3_memory/PassiveTMaze-v0", n_envs=2, env_kwargs=dict(corridor_length=2))
-    model = algo("NTMPolicy", env, n_steps=8, policy_kwargs=dict(memory_units=4, memory_unit_size=2, controller_dim=4), seed=0)
+    sizes = dict(n_steps=8, batch_size=16) if algo is MemoryPPO else dict(n_steps=8)
+    model = algo("NTMPolicy", env, **sizes, policy_kwargs=dict(memory_units=4, memory_unit_size=2, controller_dim=4), seed=0)
     counter = ThreadCount()
     model.learn(32, callback=counter)
     return counter.seen
