@@ -51,7 +51,7 @@ def record_episode(
         obs, reward, terminated, truncated, _ = env.step(action)
         done = terminated or truncated
         trace["rewards"].append(np.asarray(reward, dtype=np.float32))
-        fields = core.unflatten_state(th.as_tensor(state[:, : core.state_size]))._asdict()
+        fields = core.unflatten_state(policy.split_state(th.as_tensor(state))[0])._asdict()
         for name in ("read_weights", "write_weights", "usage"):
             if name in fields:
                 trace.setdefault(name, []).append(fields[name][0].numpy())
@@ -60,8 +60,6 @@ def record_episode(
     result = {name: np.stack(values) for name, values in trace.items()}
     if "link" in result:
         result["link"] = result["link"][0]
-    if result.get("write_weights") is not None and result["write_weights"].ndim == 2:
-        result["write_weights"] = result["write_weights"][:, None, :]  # DNC: one write head
     return result
 
 
@@ -133,7 +131,9 @@ def main() -> None:
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value pairs (values parsed as Python literals)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="memory_trace.png")
-    parser.add_argument("--vecnormalize", help="VecNormalize statistics the model was trained with (rl-zoo3: vecnormalize.pkl)")
+    parser.add_argument(
+        "--vecnormalize", help="VecNormalize statistics the model was trained with (rl-zoo3: vecnormalize.pkl)"
+    )
     args = parser.parse_args()
     import ast
 

@@ -155,7 +155,7 @@ def _evaluate_policy_kwargs(policy_kwargs: Any) -> dict[str, Any]:
         return {}
     if isinstance(policy_kwargs, str):
         # As rl-zoo3's _preprocess_hyperparams does, with its module's names (nn, th, ...).
-        return eval(policy_kwargs, vars(_zoo_exp_manager))  # noqa: S307
+        return eval(policy_kwargs, vars(_zoo_exp_manager))
     return dict(policy_kwargs)
 
 
@@ -185,7 +185,9 @@ def convert_memory_onpolicy_params(sampled_params: dict[str, Any]) -> dict[str, 
 
 
 def _sample_memory_shape(trial: optuna.Trial, policy: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {key: trial.suggest_categorical(key, MEMORY_SHAPE_SPACE[key]) for key in _memory_shape_keys(policy)}
+    params: dict[str, Any] = {
+        key: trial.suggest_categorical(key, MEMORY_SHAPE_SPACE[key]) for key in _memory_shape_keys(policy)
+    }
     params["max_sequence_length"] = trial.suggest_categorical("max_sequence_length", MAX_SEQUENCE_LENGTHS)
     return params
 
@@ -199,9 +201,7 @@ def _finish(trial: optuna.Trial, params: dict[str, Any], config: dict[str, Any])
     return _merge_policy_kwargs(config.get("policy_kwargs"), hyperparams)
 
 
-def sample_memory_ppo_params(
-    trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
-) -> dict[str, Any]:
+def sample_memory_ppo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Sampler for MemoryPPO (rl-zoo3's ``HYPERPARAMS_SAMPLER["memory_ppo"]``).
 
@@ -231,9 +231,7 @@ def sample_memory_ppo_params(
     return _finish(trial, params, config)
 
 
-def sample_memory_a2c_params(
-    trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict
-) -> dict[str, Any]:
+def sample_memory_a2c_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Sampler for MemoryA2C (rl-zoo3's ``HYPERPARAMS_SAMPLER["memory_a2c"]``).
 
@@ -276,7 +274,7 @@ def _config_entry(manager: ExperimentManager) -> dict[str, Any]:
             table = yaml.safe_load(file)
     elif config.endswith(".py"):
         namespace: dict[str, Any] = {}
-        exec(Path(config).read_text(), namespace)  # noqa: S102  (as rl-zoo3 does)
+        exec(Path(config).read_text(), namespace)
         table = namespace["hyperparams"]
     else:
         table = importlib.import_module(config).hyperparams
@@ -388,7 +386,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"sb3-memory-zoo: unknown subcommand {command!r}\n\n{_USAGE}", file=sys.stderr)
         return 2
     register()
-    if command in ("train", "enjoy") and not _has_option(rest, "--num-threads") and not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+    if (
+        command in ("train", "enjoy")
+        and not _has_option(rest, "--num-threads")
+        and not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+    ):
         # rl-zoo3 leaves torch's default (one thread per core), which collapses on a busy machine.
         rest = [*rest, "--num-threads", "1"]
     saved_argv = sys.argv

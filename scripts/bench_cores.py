@@ -24,7 +24,11 @@ CONFIGS = {
     "ntm": (NTMCell, dict(input_dim=9, controller_dim=100, memory_units=128, memory_unit_size=20)),
     "lstm": (LSTMCore, dict(input_dim=16, controller_dim=64)),
 }
-PATHS = {"default": {}, "reference": dict(backend="reference"), "reference+compile": dict(backend="reference", compile_step=True)}
+PATHS = {
+    "default": {},
+    "reference": dict(backend="reference"),
+    "reference+compile": dict(backend="reference", compile_step=True),
+}
 
 
 def time_once(core: torch.nn.Module, x: torch.Tensor, starts: torch.Tensor) -> float:
@@ -62,7 +66,8 @@ def main() -> None:
                 times[path].append(time_once(cores[path], x, starts))
         params = sum(p.numel() for p in cores["default"].parameters())
         for path in paths:
-            print(f"{name:5s} {path:18s} params={params:7d}  median={statistics.median(times[path]) * 1000:7.1f} ms  min={min(times[path]) * 1000:7.1f} ms")
+            median, best = statistics.median(times[path]) * 1000, min(times[path]) * 1000
+            print(f"{name:5s} {path:18s} params={params:7d}  median={median:7.1f} ms  min={best:7.1f} ms")
 
 
 if __name__ == "__main__":

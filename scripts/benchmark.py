@@ -14,6 +14,9 @@ Usage: python scripts/benchmark.py [--envs ENV ...] [--steps 16384] [--rounds 3]
 """
 
 import argparse
+import contextlib
+import functools
+import io
 import os
 import statistics
 import subprocess
@@ -68,7 +71,8 @@ def make_model(algo: str, config: str, env_id: str, overrides: dict[str, Any], l
         argparse.Namespace(), algo, env_id, log_folder, config=str(ROOT / "zoo_configs" / config),
         hyperparams=hyperparams, seed=0, verbose=0, eval_freq=-1, save_freq=-1,
     )  # fmt: skip
-    model, _ = manager.setup_experiment()
+    with contextlib.redirect_stdout(io.StringIO()):  # rl-zoo3 prints every hyperparameter
+        model, _ = manager.setup_experiment()
     return model
 
 
@@ -97,8 +101,17 @@ def run(make: Callable[[], Any], steps: int) -> dict[str, float]:
 def cold_compile_seconds() -> float:
     """Wall time of the native kernels' first build, in a fresh process with an empty cache."""
     with tempfile.TemporaryDirectory() as cache:
-        code = "import time; t = time.perf_counter(); from sb3_memory.memory import native; native.load_library(); print(time.perf_counter() - t)"
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SB3_MEMORY_CACHE": cache}, capture_output=True, text=True, check=True)
+        code = (
+            "import time; t = time.perf_counter(); from sb3_memory.memory import native; "
+            "native.load_library(); print(time.perf_counter() - t)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "SB3_MEMORY_CACHE": cache},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -116,7 +129,8 @@ def main() -> None:
         f"{args.steps} steps per run, {args.rounds} alternating rounds, 1 thread, medians; "
         f"native kernels' first build on this machine: {compile_seconds:.1f} s",
         "",
-        "| env | algorithm | steps/s | x RecurrentPPO | x RecurrentPPO, first build included over the config's budget | rollout / train |",
+        "| env | algorithm | steps/s | x RecurrentPPO | x RecurrentPPO, first build included over the config's budget "
+        "| rollout / train |",
         "|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as logs:
@@ -124,11 +138,13 @@ def main() -> None:
             results: dict[str, list[dict[str, float]]] = defaultdict(list)
             for round_index in range(args.rounds):
                 for name, (algo, config, overrides) in table.items():
-                    make = lambda: make_model(algo, config, env_id, overrides, logs)  # noqa: E731
-                    results[name].append(run(make, args.steps))
-                    print(f"{env_id} round {round_index + 1} {name}: {results[name][-1]['steps_per_second']:.0f} steps/s", flush=True)
+                    results[name].append(run(functools.partial(make_model, algo, config, env_id, overrides, logs), args.steps))
+                    print(
+                        f"{env_id} round {round_index + 1} {name}: {results[name][-1]['steps_per_second']:.0f} steps/s",
+                        flush=True,
+                    )
 
-            def median(name: str, key: str) -> float:
+            def median(name: str, key: str, results: dict[str, list[dict[str, float]]] = results) -> float:
                 return statistics.median(r[key] for r in results[name])
 
             base = median(BASELINE, "steps_per_second")

@@ -191,9 +191,7 @@ def ref_allocation_differentiable(usage):
 
 def ref_write_weights(allocation, content, alloc_gate, write_gate):
     a, c, ga, gw = _l(allocation), _l(content), _l(alloc_gate), _l(write_gate)
-    return _t(
-        [[gw[b] * (ga[b] * a[b][n] + (1.0 - ga[b]) * c[b][n]) for n in range(len(a[b]))] for b in range(len(a))]
-    )
+    return _t([[gw[b] * (ga[b] * a[b][n] + (1.0 - ga[b]) * c[b][n]) for n in range(len(a[b]))] for b in range(len(a))])
 
 
 def ref_precedence(precedence, write_weights):
@@ -331,9 +329,7 @@ def test_interpolate_matches_reference(shape):
     _close(out, ref_interpolate(c, p, gate))
 
 
-SHIFT_CASES = [
-    (b, h, n, k) for (b, h, n, _), k in itertools.product(SHAPES, [0, 1, 2]) if 2 * k + 1 <= n
-]
+SHIFT_CASES = [(b, h, n, k) for (b, h, n, _), k in itertools.product(SHAPES, [0, 1, 2]) if 2 * k + 1 <= n]
 
 
 @pytest.mark.parametrize("b,h,n,k", SHIFT_CASES)
@@ -733,7 +729,7 @@ def test_hand_link_sequence_of_one_hot_writes():
     _close(bwd[0, 1], _t(_one_hot(3, 1)))
     # forward from the last written slot and backward from the first lead nowhere
     _close(fwd[0, 1], torch.zeros(3, dtype=F64))
-    fwd0, bwd0 = A.directional_weights(link, _t([[_one_hot(3, 0)]]))
+    _, bwd0 = A.directional_weights(link, _t([[_one_hot(3, 0)]]))
     _close(bwd0[0, 0], torch.zeros(3, dtype=F64))
 
 
@@ -1211,7 +1207,12 @@ def _mutant_cases():
             ref_write,
             (_randn(g, b, n, w), _rand(g, b, h, n), _rand(g, b, h, w), _randn(g, b, h, w)),
         ),
-        ("usage overlap", _mut_usage_no_overlap, ref_usage, (_rand(g, b, n), _subdist(g, b, n), _rand(g, b, r), _dist(g, b, r, n))),
+        (
+            "usage overlap",
+            _mut_usage_no_overlap,
+            ref_usage,
+            (_rand(g, b, n), _subdist(g, b, n), _rand(g, b, r), _dist(g, b, r, n)),
+        ),
         ("forward/backward swapped", _mut_directional_swapped, ref_directional, (_rand(g, b, n, n), _dist(g, b, r, n))),
         (
             "read mode order",

@@ -36,14 +36,6 @@ VECTOR_POLICIES = ["NTMPolicy", "DNCPolicy", "LSTMPolicy"]
 N_STEPS = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------
 # Test environments
 # --------------------------------------------------------------------------------------------
@@ -189,16 +181,18 @@ def assert_rollout_replay_matches(model, batch_size: Optional[int]) -> None:
     with th.no_grad():
         for samples in model.rollout_buffer.get(batch_size):
             actions = batch_actions(model, samples.actions)
-            values, log_prob, _ = policy.evaluate_actions(samples.observations, actions, samples.states, samples.episode_starts)
+            values, log_prob, _ = policy.evaluate_actions(
+                samples.observations, actions, samples.states, samples.episode_starts
+            )
             th.testing.assert_close(log_prob, samples.old_log_prob, atol=1e-5, rtol=0)
             th.testing.assert_close(values.flatten(), samples.old_values, atol=1e-5, rtol=0)
             rows += len(log_prob)
 
             fresh = policy.initial_state(samples.states.shape[0])
-            values_f, log_prob_f, _ = policy.evaluate_actions(samples.observations, actions, fresh, samples.episode_starts)
+            _, log_prob_f, _ = policy.evaluate_actions(samples.observations, actions, fresh, samples.episode_starts)
             wrong_state_gap = max(wrong_state_gap, (log_prob_f - log_prob).abs().max().item())
             no_starts = th.zeros_like(samples.episode_starts)
-            values_n, log_prob_n, _ = policy.evaluate_actions(samples.observations, actions, samples.states, no_starts)
+            _, log_prob_n, _ = policy.evaluate_actions(samples.observations, actions, samples.states, no_starts)
             ignored_starts_gap = max(ignored_starts_gap, (log_prob_n - log_prob).abs().max().item())
     assert rows == model.n_steps * model.n_envs
     assert wrong_state_gap > 1e-4, "the log-probabilities do not depend on the stored states: the check is vacuous"
@@ -256,7 +250,7 @@ def test_check_test_envs(env_fn):
     env.reset(seed=0)
     for _ in range(3):
         env.reset()
-        for length in range(1, 20):
+        for length in range(1, 20):  # noqa: B007 (read after the loop)
             _, _, terminated, truncated, _ = env.step(env.action_space.sample())
             if terminated or truncated:
                 break
@@ -265,9 +259,7 @@ def test_check_test_envs(env_fn):
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("policy", VECTOR_POLICIES)
-@pytest.mark.parametrize(
-    "env", ["CartPole-v1", "Pendulum-v1", multi_discrete_env, multi_binary_env]
-)
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1", multi_discrete_env, multi_binary_env])
 def test_action_spaces(algo, policy, env):
     model = make_model(algo, policy, env)
     before = snapshot(model)
@@ -335,7 +327,12 @@ def test_image_observations(algo, policy):
 @pytest.mark.parametrize("policy", ["MultiInputNTMPolicy", "MultiInputDNCPolicy", "MultiInputLSTMPolicy"])
 def test_dict_observations(algo, policy):
     model = make_model(
-        algo, policy, dict_env, learning_rate=0.0, sequence_length=8, policy_kwargs=dict(features_extractor_kwargs=dict(cnn_output_dim=8))
+        algo,
+        policy,
+        dict_env,
+        learning_rate=0.0,
+        sequence_length=8,
+        policy_kwargs=dict(features_extractor_kwargs=dict(cnn_output_dim=8)),
     )
     assert isinstance(model.policy.features_extractor, CombinedExtractor)
     assert model.policy.core.input_dim == 3 + 8
@@ -386,8 +383,9 @@ def test_critic_memory_modes(policy, critic_memory):
         values = p.predict_values(obs, state, zeros)
         logits = p.get_distribution(obs, state, zeros)[0].distribution.logits
         # Swap in the initial state of the actor part only, then of the critic part only.
-        actor_fresh = th.cat([fresh[:, :core_size], state[:, core_size:]], dim=1)
-        critic_fresh = th.cat([state[:, :core_size], fresh[:, core_size:]], dim=1)
+        (actor, critic), (fresh_actor, fresh_critic) = p.split_state(state), p.split_state(fresh)
+        actor_fresh = p.join_state(fresh_actor, critic)
+        critic_fresh = p.join_state(actor, fresh_critic)
         values_actor_fresh = p.predict_values(obs, actor_fresh, zeros)
         logits_actor_fresh = p.get_distribution(obs, actor_fresh, zeros)[0].distribution.logits
         values_critic_fresh = p.predict_values(obs, critic_fresh, zeros)
@@ -408,7 +406,9 @@ def test_critic_memory_modes(policy, critic_memory):
     samples = next(model.rollout_buffer.get(32))
     p.set_training_mode(True)
     p.optimizer.zero_grad()
-    values, log_prob, _ = p.evaluate_actions(samples.observations, batch_actions(model, samples.actions), samples.states, samples.episode_starts)
+    values, log_prob, _ = p.evaluate_actions(
+        samples.observations, batch_actions(model, samples.actions), samples.states, samples.episode_starts
+    )
     ((samples.returns - values.flatten()) ** 2).mean().backward()
 
     def grad_norm(module) -> float:
@@ -423,7 +423,9 @@ def test_critic_memory_modes(policy, critic_memory):
         assert all(name.startswith(("value_net.", "mlp_extractor.value_net.")) for name in trained), sorted(trained)
         # while the policy loss still trains the core
         p.optimizer.zero_grad()
-        _, log_prob, _ = p.evaluate_actions(samples.observations, batch_actions(model, samples.actions), samples.states, samples.episode_starts)
+        _, log_prob, _ = p.evaluate_actions(
+            samples.observations, batch_actions(model, samples.actions), samples.states, samples.episode_starts
+        )
         (-(samples.advantages * log_prob).mean()).backward()
         assert grad_norm(p.core) > 0
     elif critic_memory == "separate":
@@ -493,7 +495,15 @@ REPLAY_CASES = [
 @pytest.mark.parametrize("policy, policy_kwargs, env", REPLAY_CASES)
 def test_ppo_zero_learning_rate_replays_rollout(policy, policy_kwargs, env):
     model = make_model(
-        MemoryPPO, policy, env, n_envs=3, learning_rate=0.0, batch_size=24, sequence_length=8, n_epochs=2, policy_kwargs=policy_kwargs
+        MemoryPPO,
+        policy,
+        env,
+        n_envs=3,
+        learning_rate=0.0,
+        batch_size=24,
+        sequence_length=8,
+        n_epochs=2,
+        policy_kwargs=policy_kwargs,
     )
     before = snapshot(model)
     model.learn(N_STEPS * model.n_envs)
@@ -543,7 +553,9 @@ def test_evaluate_policy(algo):
     assert math.isfinite(mean) and math.isfinite(std) and 0 <= mean <= 7
 
     # evaluate_policy threads the state and episode starts as a hand-written loop does.
-    rewards, lengths = evaluate_policy(model, make_vec_env(short_episode_env, n_envs=1, seed=5), n_eval_episodes=3, return_episode_rewards=True)
+    rewards, lengths = evaluate_policy(
+        model, make_vec_env(short_episode_env, n_envs=1, seed=5), n_eval_episodes=3, return_episode_rewards=True
+    )
     env = make_vec_env(short_episode_env, n_envs=1, seed=5)
     obs, state, episode_start = env.reset(), None, np.ones(1, dtype=bool)
     expected_rewards, expected_lengths, total, length = [], [], 0.0, 0
@@ -567,7 +579,9 @@ def test_evaluate_policy(algo):
 @pytest.mark.parametrize("sequence_length", [2, 4, 8, 16])
 @pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy"])
 def test_buffer_stores_state_at_chunk_starts(sequence_length, policy):
-    model = make_model(MemoryPPO, policy, short_episode_env, sequence_length=sequence_length, policy_kwargs=dict(critic_memory="separate"))
+    model = make_model(
+        MemoryPPO, policy, short_episode_env, sequence_length=sequence_length, policy_kwargs=dict(critic_memory="separate")
+    )
     recorder = RecordSteps()
     collect_one_rollout(model, recorder)
     buffer = model.rollout_buffer
@@ -583,17 +597,17 @@ def test_buffer_stores_state_at_chunk_starts(sequence_length, policy):
     policy_ = model.policy
     obs = th.as_tensor(buffer.observations)  # (n_steps, n_envs, obs_dim)
     starts = th.as_tensor(buffer.episode_starts)
-    core_size = policy_.core.state_size
     with th.no_grad():
         for chunk in range(N_STEPS // sequence_length):
             steps = slice(chunk * sequence_length, (chunk + 1) * sequence_length)
-            features = policy_.extract_features(obs[steps].reshape(-1, obs.shape[-1])).reshape(sequence_length, model.n_envs, -1)
+            features = policy_.extract_features(obs[steps].reshape(-1, obs.shape[-1])).reshape(
+                sequence_length, model.n_envs, -1
+            )
             end_states = []
-            for core, part in ((policy_.core, slice(0, core_size)), (policy_.critic_core, slice(core_size, size))):
-                start = core.unflatten_state(buffer.chunk_states[chunk][:, part])
-                _, end = core.forward_sequence(features, start, starts[steps])
+            for core, part in zip((policy_.core, policy_.critic_core), policy_.split_state(buffer.chunk_states[chunk])):
+                _, end = core.forward_sequence(features, core.unflatten_state(part), starts[steps])
                 end_states.append(core.flatten_state(end))
-            end_state = th.cat(end_states, dim=1)
+            end_state = policy_.join_state(*end_states)
             target = buffer.chunk_states[chunk + 1] if chunk + 1 < N_STEPS // sequence_length else model._last_memory_state
             th.testing.assert_close(end_state, target, atol=1e-5, rtol=0)
 
@@ -656,7 +670,9 @@ def test_timeout_bootstrap_uses_post_step_state(critic_memory):
             with th.no_grad():
                 values = policy.predict_values(th.as_tensor(episode), policy.initial_state(1), episode_starts).flatten()
                 # The same observation under the state before the last step (off by one step).
-                stale = policy.predict_values(th.as_tensor(np.delete(episode, -2, axis=0)), policy.initial_state(1), episode_starts[:-1]).flatten()
+                stale = policy.predict_values(
+                    th.as_tensor(np.delete(episode, -2, axis=0)), policy.initial_state(1), episode_starts[:-1]
+                ).flatten()
             assert bonus == pytest.approx(gamma * float(values[-1]), abs=1e-5)
             wrong_state_gap = max(wrong_state_gap, abs(float(values[-1] - stale[-1])))
     assert truncations >= 3 and terminations >= 1
@@ -814,7 +830,11 @@ def test_predict_wrong_state_size(bad_shape):
     model = make_model(MemoryPPO, "NTMPolicy", "CartPole-v1")
     obs = model.env.reset()  # 2 envs
     size = model.policy.state_size
-    state = {"extra_column": np.zeros((2, size + 1)), "missing_column": np.zeros((2, size - 1)), "too_many_rows": np.zeros((4, size))}[bad_shape]
+    state = {
+        "extra_column": np.zeros((2, size + 1)),
+        "missing_column": np.zeros((2, size - 1)),
+        "too_many_rows": np.zeros((4, size)),
+    }[bad_shape]
     with pytest.raises(ValueError, match="state"):
         model.predict(obs, state)
 
@@ -837,8 +857,8 @@ def test_predict_wrong_state_layout_raises_value_error(bad_shape):
 
 
 class _SpaceEnv(gym.Env):
-    def __init__(self, observation_space, action_space=spaces.Discrete(2)):
-        self.observation_space, self.action_space = observation_space, action_space
+    def __init__(self, observation_space, action_space=None):
+        self.observation_space, self.action_space = observation_space, action_space or spaces.Discrete(2)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -910,7 +930,9 @@ def test_ppo_batch_size_must_be_multiple_of_sequence_length():
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("algo", ALGOS)
 def test_cuda(algo):
-    model = make_model(algo, "DNCPolicy", short_episode_env, device="cuda", sequence_length=8, policy_kwargs=dict(critic_memory="separate"))
+    model = make_model(
+        algo, "DNCPolicy", short_episode_env, device="cuda", sequence_length=8, policy_kwargs=dict(critic_memory="separate")
+    )
     assert model.device.type == "cuda"
     before = snapshot(model)
     model.learn(2 * N_STEPS * model.n_envs)
@@ -918,7 +940,7 @@ def test_cuda(algo):
     assert model._last_memory_state.device.type == "cuda"
     assert model.rollout_buffer.chunk_states.device.type == "cuda"
     assert all(q.device.type == "cuda" for q in model.policy.parameters())
-    actions, state = model.predict(model.env.reset(), deterministic=True)
+    _, state = model.predict(model.env.reset(), deterministic=True)
     assert isinstance(state, np.ndarray) and state.shape == (2, model.policy.state_size)
     # The rollout replays on the GPU as on the CPU (looser tolerance for GPU kernels).
     collect_one_rollout(model)

@@ -1,13 +1,10 @@
 """The comparison script's statistics and report, on synthetic runs."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from compare import ROOT, derived_config, steps_to_threshold, t_interval, welch_p_value, write_report  # noqa: E402
+from sb3_memory.experiments.compare import ROOT, derived_config, steps_to_threshold, t_interval, welch_p_value, write_report
 
 
 @pytest.mark.parametrize("config", ["memory_ppo.yml", "memory_a2c.yml"])
@@ -71,7 +68,15 @@ def test_steps_to_threshold_is_first_crossing():
 
 def test_report_rows(tmp_path):
     def run(algo, seed, returns):
-        return dict(algo=algo, env="CartPoleNoVel-v1", seed=seed, timesteps=[100, 200], mean_returns=returns, wall_seconds=10.0 * (seed + 1), steps_per_second=20.0)
+        return dict(
+            algo=algo,
+            env="CartPoleNoVel-v1",
+            seed=seed,
+            timesteps=[100, 200],
+            mean_returns=returns,
+            wall_seconds=10.0 * (seed + 1),
+            steps_per_second=20.0,
+        )
 
     results = [run("ppo_lstm", 0, [100.0, 460.0]), run("ppo_lstm", 1, [300.0, 480.0]), run("ppo", 0, [10.0, 20.0])]
     results.append({**run("memory_ppo-ntm", 0, [50.0, 70.0]), "compiled": True})
@@ -79,5 +84,7 @@ def test_report_rows(tmp_path):
     table = (tmp_path / "comparison.md").read_text()
     assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | 450.0 | 200 | 15 | 20 |" in table
     assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | -450.00 (p=nan) | 450.0 | - (0/1) | 10 | 20 |" in table
-    assert "| CartPoleNoVel-v1 | memory_ppo-ntm | 1 | 200 | 70.00 ± nan | -400.00 (p=nan) | 450.0 | - (0/1) | 10 | 20+ |" in table
+    assert (
+        "| CartPoleNoVel-v1 | memory_ppo-ntm | 1 | 200 | 70.00 ± nan | -400.00 (p=nan) | 450.0 | - (0/1) | 10 | 20+ |" in table
+    )
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"

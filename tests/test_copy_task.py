@@ -1,13 +1,9 @@
 """The cores must actually learn: the NTM/DNC copy task on short sequences, fixed seed."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from copy_task import BITS, bit_errors, copy_batch, train  # noqa: E402
+from sb3_memory.experiments.copy_task import BITS, bit_errors, copy_batch, train
 
 SMALL_MEMORY = dict(controller_dim=32, memory_units=16, memory_unit_size=8)
 
@@ -21,8 +17,9 @@ def test_copy_batch_layout():
 
 @pytest.mark.parametrize("core_name", ["ntm", "dnc"])
 def test_memory_cores_learn_to_copy(core_name):
-    torch.set_num_threads(1)
-    model, curve = train(core_name, 1000, max_length=4, batch_size=32, learning_rate=1e-2, eval_every=1000, log=lambda _: None, **SMALL_MEMORY)
+    model, curve = train(
+        core_name, 1000, max_length=4, batch_size=32, learning_rate=1e-2, eval_every=1000, log=lambda _: None, **SMALL_MEMORY
+    )
     # An untrained model gets about 10 of the 32 bits wrong; a memorising one almost none.
     assert curve[-1][1] < 0.5
     assert bit_errors(model, 4, 256, torch.Generator().manual_seed(5)) < 0.5

@@ -179,8 +179,8 @@ def test_dnc_allocates_fresh_slots_and_links_them_in_order():
     written = []
     for _ in range(4):
         _, state = core(torch.randn(1, INPUT_DIM), state)
-        written.append(int(state.write_weights[0].argmax()))
-        assert state.write_weights[0].max() > 0.99
+        written.append(int(state.write_weights[0, 0].argmax()))
+        assert state.write_weights[0, 0].max() > 0.99
     assert len(set(written)) == 4  # never the same slot twice while free ones remain
     link = state.link[0]
     for earlier, later in zip(written, written[1:]):

@@ -12,7 +12,7 @@ import importlib
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -48,7 +48,7 @@ class CopyOracle(Policy):
         self.num_symbols = env.num_symbols
 
     def reset(self) -> None:
-        self.seen: List[int] = []
+        self.seen: list[int] = []
         self.recalled = 0
 
     def act(self, obs: np.ndarray) -> int:
@@ -66,7 +66,7 @@ class RepeatOracle(Policy):
         self.delay = env.delay
 
     def reset(self) -> None:
-        self.seen: List[int] = []
+        self.seen: list[int] = []
 
     def act(self, obs: np.ndarray) -> int:
         self.seen.append(int(np.argmax(obs[: self.num_symbols])))
@@ -83,7 +83,7 @@ class AssociativeRecallOracle(Policy):
         self.num_values = env.num_values
 
     def reset(self) -> None:
-        self.memory: Dict[int, int] = {}
+        self.memory: dict[int, int] = {}
 
     def act(self, obs: np.ndarray) -> int:
         key = int(np.argmax(obs[: self.num_keys]))
@@ -147,24 +147,24 @@ class RandomPolicy(Policy):
 class TablePolicy(Policy):
     """Maps the last ``window`` observations to an action; ``window=1`` is memoryless."""
 
-    def __init__(self, table: Dict[Tuple[bytes, ...], int], window: int) -> None:
+    def __init__(self, table: dict[tuple[bytes, ...], int], window: int) -> None:
         self.table = table
         self.window = window
 
     def reset(self) -> None:
-        self.recent: List[bytes] = []
+        self.recent: list[bytes] = []
 
     def act(self, obs: np.ndarray) -> int:
-        self.recent = (self.recent + [obs.tobytes()])[-self.window :]
+        self.recent = ([*self.recent, obs.tobytes()])[-self.window :]
         return self.table.get(tuple(self.recent), 0)
 
 
 @dataclass
 class Episode:
-    observations: List[np.ndarray] = field(default_factory=list)
-    actions: List[int] = field(default_factory=list)
-    rewards: List[float] = field(default_factory=list)
-    infos: List[dict] = field(default_factory=list)
+    observations: list[np.ndarray] = field(default_factory=list)
+    actions: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    infos: list[dict] = field(default_factory=list)
 
     @property
     def ret(self) -> float:
@@ -188,20 +188,20 @@ def run_episode(env: MemoryTaskEnv, policy: Policy, seed: Optional[int] = None) 
     return episode
 
 
-def fit_table(env: MemoryTaskEnv, window: int, num_episodes: int, seed: int) -> Dict[Tuple[bytes, ...], int]:
+def fit_table(env: MemoryTaskEnv, window: int, num_episodes: int, seed: int) -> dict[tuple[bytes, ...], int]:
     """
     Best lookup-table policy from the last ``window`` observations: for every window seen,
     the action the oracle (hence the correct answer) took most often there.
     """
-    counts: Dict[Tuple[bytes, ...], Counter] = defaultdict(Counter)
+    counts: dict[tuple[bytes, ...], Counter] = defaultdict(Counter)
     oracle = make_oracle(env)
     for i in range(num_episodes):
         obs, _ = env.reset(seed=seed + i)
         oracle.reset()
-        recent: List[bytes] = []
+        recent: list[bytes] = []
         terminated = False
         while not terminated:
-            recent = (recent + [obs.tobytes()])[-window:]
+            recent = ([*recent, obs.tobytes()])[-window:]
             action = oracle.act(obs)
             counts[tuple(recent)][action] += 1
             obs, _, terminated, _, _ = env.step(np.int64(action))
@@ -218,7 +218,7 @@ def held_out_returns(env: MemoryTaskEnv, window: int, num_fit: int, num_eval: in
 # Cases
 # --------------------------------------------------------------------------------------------
 
-CASES: Dict[str, Callable[[], MemoryTaskEnv]] = {
+CASES: dict[str, Callable[[], MemoryTaskEnv]] = {
     "copy": lambda: CopyEnv(),
     "copy-tiny": lambda: CopyEnv(length=1, num_symbols=2),
     "copy-long": lambda: CopyEnv(length=40, num_symbols=3),
@@ -443,9 +443,7 @@ def test_lookup_table_with_memory_beats_chance(env_factory: Callable[[], MemoryT
     env = env_factory()
     returns = held_out_returns(env, window=window, num_fit=500, num_eval=200)
     assert returns.mean() == pytest.approx(env.optimal_return)
-    assert held_out_returns(env, window=1, num_fit=500, num_eval=200).mean() < 0.5 * (
-        env.optimal_return + env.chance_return
-    )
+    assert held_out_returns(env, window=1, num_fit=500, num_eval=200).mean() < 0.5 * (env.optimal_return + env.chance_return)
 
 
 def test_tmaze_cue_only_at_first_step_and_junction_flag() -> None:

@@ -2,7 +2,6 @@
 
 import pytest
 import rl_zoo3.import_envs  # noqa: F401  (registers CartPoleNoVel-v1)
-import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -20,7 +19,6 @@ def linear(start: float):
 
 
 def train_and_evaluate(algo, policy: str, policy_kwargs: dict, seed: int = 0, steps: int = 100_000) -> float:
-    torch.set_num_threads(1)
     env = VecNormalize(make_vec_env("CartPoleNoVel-v1", n_envs=8, seed=seed), norm_reward=True)
     model = algo(
         policy,

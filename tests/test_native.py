@@ -119,7 +119,7 @@ def test_native_dnc_equals_reference_step_by_step(name, controller, kwargs):
         fused = run(core_, "native", x[t : t + 1], starts[t : t + 1], flat, seed=t)
         for key in reference:
             torch.testing.assert_close(
-                fused[key], reference[key], **TOLERANCES[torch.float64], msg=lambda m, k=key: f"step {t}, {k}: {m}"
+                fused[key], reference[key], **TOLERANCES[torch.float64], msg=lambda m, k=key, t=t: f"step {t}, {k}: {m}"
             )
         flat = fused["final state"]
 
@@ -256,7 +256,9 @@ def test_native_state_survives_pickling_and_parameter_updates():
     x, starts, flat = chunk(core_, torch.float32)
     core_.forward_flat(x, flat, starts)  # builds and caches the kernels
     for clone in (copy.deepcopy(core_), pickle.loads(pickle.dumps(core_))):
-        torch.testing.assert_close(clone.forward_flat(x, flat, starts)[0], core_.forward_flat(x, flat, starts)[0], rtol=0, atol=0)
+        torch.testing.assert_close(
+            clone.forward_flat(x, flat, starts)[0], core_.forward_flat(x, flat, starts)[0], rtol=0, atol=0
+        )
     with torch.no_grad():
         core_.interface.weight.mul_(1.5)  # the kernels read the current weights at every call
     expected = core_.reference_sequence(x, core_.unflatten_state(flat), starts)[0]

@@ -9,15 +9,12 @@ from sb3_memory.viz import record_episode, render_memory_trace
 SMALL = dict(memory_units=8, memory_unit_size=4, controller_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy"])
 def test_trace_follows_the_episode(policy):
     env_kwargs = dict(corridor_length=6)
-    model = MemoryPPO(policy, gym.make("sb3_memory/PassiveTMaze-v0", **env_kwargs), n_steps=16, batch_size=16, seed=0, policy_kwargs=SMALL)
+    model = MemoryPPO(
+        policy, gym.make("sb3_memory/PassiveTMaze-v0", **env_kwargs), n_steps=16, batch_size=16, seed=0, policy_kwargs=SMALL
+    )
     trace = record_episode(model, gym.make("sb3_memory/PassiveTMaze-v0", **env_kwargs), seed=3)
     steps = 7  # corridor_length + 1
     assert trace["rewards"].shape == (steps,)
@@ -32,7 +29,7 @@ def test_trace_follows_the_episode(policy):
         obs, reward, *_ = env.step(action)
         total += reward
     assert trace["rewards"].sum() == pytest.approx(total)
-    final = model.policy.core.unflatten_state(torch.as_tensor(state[:, : model.policy.core.state_size]))
+    final = model.policy.core.unflatten_state(model.policy.split_state(torch.as_tensor(state))[0])
     np.testing.assert_allclose(trace["read_weights"][-1], final.read_weights[0].numpy())
     if policy == "DNCPolicy":
         assert np.all((trace["usage"] >= 0) & (trace["usage"] <= 1))
@@ -42,8 +39,17 @@ def test_trace_follows_the_episode(policy):
 
 
 def test_render_writes_png(tmp_path):
-    model = MemoryPPO("DNCPolicy", gym.make("sb3_memory/PassiveTMaze-v0", corridor_length=4), n_steps=16, batch_size=16, seed=0, policy_kwargs=SMALL)
-    path = render_memory_trace(model, gym.make("sb3_memory/PassiveTMaze-v0", corridor_length=4), tmp_path / "trace.png", seed=0)
+    model = MemoryPPO(
+        "DNCPolicy",
+        gym.make("sb3_memory/PassiveTMaze-v0", corridor_length=4),
+        n_steps=16,
+        batch_size=16,
+        seed=0,
+        policy_kwargs=SMALL,
+    )
+    path = render_memory_trace(
+        model, gym.make("sb3_memory/PassiveTMaze-v0", corridor_length=4), tmp_path / "trace.png", seed=0
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
 

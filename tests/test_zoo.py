@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import optuna
@@ -21,10 +22,8 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_memory import MemoryA2C, MemoryPPO, NTMPolicy
-from sb3_memory import zoo
+from sb3_memory import MemoryA2C, MemoryPPO, NTMPolicy, zoo
 
-torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +208,11 @@ def test_configs_cover_the_same_envs_with_equal_budgets():
         assert len(set(budgets.values())) == 1, (env_id, budgets)
         # Same rollout shape for the PPO variants (RecurrentPPO's default batch_size is 128).
         shapes = {
-            algo: (configs[algo][env_id]["n_envs"], configs[algo][env_id]["n_steps"], configs[algo][env_id].get("batch_size", 128))
+            algo: (
+                configs[algo][env_id]["n_envs"],
+                configs[algo][env_id]["n_steps"],
+                configs[algo][env_id].get("batch_size", 128),
+            )
             for algo in ("memory_ppo", "ppo_lstm", "ppo")
         }
         assert len(set(shapes.values())) == 1, (env_id, shapes)
@@ -316,7 +319,7 @@ def test_a2c_sampler_and_policy_dependent_keys():
 class CapturingMemoryPPO(MemoryPPO):
     """Records the models the objective builds and skips training."""
 
-    built: list = []
+    built: ClassVar[list] = []
 
     def learn(self, *args, **kwargs):
         CapturingMemoryPPO.built.append(self)
@@ -421,7 +424,9 @@ def test_two_workers_share_one_journal_study(tmp_path):
             "--n-trials", "1", "--n-jobs", "1", "-n", "128", "--eval-episodes", "2", "--n-evaluations", "1",
             "--no-optim-plots", "--num-threads", "1", "--log-folder", str(tmp_path / f"worker{worker}"),
         ]  # fmt: skip
-        workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        workers.append(
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outputs = [worker.communicate(timeout=180)[0] for worker in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-4000:]

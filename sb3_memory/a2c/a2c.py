@@ -25,6 +25,9 @@ class MemoryA2C(MemoryOnPolicyAlgorithm, A2C):
     ``sequence_length`` steps, by default the whole rollout (``n_steps``, if at most 32).
 
     :param sequence_length: chunk length; must divide ``n_steps``
+    :param recall_coef: weight of the auxiliary recall loss (see :class:`~sb3_memory.MemoryPPO`). 0: off
+    :param prediction_coef: weight of the auxiliary prediction loss. 0: off
+    :param recall_horizon: the longest ``k`` of the recall loss
     The other parameters are those of :class:`stable_baselines3.A2C`.
     """
 
@@ -48,6 +51,9 @@ class MemoryA2C(MemoryOnPolicyAlgorithm, A2C):
         sde_sample_freq: int = -1,
         normalize_advantage: bool = False,
         sequence_length: Optional[int] = None,
+        recall_coef: float = 0.0,
+        prediction_coef: float = 0.0,
+        recall_horizon: int = 8,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -80,35 +86,67 @@ class MemoryA2C(MemoryOnPolicyAlgorithm, A2C):
             _init_setup_model=False,
         )
         self.sequence_length = self._check_sequence_length(sequence_length, None)
+        self._set_auxiliary(recall_coef, prediction_coef, recall_horizon)
         if _init_setup_model:
             self._setup_model()
 
+    # Fork of stable_baselines3 2.9.2's A2C.train, kept line for line; the changed lines carry
+    # "# sb3-memory" (tests/test_sb3_forks.py fails when the installed original changes).
     def train(self) -> None:
-        """A2C's update (as in :meth:`stable_baselines3.A2C.train`), replaying the rollout's chunks."""
+        """
+        Update policy using the currently gathered
+        rollout buffer (one gradient step over whole data).
+        """
+        # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
+
+        # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
+
+        # This will only loop once (get all data in one go)
         for rollout_data in self.rollout_buffer.get(batch_size=None):
             actions = rollout_data.actions
             if isinstance(self.action_space, spaces.Discrete):
+                # Convert discrete action from float to long
                 actions = actions.long().flatten()
-            values, log_prob, entropy = self.policy.evaluate_actions(
-                rollout_data.observations, actions, rollout_data.states, rollout_data.episode_starts
+
+            # sb3-memory: chunks replayed from their stored state, with the auxiliary losses of the replay
+            values, log_prob, entropy, auxiliary_losses = self.policy.evaluate_actions_with_auxiliary(
+                rollout_data.observations, actions, rollout_data.states, rollout_data.episode_starts, rollout_data.rewards
             )
             values = values.flatten()
+
+            # Normalize advantage (not present in the original implementation)
             advantages = rollout_data.advantages
             if self.normalize_advantage:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-            policy_loss = -(advantages * log_prob).mean()
-            value_loss = F.mse_loss(rollout_data.returns, values)
-            entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
-            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
+            # Policy gradient loss
+            policy_loss = -(advantages * log_prob).mean()
+
+            # Value loss using the TD(gae_lambda) target
+            value_loss = F.mse_loss(rollout_data.returns, values)
+
+            # Entropy loss favor exploration
+            if entropy is None:
+                # Approximate entropy when no analytical form
+                entropy_loss = -th.mean(-log_prob)
+            else:
+                entropy_loss = -th.mean(entropy)
+
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+            loss = loss + self._auxiliary_loss(auxiliary_losses) if auxiliary_losses else loss  # sb3-memory
+
+            # Optimization step
             self.policy.optimizer.zero_grad()
             loss.backward()
+
+            # Clip grad norm
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
         self._n_updates += 1
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/explained_variance", explained_var)
@@ -117,6 +155,7 @@ class MemoryA2C(MemoryOnPolicyAlgorithm, A2C):
         self.logger.record("train/value_loss", value_loss.item())
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self._record_auxiliary_losses()  # sb3-memory: aux/ losses
 
     def learn(
         self: SelfMemoryA2C,

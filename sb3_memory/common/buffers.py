@@ -23,6 +23,7 @@ class MemoryRolloutBufferSamples(NamedTuple):
     advantages: th.Tensor
     returns: th.Tensor
     episode_starts: th.Tensor
+    rewards: th.Tensor  # for the auxiliary prediction loss
     states: th.Tensor  # (B, state_size): the flat memory state before each chunk's first step
 
 
@@ -92,7 +93,16 @@ class ChunkedStateMixin:
             )
         if not self.generator_ready:
             # Env-major flattening makes each chunk a contiguous block of sequence_length rows.
-            for name in ("observations", "actions", "values", "log_probs", "advantages", "returns", "episode_starts"):
+            for name in (
+                "observations",
+                "actions",
+                "values",
+                "log_probs",
+                "advantages",
+                "returns",
+                "episode_starts",
+                "rewards",
+            ):
                 value = getattr(self, name)
                 if isinstance(value, dict):
                     setattr(self, name, {key: self.swap_and_flatten(array) for key, array in value.items()})
@@ -123,6 +133,7 @@ class ChunkedStateMixin:
             advantages=self.to_torch(self.advantages[rows].flatten()),  # type: ignore[attr-defined]
             returns=self.to_torch(self.returns[rows].flatten()),  # type: ignore[attr-defined]
             episode_starts=self.to_torch(self.episode_starts[rows].flatten()),  # type: ignore[attr-defined]
+            rewards=self.to_torch(self.rewards[rows].flatten()),  # type: ignore[attr-defined]
             states=states[th.as_tensor(chunk_ids, device=states.device)],
         )
 

@@ -3,6 +3,7 @@
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -15,11 +16,14 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_memory.checks import check_float, check_int
 from sb3_memory.common.buffers import ChunkedStateMixin, MemoryDictRolloutBuffer, MemoryRolloutBuffer
 from sb3_memory.common.policies import MemoryActorCriticPolicy
 
 # Longer chunks give longer backpropagation through time but slower, more serial updates.
 MAX_DEFAULT_SEQUENCE_LENGTH = 32
+# A default below this backpropagates through too few steps to learn much memory: warn.
+MIN_USEFUL_SEQUENCE_LENGTH = 4
 
 # torch's intra-op thread count when sb3_memory was imported: still that at learn() means the user
 # did not choose one (torch.set_num_threads before importing sb3_memory cannot be told apart: use
@@ -74,12 +78,43 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
     policy: MemoryActorCriticPolicy
     rollout_buffer: MemoryRolloutBuffer
     sequence_length: int
+    recall_coef: float
+    prediction_coef: float
+    recall_horizon: int
+
+    def _set_auxiliary(self, recall_coef: float, prediction_coef: float, recall_horizon: int) -> None:
+        """Check and keep the auxiliary-loss arguments (see :mod:`sb3_memory.common.auxiliary`)."""
+        self.recall_coef = check_float("recall_coef", recall_coef, low=0.0)
+        self.prediction_coef = check_float("prediction_coef", prediction_coef, low=0.0)
+        self.recall_horizon = check_int("recall_horizon", recall_horizon)
+        self._auxiliary_log: dict[str, list[float]] = {}
+
+    def _auxiliary_loss(self, losses: dict[str, th.Tensor]) -> th.Tensor:
+        """The weighted sum of a minibatch's auxiliary losses; keeps their values for the ``aux/`` log."""
+        for name, loss in losses.items():
+            self._auxiliary_log.setdefault(name, []).append(loss.item())
+        return th.stack([getattr(self, f"{name}_coef") * loss for name, loss in losses.items()]).sum()
+
+    def _record_auxiliary_losses(self) -> None:
+        for name, values in self._auxiliary_log.items():
+            self.logger.record(f"aux/{name}_loss", float(np.mean(values)))
+        self._auxiliary_log.clear()
 
     def _check_sequence_length(self, sequence_length: Optional[int], batch_size: Optional[int]) -> int:
         if sequence_length is None:
-            return default_sequence_length(self.n_steps, batch_size)
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1:
-            raise ValueError(f"sequence_length must be a positive integer, got {sequence_length!r}")
+            length = default_sequence_length(self.n_steps, batch_size)
+            possible = default_sequence_length(self.n_steps, None)
+            if length < MIN_USEFUL_SEQUENCE_LENGTH <= possible:
+                warnings.warn(
+                    f"sequence_length defaults to {length}, the largest chunk dividing both n_steps={self.n_steps} and "
+                    f"batch_size={batch_size}: backpropagation through time spans only {length} step(s), too few to "
+                    f"learn much memory. Use a batch_size that is a multiple of {possible} (e.g. "
+                    f"{max(1, round(batch_size / possible)) * possible}), or pass sequence_length",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return length
+        sequence_length = check_int("sequence_length", sequence_length)
         if self.n_steps % sequence_length != 0:
             raise ValueError(
                 f"sequence_length={sequence_length} must divide n_steps={self.n_steps}: each env's rollout is cut "
@@ -93,6 +128,10 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         return sequence_length
 
     def _setup_model(self) -> None:
+        tasks = tuple(task for task in ("recall", "prediction") if getattr(self, f"{task}_coef") > 0)
+        if tasks:
+            # The decoders are part of the policy: saved, loaded and optimised with it.
+            self.policy_kwargs = {**self.policy_kwargs, "auxiliary_tasks": tasks, "recall_horizon": self.recall_horizon}
         self.rollout_buffer_class = (
             MemoryDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else MemoryRolloutBuffer
         )
@@ -111,14 +150,17 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             self._last_memory_state = self.policy.initial_state(self.n_envs)
         return result
 
-    def learn(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def learn(self, total_timesteps: int, *args: Any, **kwargs: Any):  # type: ignore[override]
         """SB3's ``learn``, with one torch thread on CPU unless the user chose a number (see :func:`single_thread_on_cpu`)."""
+        total_timesteps = check_int("total_timesteps", total_timesteps, 0)
         with single_thread_on_cpu(self.device):
-            return super().learn(*args, **kwargs)
+            return super().learn(total_timesteps, *args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_memory_state"]
+        return [*super()._excluded_save_params(), "_last_memory_state", "_auxiliary_log"]
 
+    # Fork of stable_baselines3 2.9.2's OnPolicyAlgorithm.collect_rollouts, kept line for line; the changed lines carry
+    # "# sb3-memory" (tests/test_sb3_forks.py fails when the installed original changes).
     def collect_rollouts(
         self,
         env: VecEnv,
@@ -127,41 +169,63 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         n_rollout_steps: int,
     ) -> bool:
         """
-        Collect experience as SB3 does, feeding each step the memory state left by the last one.
-        The buffer keeps the state at chunk starts; truncated episodes bootstrap from the value of
-        the terminal observation under the memory state that observation would have been seen with.
+        Collect experiences using the current policy and fill a ``RolloutBuffer``.
+        The term rollout here refers to the model-free notion and should not
+        be used with the concept of rollout used in model-based RL or planning.
+
+        :param env: The training environment
+        :param callback: Callback that will be called at each step
+            (and at the beginning and end of the rollout)
+        :param rollout_buffer: Buffer to fill with rollouts
+        :param n_rollout_steps: Number of experiences to collect per environment
+        :return: True if function returned with at least `n_rollout_steps`
+            collected, False if callback terminated rollout prematurely.
         """
         assert self._last_obs is not None, "No previous observation was provided"
-        assert isinstance(rollout_buffer, ChunkedStateMixin), f"{rollout_buffer} does not store memory states"
+        assert isinstance(rollout_buffer, ChunkedStateMixin), f"{rollout_buffer} stores no memory states"  # sb3-memory
+        # Switch to eval mode (this affects batch norm / dropout)
         self.policy.set_training_mode(False)
+
         n_steps = 0
         rollout_buffer.reset()
+        # Sample new weights for the state dependent exploration
         if self.use_sde:
             self.policy.reset_noise(env.num_envs)
+
         callback.on_rollout_start()
-        state = self._last_memory_state
-        assert state is not None
+        state = self._last_memory_state  # sb3-memory: the memory state rides along
+        assert state is not None  # sb3-memory
 
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                # Sample a new noise matrix
                 self.policy.reset_noise(env.num_envs)
 
             with th.no_grad():
+                # Convert to pytorch tensor or to TensorDict
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
-                episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
-                actions, values, log_probs, new_state = self.policy(obs_tensor, state, episode_starts)
+                episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)  # sb3-memory
+                actions, values, log_probs, new_state = self.policy(obs_tensor, state, episode_starts)  # sb3-memory
             actions = actions.cpu().numpy()
 
+            # Rescale and perform action
             clipped_actions = actions
+
             if isinstance(self.action_space, spaces.Box):
                 if self.policy.squash_output:
+                    # Unscale the actions to match env bounds
+                    # if they were previously squashed (scaled in [-1, 1])
                     clipped_actions = self.policy.unscale_action(clipped_actions)
                 else:
+                    # Otherwise, clip the actions to avoid out of bound error
+                    # as we are sampling from an unbounded Gaussian distribution
                     clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
 
             new_obs, rewards, dones, infos = env.step(clipped_actions)
+
             self.num_timesteps += env.num_envs
 
+            # Give access to local variables
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
@@ -170,17 +234,25 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             n_steps += 1
 
             if isinstance(self.action_space, spaces.Discrete):
+                # Reshape in case of discrete action
                 actions = actions.reshape(-1, 1)
 
+            # Handle timeout by bootstrapping with value function
+            # see GitHub issue #633
             for idx, done in enumerate(dones):
-                if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
                     terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
                     with th.no_grad():
+                        # sb3-memory: under the memory state the terminal observation would have been seen with
                         no_start = th.zeros(1, device=self.device)
-                        terminal_value = self.policy.predict_values(terminal_obs, new_state[idx : idx + 1], no_start)[0]
+                        terminal_value = self.policy.predict_values(terminal_obs, new_state[idx : idx + 1], no_start)[0]  # type: ignore[arg-type]
                     rewards[idx] += self.gamma * terminal_value
 
-            rollout_buffer.add_state(state)
+            rollout_buffer.add_state(state)  # sb3-memory: kept once per chunk
             rollout_buffer.add(
                 self._last_obs,  # type: ignore[arg-type]
                 actions,
@@ -191,15 +263,19 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
-            state = self._last_memory_state = new_state
+            state = self._last_memory_state = new_state  # sb3-memory
 
         with th.no_grad():
-            episode_starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
-            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, episode_starts)  # type: ignore[arg-type]
+            # Compute value for the last timestep
+            episode_starts = th.as_tensor(dones, dtype=th.float32, device=self.device)  # sb3-memory
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, episode_starts)  # type: ignore[arg-type]  # sb3-memory
 
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
-        for key, value in self.policy.memory_diagnostics(state).items():
+        for key, value in self.policy.memory_diagnostics(state).items():  # sb3-memory: memory/ statistics
             self.logger.record(f"memory/{key}", value)
+
         callback.update_locals(locals())
+
         callback.on_rollout_end()
+
         return True

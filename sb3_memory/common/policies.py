@@ -17,6 +17,8 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from sb3_memory.checks import check_int
+from sb3_memory.common.auxiliary import AuxiliaryHeads
 from sb3_memory.memory import CORES, MemoryCore
 
 CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
@@ -40,6 +42,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         reads a detached copy, as sb3-contrib's ``shared_lstm=True``);
         ``"separate"``: the critic has its own core of the same configuration (twice the state);
         ``"none"``: the critic sees only the current features, through a linear layer
+    :param auxiliary_tasks: the auxiliary losses to build decoders for (see
+        :mod:`sb3_memory.common.auxiliary`); the algorithm sets it from its ``*_coef`` arguments
+    :param recall_horizon: the longest lag of the recall task
     :param core_kwargs: the core's keyword arguments (``memory_units``, ``memory_unit_size``,
         ``num_read_heads``, ``controller_dim``, ``controller``, ``shift_range``, ...); see
         :class:`~sb3_memory.memory.NTMCell`, :class:`~sb3_memory.memory.DNCCell`,
@@ -71,10 +76,22 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: Optional[dict[str, Any]] = None,
         critic_memory: str = "shared",
+        auxiliary_tasks: tuple[str, ...] = (),
+        recall_horizon: int = 8,
         **core_kwargs: Any,
     ) -> None:
         if critic_memory not in CRITIC_MEMORY_MODES:
             raise ValueError(f"critic_memory must be one of {CRITIC_MEMORY_MODES}, got {critic_memory!r}")
+        if (
+            isinstance(observation_space, spaces.Dict)
+            and features_extractor_class is None
+            and not issubclass(self.default_features_extractor, CombinedExtractor)
+        ):
+            # As SB3 rejects MlpPolicy on Dict spaces; otherwise torch fails inside the first forward.
+            raise ValueError(
+                f"{type(self).__name__} takes Box observations; for a Dict observation space use "
+                f"'MultiInput{self.core_name.upper()}Policy' (or pass a features_extractor_class that takes dicts)"
+            )
         if critic_memory in ("shared", "detached") and not share_features_extractor:
             raise ValueError(
                 f"critic_memory={critic_memory!r} feeds one core from one features extractor: set "
@@ -89,6 +106,8 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
                 f"accepts {sorted(accepted)}, and the policy accepts ActorCriticPolicy's arguments and critic_memory"
             )
         self.critic_memory = critic_memory
+        self.auxiliary_tasks = tuple(auxiliary_tasks)
+        self.recall_horizon = check_int("recall_horizon", recall_horizon)
         self.core_kwargs = core_kwargs
         super().__init__(
             observation_space,
@@ -120,12 +139,22 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         elif self.critic_memory == "none":
             self.critic_projection = nn.Linear(self.features_dim, self.core.output_dim)
         self._actor_state_size = self.core.state_size
+        self.auxiliary: Optional[AuxiliaryHeads] = None
+        if self.auxiliary_tasks:
+            self.auxiliary = AuxiliaryHeads(
+                self.core.output_dim, self.features_dim, self.action_space, self.auxiliary_tasks, self.recall_horizon
+            )
         self.features_dim = self.core.output_dim
         super()._build_mlp_extractor()
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(critic_memory=self.critic_memory, **self.core_kwargs)
+        data.update(
+            critic_memory=self.critic_memory,
+            auxiliary_tasks=self.auxiliary_tasks,
+            recall_horizon=self.recall_horizon,
+            **self.core_kwargs,
+        )
         return data
 
     @property
@@ -140,9 +169,25 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             states.append(self.critic_core.flatten_state(self.critic_core.initial_state(n_envs, self.device)))
         return th.cat(states, dim=1)
 
+    def split_state(self, state: th.Tensor) -> tuple[th.Tensor, Optional[th.Tensor]]:
+        """
+        The actor core's and the critic core's parts of a flat policy state.
+
+        :param state: ``(n, state_size)``
+        :return: ``(n, core.state_size)`` and ``(n, critic_core.state_size)``, or None without a critic core
+        """
+        if self.critic_core is None:
+            return state, None
+        actor, critic = th.split(state, (self._actor_state_size, self.critic_core.state_size), dim=1)
+        return actor, critic
+
+    def join_state(self, actor: th.Tensor, critic: Optional[th.Tensor]) -> th.Tensor:
+        """Inverse of :meth:`split_state`."""
+        return actor if critic is None else th.cat([actor, critic], dim=1)
+
     def memory_diagnostics(self, state: th.Tensor) -> dict[str, float]:
         """Statistics of the actor core's state (usage, weighting entropies), for logging."""
-        return self.core.diagnostics(self.core.unflatten_state(state[:, : self._actor_state_size]))
+        return self.core.diagnostics(self.core.unflatten_state(self.split_state(state)[0]))
 
     def _check_state(self, state: th.Tensor, batch: int) -> None:
         if state.dim() != 2 or state.shape[1] != self.state_size:
@@ -155,28 +200,29 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
 
     def _run_cores(
         self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """
         Features of flattened time-major sequences through the core(s).
 
-        :return: actor latent, critic latent (both ``(T * B, core.output_dim)``) and the new state
+        :return: actor latent, critic latent (both ``(T * B, core.output_dim)``), the new state and
+            the actor's features-extractor output (``(T * B, features_dim)``)
         """
         n_seq = state.shape[0]
         features = self.extract_features(obs)
         pi_features, vf_features = (features, features) if self.share_features_extractor else features
         self._check_state(state, pi_features.shape[0])
         starts = episode_starts.reshape(-1, n_seq)
+        actor_state, critic_state = self.split_state(state)
         latent_pi, actor_state = self.core.forward_flat(
-            pi_features.reshape(-1, n_seq, self.core.input_dim), state[:, : self._actor_state_size], starts
+            pi_features.reshape(-1, n_seq, self.core.input_dim), actor_state, starts
         )
-        new_states = [actor_state]
         latent_pi = latent_pi.reshape(-1, latent_pi.shape[-1])
         if self.critic_core is not None:
+            assert critic_state is not None
             latent_vf, critic_state = self.critic_core.forward_flat(
-                vf_features.reshape(-1, n_seq, self.critic_core.input_dim), state[:, self._actor_state_size :], starts
+                vf_features.reshape(-1, n_seq, self.critic_core.input_dim), critic_state, starts
             )
             latent_vf = latent_vf.reshape(-1, latent_vf.shape[-1])
-            new_states.append(critic_state)
         elif self.critic_projection is not None:
             latent_vf = self.critic_projection(vf_features)
         elif self.critic_memory == "detached":
@@ -184,8 +230,8 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             latent_vf = latent_pi.detach()
         else:
             latent_vf = latent_pi
-        new_state = new_states[0] if len(new_states) == 1 else th.cat(new_states, dim=1)
-        return latent_pi, latent_vf, new_state
+        new_state = self.join_state(actor_state, critic_state)
+        return latent_pi, latent_vf, new_state, pi_features
 
     def forward(  # type: ignore[override]
         self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, deterministic: bool = False
@@ -193,7 +239,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         """
         One rollout step: actions, values, log-probabilities and the new state.
         """
-        latent_pi, latent_vf, state = self._run_cores(obs, state, episode_starts)
+        latent_pi, latent_vf, state, _ = self._run_cores(obs, state, episode_starts)
         distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
@@ -205,12 +251,12 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor
     ) -> tuple[Distribution, th.Tensor]:
         """Action distribution and the new state."""
-        latent_pi, _, state = self._run_cores(obs, state, episode_starts)
+        latent_pi, _, state, _ = self._run_cores(obs, state, episode_starts)
         return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), state
 
     def predict_values(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:  # type: ignore[override]
         """Values of the observations under the given state."""
-        _, latent_vf, _ = self._run_cores(obs, state, episode_starts)
+        _, latent_vf, _, _ = self._run_cores(obs, state, episode_starts)
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
 
     def evaluate_actions(  # type: ignore[override]
@@ -222,10 +268,41 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         :param state: state of each sequence at its first step, ``(B, state_size)``
         :param episode_starts: ``(T * B,)``
         """
-        latent_pi, latent_vf, _ = self._run_cores(obs, state, episode_starts)
+        values, log_prob, entropy, _ = self.evaluate_actions_with_auxiliary(obs, actions, state, episode_starts, None)
+        return values, log_prob, entropy
+
+    def evaluate_actions_with_auxiliary(
+        self,
+        obs: PyTorchObs,
+        actions: th.Tensor,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        rewards: Optional[th.Tensor],
+    ) -> tuple[th.Tensor, th.Tensor, Optional[th.Tensor], dict[str, th.Tensor]]:
+        """
+        :meth:`evaluate_actions`, plus the auxiliary losses of the same replay (an empty dict when
+        the policy has no auxiliary heads or ``rewards`` is None).
+
+        :param rewards: ``(T * B,)``
+        """
+        latent_pi, latent_vf, _, features = self._run_cores(obs, state, episode_starts)
         distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
-        return values, distribution.log_prob(actions), distribution.entropy()
+        losses: dict[str, th.Tensor] = {}
+        if self.auxiliary is not None and rewards is not None:
+            n_seq = state.shape[0]
+
+            def time_major(tensor: th.Tensor) -> th.Tensor:
+                return tensor.reshape(-1, n_seq, *tensor.shape[1:])
+
+            losses = self.auxiliary(
+                time_major(latent_pi),
+                time_major(features.detach()),
+                time_major(actions),
+                time_major(rewards),
+                time_major(episode_starts),
+            )
+        return values, distribution.log_prob(actions), distribution.entropy(), losses
 
     def _predict(  # type: ignore[override]
         self, observation: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, deterministic: bool = False
@@ -265,7 +342,13 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             if episode_start is None:
                 starts = th.zeros(n_envs, device=self.device)
             else:
-                starts = th.as_tensor(np.asarray(episode_start), dtype=th.float32, device=self.device).reshape(n_envs)
+                episode_start = np.asarray(episode_start)
+                if episode_start.size != n_envs:
+                    raise ValueError(
+                        f"episode_start must have one entry per environment ({n_envs}), got shape "
+                        f"{episode_start.shape}: pass the VecEnv's dones (or np.ones(n_envs) at the first step)"
+                    )
+                starts = th.as_tensor(episode_start, dtype=th.float32, device=self.device).reshape(n_envs)
             actions, state_tensor = self._predict(obs_tensor, state_tensor, starts, deterministic=deterministic)
         actions = actions.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
         if isinstance(self.action_space, spaces.Box):

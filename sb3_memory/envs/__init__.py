@@ -23,8 +23,6 @@ with ``max_episode_steps``. "Chance return" is the expected return of the best m
 policy (current observation -> action).
 """
 
-from typing import Tuple
-
 import gymnasium
 
 from sb3_memory.envs.associative_recall import AssociativeRecallEnv
@@ -51,7 +49,7 @@ _ENTRY_POINTS = {
 }
 
 #: Registered environment ids.
-ENV_IDS: Tuple[str, ...] = tuple(_ENTRY_POINTS)
+ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)
 
 
 def register_envs() -> None:

@@ -1,6 +1,6 @@
 """Associative recall: store key-value pairs, then answer a query key with its value."""
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 from gymnasium import spaces
@@ -43,9 +43,7 @@ class AssociativeRecallEnv(MemoryTaskEnv):
         super().__init__(render_mode)
         self.num_keys = check_int("num_keys", num_keys, 1)
         self.num_values = check_int("num_values", num_values, 2)
-        self.num_pairs = check_int(
-            "num_pairs", num_pairs, 1, self.num_keys, note="keys are distinct, so at most num_keys"
-        )
+        self.num_pairs = check_int("num_pairs", num_pairs, 1, self.num_keys, note="keys are distinct, so at most num_keys")
         self.observation_space = one_hot_box(self.num_keys + self.num_values + 1)
         self.action_space = spaces.Discrete(self.num_values)
         self._keys = np.zeros(self.num_pairs, dtype=np.int64)
@@ -78,8 +76,8 @@ class AssociativeRecallEnv(MemoryTaskEnv):
         return obs
 
     def reset(
-        self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
-    ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """
         Start an episode with fresh pairs and a fresh query.
 
@@ -94,7 +92,7 @@ class AssociativeRecallEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> Tuple[np.ndarray, float, bool, bool, Dict[str, Any]]:
+    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Emit a value (scored only at the query step).
 
@@ -108,7 +106,7 @@ class AssociativeRecallEnv(MemoryTaskEnv):
         if t == self.num_pairs and a == self._values[self._query]:
             reward = 1.0
         terminated = self._end_step()
-        info: Dict[str, Any] = {}
+        info: dict[str, Any] = {}
         if terminated:
             info["is_success"] = reward == 1.0
         return self._observe(t + 1), reward, terminated, False, info

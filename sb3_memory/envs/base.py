@@ -1,57 +1,19 @@
-"""Shared pieces of the memory task suite: the base class and argument checks.
+"""Shared pieces of the memory task suite: the base class and helpers.
 
 Every task is a ``gymnasium`` environment with a ``Box`` float32 observation (one-hot codes
 plus flag channels) and a ``Discrete`` action space. Observations never depend on the agent's
 past actions in the symbol tasks, so a memoryless policy cannot use its actions as memory.
 """
 
-import math
-from typing import Any, Dict, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sb3_memory.checks import check_float, check_int
 
-def check_int(name: str, value: Any, low: int, high: Optional[int] = None, note: str = "") -> int:
-    """
-    Check that ``value`` is an integer in ``[low, high]`` (``high=None``: no upper bound).
-
-    :param name: name of the argument, used in the error message
-    :param value: the value to check
-    :param low: smallest valid value
-    :param high: largest valid value, or ``None`` for no upper bound
-    :param note: extra explanation appended to the valid range in the error message
-    :return: ``value`` as a Python ``int``
-    :raises ValueError: if ``value`` is not an integer or is out of range
-    """
-    valid = f">= {low}" if high is None else f"in [{low}, {high}]"
-    if note:
-        valid = f"{valid} ({note})"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer {valid}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer {valid}, got {value!r}")
-    return int(value)
-
-
-def check_float(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    """
-    Check that ``value`` is a finite real number in ``[low, high]``.
-
-    :param name: name of the argument, used in the error message
-    :param value: the value to check
-    :param low: smallest valid value
-    :param high: largest valid value
-    :return: ``value`` as a Python ``float``
-    :raises ValueError: if ``value`` is not a finite number in range
-    """
-    valid = f"a finite number in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be {valid}, got {value!r}")
-    if not math.isfinite(value) or value < low or value > high:
-        raise ValueError(f"{name} must be {valid}, got {value!r}")
-    return float(value)
+__all__ = ["MemoryTaskEnv", "check_float", "check_int", "one_hot_box"]
 
 
 class MemoryTaskEnv(gym.Env[np.ndarray, np.int64]):
@@ -65,7 +27,7 @@ class MemoryTaskEnv(gym.Env[np.ndarray, np.int64]):
     so no ``TimeLimit`` is needed; ``truncated`` is always ``False``.
     """
 
-    metadata: Dict[str, Any] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
     observation_space: spaces.Box
     action_space: spaces.Discrete
 

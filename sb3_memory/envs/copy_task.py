@@ -1,6 +1,6 @@
 """Copy task (Graves et al., 2014), as a reinforcement-learning environment."""
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 from gymnasium import spaces
@@ -68,8 +68,8 @@ class CopyEnv(MemoryTaskEnv):
         return obs
 
     def reset(
-        self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
-    ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """
         Start an episode with fresh random symbols.
 
@@ -83,7 +83,7 @@ class CopyEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> Tuple[np.ndarray, float, bool, bool, Dict[str, Any]]:
+    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Emit one symbol.
 
@@ -98,7 +98,7 @@ class CopyEnv(MemoryTaskEnv):
             reward = 1.0
             self._num_correct += 1
         terminated = self._end_step()
-        info: Dict[str, Any] = {}
+        info: dict[str, Any] = {}
         if terminated:
             info["is_success"] = self._num_correct == self.length
         return self._observe(t + 1), reward, terminated, False, info

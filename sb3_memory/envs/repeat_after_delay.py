@@ -1,6 +1,6 @@
 """Repeat-after-delay task: emit the symbol seen a fixed number of steps ago."""
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 from gymnasium import spaces
@@ -46,9 +46,7 @@ class RepeatAfterDelayEnv(MemoryTaskEnv):
         self.num_symbols = check_int("num_symbols", num_symbols, 2)
         if episode_length is None:
             episode_length = self.delay + 20
-        self._episode_length = check_int(
-            "episode_length", episode_length, self.delay + 1, note="greater than delay"
-        )
+        self._episode_length = check_int("episode_length", episode_length, self.delay + 1, note="greater than delay")
         self.observation_space = one_hot_box(self.num_symbols + 1)
         self.action_space = spaces.Discrete(self.num_symbols)
         self._symbols = np.zeros(self._episode_length, dtype=np.int64)
@@ -82,8 +80,8 @@ class RepeatAfterDelayEnv(MemoryTaskEnv):
         return obs
 
     def reset(
-        self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
-    ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """
         Start an episode with a fresh random symbol stream.
 
@@ -97,7 +95,7 @@ class RepeatAfterDelayEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> Tuple[np.ndarray, float, bool, bool, Dict[str, Any]]:
+    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Emit one symbol.
 
@@ -112,7 +110,7 @@ class RepeatAfterDelayEnv(MemoryTaskEnv):
             reward = 1.0
             self._num_correct += 1
         terminated = self._end_step()
-        info: Dict[str, Any] = {}
+        info: dict[str, Any] = {}
         if terminated:
             info["is_success"] = self._num_correct == self.num_targets
         return self._observe(t + 1), reward, terminated, False, info

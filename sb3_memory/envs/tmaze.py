@@ -2,7 +2,7 @@
 from credit assignment" (NeurIPS 2023), following their ``TMazeClassicPassive``.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 from gymnasium import spaces
@@ -94,8 +94,8 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         return x == self.corridor_length and y in (-1, 1)
 
     def reset(
-        self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None
-    ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """
         Put the agent at the start and draw the goal arm.
 
@@ -109,7 +109,7 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> Tuple[np.ndarray, float, bool, bool, Dict[str, Any]]:
+    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Move one cell (or bump into a wall).
 
@@ -123,7 +123,7 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         assert self._t is not None
         t = self._t + 1
         terminated = self._end_step()
-        info: Dict[str, Any] = {}
+        info: dict[str, Any] = {}
         if terminated:
             success = self._y == self._goal
             reward = 1.0 if success else 0.0

@@ -5,6 +5,8 @@ word size ``W``. Parameters and nonlinearities live in the cores (:mod:`.ntm`, :
 this module only holds the equations, so that each one can be tested on its own.
 """
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -37,6 +39,26 @@ def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor) -> Tensor:
     :return: (B, H, N)
     """
     return torch.softmax(strengths.unsqueeze(-1) * cosine_similarity(memory, keys), dim=-1)
+
+
+def masked_content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, masks: Tensor, eps: float = 1e-6) -> Tensor:
+    """
+    Masked content addressing (Csordás and Schmidhuber, 2019): softmax over slots of
+    ``strength * cosine(key * mask, row * mask)``. The mask lets a head look up by part of a word
+    (a key) and ignore the rest (its value).
+
+    :param memory: (B, N, W)
+    :param keys: (B, H, W)
+    :param strengths: (B, H)
+    :param masks: (B, H, W) in [0, 1]; all ones gives :func:`content_weights`
+    :param eps: as in :func:`cosine_similarity`
+    :return: (B, H, N)
+    """
+    masked_keys = keys * masks
+    masked_memory = memory.unsqueeze(1) * masks.unsqueeze(2)  # (B, H, N, W)
+    dot = (masked_memory * masked_keys.unsqueeze(2)).sum(-1)
+    norms = masked_keys.norm(dim=-1).unsqueeze(-1) * masked_memory.norm(dim=-1)
+    return torch.softmax(strengths.unsqueeze(-1) * dot / (norms + eps), dim=-1)
 
 
 def interpolate(content_w: Tensor, prev_w: Tensor, gate: Tensor) -> Tensor:
@@ -107,7 +129,7 @@ def read(memory: Tensor, weights: Tensor) -> Tensor:
     return torch.bmm(weights, memory)
 
 
-def write(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
+def write(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor, retention: Optional[Tensor] = None) -> Tensor:
     """
     Erase then add: ``M * prod_h(1 - w_h e_h^T) + sum_h w_h a_h^T``.
 
@@ -115,6 +137,9 @@ def write(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor
     :param weights: (B, H, N) write weightings
     :param erase: (B, H, W) in [0, 1]
     :param add: (B, H, W)
+    :param retention: optional (B, N) in [0, 1], the DNC's memory retention ``psi``: also erases what
+        the free gates released (de-allocation that erases, Csordás and Schmidhuber, 2019), so that
+        content lookups stop finding freed words
     :return: (B, N, W)
     """
     if weights.shape[1] == 1:
@@ -122,12 +147,25 @@ def write(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor
         keep = 1.0 - weights.transpose(1, 2) * erase
     else:
         keep = (1.0 - weights.unsqueeze(-1) * erase.unsqueeze(2)).prod(dim=1)
+    if retention is not None:
+        keep = keep * retention.unsqueeze(-1)
     return torch.baddbmm(memory * keep, weights.transpose(1, 2), add)
+
+
+def memory_retention(free_gates: Tensor, prev_read_weights: Tensor) -> Tensor:
+    """
+    DNC retention ``psi = prod_r(1 - f_r * w^r_r)``: how much of each slot the free gates keep.
+
+    :param free_gates: (B, R) in [0, 1]
+    :param prev_read_weights: (B, R, N) read weightings of the previous step
+    :return: (B, N) in [0, 1]
+    """
+    return (1.0 - free_gates.unsqueeze(-1) * prev_read_weights).prod(dim=1)
 
 
 def update_usage(usage: Tensor, prev_write_weights: Tensor, free_gates: Tensor, prev_read_weights: Tensor) -> Tensor:
     """
-    DNC usage: ``(u + w - u * w) * prod_r(1 - f_r * w^r_r)``.
+    DNC usage: ``(u + w - u * w) * psi``, with ``psi`` from :func:`memory_retention`.
 
     :param usage: (B, N) previous usage
     :param prev_write_weights: (B, N) write weighting of the previous step
@@ -136,8 +174,7 @@ def update_usage(usage: Tensor, prev_write_weights: Tensor, free_gates: Tensor, 
     :return: (B, N) in [0, 1]
     """
     usage = usage + prev_write_weights - usage * prev_write_weights
-    retention = (1.0 - free_gates.unsqueeze(-1) * prev_read_weights).prod(dim=1)
-    return usage * retention
+    return usage * memory_retention(free_gates, prev_read_weights)
 
 
 def allocation_weights(usage: Tensor) -> Tensor:
@@ -209,6 +246,23 @@ def directional_weights(link: Tensor, prev_read_weights: Tensor) -> tuple[Tensor
     forward = torch.bmm(prev_read_weights, link.transpose(1, 2))
     backward = torch.bmm(prev_read_weights, link)
     return forward, backward
+
+
+def sharpen_links(weights: Tensor, sharpness: Tensor, eps: float = 1e-6) -> Tensor:
+    """
+    Link sharpness enhancement (Csordás and Schmidhuber, 2019): forward or backward weightings
+    raised to a power ``s >= 1`` and renormalised, ``d^s / sum d^s`` with ``d = (w + eps) / max(w + eps)``,
+    so that a blurred temporal link still moves a read head to one slot.
+
+    :param weights: (B, R, N) forward or backward weightings
+    :param sharpness: (B, R), at least 1
+    :param eps: keeps ``0 ** s`` differentiable (and gives a uniform weighting where no link exists)
+    :return: (B, R, N), each row a distribution
+    """
+    lifted = weights + eps
+    scaled = lifted / lifted.amax(dim=-1, keepdim=True)
+    powered = scaled ** sharpness.unsqueeze(-1)
+    return powered / powered.sum(dim=-1, keepdim=True)
 
 
 def read_weights(backward: Tensor, content: Tensor, forward: Tensor, modes: Tensor) -> Tensor:

@@ -72,7 +72,9 @@ class Controller(nn.Module):
         """
         return nn.functional.linear(x, self.weight_input, self.bias)
 
-    def step(self, projected_input: Tensor, recurrent_input: Tensor, hidden: Tensor, cell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(
+        self, projected_input: Tensor, recurrent_input: Tensor, hidden: Tensor, cell: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """
         One controller step.
 

@@ -1,13 +1,13 @@
 """What every memory core shares: state handling, resets, flattening and the sequence loop."""
 
 import functools
-import math
 import warnings
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from sb3_memory.checks import check_float, check_int
 from sb3_memory.memory import native
 from sb3_memory.memory.controller import Controller
 
@@ -19,12 +19,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class MemoryCore(nn.Module):
@@ -74,9 +68,9 @@ class MemoryCore(nn.Module):
         self.backend = backend
         self._compiled_step = None
         self._native_kernels: dict[torch.dtype, native.NativeSequence] = {}
-        self.input_dim = check_positive_int("input_dim", input_dim)
-        self.controller_dim = check_positive_int("controller_dim", controller_dim)
-        self.controller = Controller(input_dim, recurrent_input_dim, controller_dim, controller)
+        self.input_dim = check_int("input_dim", input_dim)
+        self.controller_dim = check_int("controller_dim", controller_dim)
+        self.controller = Controller(self.input_dim, recurrent_input_dim, self.controller_dim, controller)
         self._initial_rows: dict[tuple[torch.device, torch.dtype], NamedTuple] = {}
 
     # --- state layout -------------------------------------------------------------------------
@@ -87,7 +81,9 @@ class MemoryCore(nn.Module):
 
     def initial_row(self, device: torch.device, dtype: torch.dtype) -> NamedTuple:
         """Initial state of one batch row; override to start from something other than zeros."""
-        return self.state_type(*(torch.zeros((1, *shape), device=device, dtype=dtype) for shape in self.state_shapes().values()))
+        return self.state_type(
+            *(torch.zeros((1, *shape), device=device, dtype=dtype) for shape in self.state_shapes().values())
+        )
 
     @functools.cached_property
     def _state_layout(self) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
@@ -111,7 +107,9 @@ class MemoryCore(nn.Module):
             self._initial_rows[key] = self.initial_row(*key)
         return self._initial_rows[key]
 
-    def initial_state(self, batch_size: int, device: Union[torch.device, str, None] = None, dtype: Optional[torch.dtype] = None) -> NamedTuple:
+    def initial_state(
+        self, batch_size: int, device: Union[torch.device, str, None] = None, dtype: Optional[torch.dtype] = None
+    ) -> NamedTuple:
         """
         Initial state for a batch.
 
@@ -119,7 +117,7 @@ class MemoryCore(nn.Module):
         :param device: defaults to the device of the parameters
         :param dtype: defaults to the dtype of the parameters
         """
-        check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
         reference = next(self.parameters())
         row = self._cached_initial_row(device or reference.device, dtype or reference.dtype)
         return self.state_type(*(field.expand(batch_size, *field.shape[1:]).clone() for field in row))
@@ -150,7 +148,9 @@ class MemoryCore(nn.Module):
             )
         shapes, sizes = self._state_layout
         # Contiguous copies: kernels on strided views may round differently from the original.
-        return self.state_type(*(part.reshape(flat.shape[0], *shape).contiguous() for part, shape in zip(torch.split(flat, sizes, dim=1), shapes)))
+        return self.state_type(
+            *(part.reshape(flat.shape[0], *shape).contiguous() for part, shape in zip(torch.split(flat, sizes, dim=1), shapes))
+        )
 
     # --- computation --------------------------------------------------------------------------
 
@@ -168,12 +168,17 @@ class MemoryCore(nn.Module):
         :return: features (B, output_dim) and the new state
         """
         if x.dim() != 2:
-            raise ValueError(f"forward expects x of shape (batch, {self.input_dim}), got {tuple(x.shape)}; use forward_sequence for (T, B, input_dim)")
+            raise ValueError(
+                f"forward expects x of shape (batch, {self.input_dim}), got {tuple(x.shape)}; "
+                "use forward_sequence for (T, B, input_dim)"
+            )
         starts = None if episode_starts is None else episode_starts.reshape(1, -1)
         features, state = self.forward_sequence(x.unsqueeze(0), state, starts)
         return features[0], state
 
-    def forward_sequence(self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, NamedTuple]:
+    def forward_sequence(
+        self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None
+    ) -> tuple[Tensor, NamedTuple]:
         """
         Run the core over a time-major chunk.
 
@@ -202,12 +207,16 @@ class MemoryCore(nn.Module):
             features, state = self.reference_sequence(x, self.unflatten_state(flat_state), episode_starts)
             return features, self.flatten_state(state)
         if flat_state.dim() != 2 or flat_state.shape[1] != self.state_size:
-            raise ValueError(f"flat state must have shape (batch, {self.state_size}) for this core, got {tuple(flat_state.shape)}")
+            raise ValueError(
+                f"flat state must have shape (batch, {self.state_size}) for this core, got {tuple(flat_state.shape)}"
+            )
         self._check_inputs(x, flat_state.shape[0], episode_starts)
         projected = self.controller.project_input(x)
         return native.fused_sequence(kernel, projected, flat_state, episode_starts, self._native_weights())
 
-    def reference_sequence(self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, NamedTuple]:
+    def reference_sequence(
+        self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None
+    ) -> tuple[Tensor, NamedTuple]:
         """
         :meth:`forward_sequence` through :meth:`step`, one step at a time in PyTorch: the reference
         the native kernels are tested against (and run with ``compile_step``).
@@ -267,6 +276,10 @@ class MemoryCore(nn.Module):
     def _native_config(self) -> dict[str, int]:
         return {}
 
+    def _native_unsupported(self) -> Optional[str]:
+        """Why this configuration has no native kernels, or None."""
+        return None
+
     def _native_weights(self) -> tuple[Optional[Tensor], ...]:
         """The weights the kernels use, in ``native.WEIGHT_NAMES`` order."""
         controller = self.controller
@@ -284,10 +297,10 @@ class MemoryCore(nn.Module):
         """The kernels to run ``x`` with, or None for the reference path."""
         if self.backend == "reference" or self.compile_step:
             return None
-        reason = None
-        if x.device.type != "cpu":
+        reason = self._native_unsupported()
+        if reason is None and x.device.type != "cpu":
             reason = f"the native memory kernels run on CPU only; {x.device.type} tensors use the reference path"
-        elif x.dtype not in native.SUPPORTED_DTYPES:
+        elif reason is None and x.dtype not in native.SUPPORTED_DTYPES:
             reason = f"the native memory kernels support float32 and float64; {x.dtype} uses the reference path"
         if reason is None and x.dtype not in self._native_kernels:
             try:
@@ -331,9 +344,13 @@ class MemoryCore(nn.Module):
         if batch_size != x.shape[1]:
             raise ValueError(f"state has batch size {batch_size} but x has batch size {x.shape[1]}")
         if episode_starts is not None and tuple(episode_starts.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"episode_starts must have shape (T, B) = {tuple(x.shape[:2])}, got {tuple(episode_starts.shape)}")
+            raise ValueError(
+                f"episode_starts must have shape (T, B) = {tuple(x.shape[:2])}, got {tuple(episode_starts.shape)}"
+            )
         if not torch.isfinite(x).all():
-            raise ValueError(f"{type(self).__name__} got non-finite input (NaN/Inf); check the observations (VecNormalize, VecCheckNan)")
+            raise ValueError(
+                f"{type(self).__name__} got non-finite input (NaN/Inf); check the observations (VecNormalize, VecCheckNan)"
+            )
 
     def diagnostics(self, state: NamedTuple) -> dict[str, float]:
         """Summary statistics of a state, for logging (``memory/`` keys)."""
@@ -363,12 +380,10 @@ class ExternalMemoryCore(MemoryCore):
         compile_step: bool,
         backend: str,
     ) -> None:
-        self.memory_units = check_positive_int("memory_units", memory_units)
-        self.memory_unit_size = check_positive_int("memory_unit_size", memory_unit_size)
-        self.num_read_heads = check_positive_int("num_read_heads", num_read_heads)
-        if isinstance(memory_init, bool) or not isinstance(memory_init, (int, float)) or not math.isfinite(memory_init):
-            raise ValueError(f"memory_init must be a finite number, got {memory_init!r}")
-        self.memory_init = float(memory_init)
+        self.memory_units = check_int("memory_units", memory_units)
+        self.memory_unit_size = check_int("memory_unit_size", memory_unit_size)
+        self.num_read_heads = check_int("num_read_heads", num_read_heads)
+        self.memory_init = check_float("memory_init", memory_init)
         super().__init__(input_dim, controller_dim, controller, num_read_heads * memory_unit_size, compile_step, backend)
 
     @property

@@ -1,6 +1,6 @@
 """Differentiable Neural Computer core (Graves et al., 2016, Nature)."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ class DNCState(NamedTuple):
     memory: Tensor  # (B, N, W)
     read_vectors: Tensor  # (B, R, W)
     read_weights: Tensor  # (B, R, N)
-    write_weights: Tensor  # (B, N)
+    write_weights: Tensor  # (B, 1, N): one write head, shaped like the NTM's (B, H_w, N)
     usage: Tensor  # (B, N)
     precedence: Tensor  # (B, N)
     link: Tensor  # (B, N, N)
@@ -43,8 +43,18 @@ class DNCCell(ExternalMemoryCore):
     :param memory_unit_size: W, size of each slot
     :param num_read_heads: R
     :param memory_init: constant value of every memory cell at an episode start
+    :param content_masks: masked content addressing: every head also emits a mask over the word
+        and looks up by the masked part only (Csordás and Schmidhuber, 2019)
+    :param deallocate: the free gates also erase what they release, so freed words stop matching
+        content lookups (Csordás and Schmidhuber, 2019)
+    :param link_sharpness: the forward and backward weightings are sharpened by a learned power
+        per read head (Csordás and Schmidhuber, 2019)
+    :param layer_norm: layer normalisation of the controller output, as the robust DNC
+        (Franke et al., 2018) does
     :param compile_step: compile the reference step with ``torch.compile`` (see :class:`MemoryCore`)
-    :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`)
+    :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`); the
+        native kernels implement the paper's DNC, so any of the four options above runs on the
+        reference path
     """
 
     state_type = DNCState
@@ -59,18 +69,49 @@ class DNCCell(ExternalMemoryCore):
         memory_unit_size: int = 16,
         num_read_heads: int = 2,
         memory_init: float = 1e-6,
+        content_masks: bool = False,
+        deallocate: bool = False,
+        link_sharpness: bool = False,
+        layer_norm: bool = False,
         compile_step: bool = False,
         backend: str = "auto",
     ) -> None:
+        self.options = {
+            "content_masks": content_masks,
+            "deallocate": deallocate,
+            "link_sharpness": link_sharpness,
+            "layer_norm": layer_norm,
+        }
+        for name, value in self.options.items():
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
+        enabled = [name for name, value in self.options.items() if value]
+        if enabled and backend == "native":
+            raise ValueError(f"the native kernels implement the paper's DNC; {enabled} need backend='reference' or 'auto'")
         super().__init__(
-            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step, backend
+            input_dim,
+            controller_dim,
+            controller,
+            memory_units,
+            memory_unit_size,
+            num_read_heads,
+            memory_init,
+            compile_step,
+            backend,
         )
-        r, w = num_read_heads, memory_unit_size
+        r, w = self.num_read_heads, self.memory_unit_size
         # Interface layout, grouped by nonlinearity so each group is activated in one call:
-        # [read keys, write key, write vector] raw | [read strengths, write strength] oneplus |
-        # [erase, free gates, allocation gate, write gate] sigmoid | read modes, softmax per head.
-        self._sizes = (r * w + 2 * w, r + 1, w + r + 2, 3 * r)
-        self.interface = nn.Linear(controller_dim, sum(self._sizes))
+        # [read keys, write key, write vector] raw | [read strengths, write strength, (forward and
+        # backward sharpness)] oneplus | [erase, free gates, allocation gate, write gate, (read
+        # masks, write mask)] sigmoid | read modes, softmax per head. Bracketed: options.
+        self._sizes = (
+            r * w + 2 * w,
+            r + 1 + (2 * r if link_sharpness else 0),
+            w + r + 2 + ((r + 1) * w if content_masks else 0),
+            3 * r,
+        )
+        self.output_norm = nn.LayerNorm(self.controller_dim) if layer_norm else None
+        self.interface = nn.Linear(self.controller_dim, sum(self._sizes))
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         n, w, r = self.memory_units, self.memory_unit_size, self.num_read_heads
@@ -78,7 +119,7 @@ class DNCCell(ExternalMemoryCore):
             "memory": (n, w),
             "read_vectors": (r, w),
             "read_weights": (r, n),
-            "write_weights": (n,),
+            "write_weights": (1, n),
             "usage": (n,),
             "precedence": (n,),
             "link": (n, n),
@@ -89,33 +130,55 @@ class DNCCell(ExternalMemoryCore):
     def _native_config(self) -> dict[str, int]:
         return dict(N=self.memory_units, W=self.memory_unit_size, R=self.num_read_heads, Hw=1, P=self.interface.out_features)
 
+    def _native_unsupported(self) -> Optional[str]:
+        enabled = [name for name, value in self.options.items() if value]
+        return f"the native kernels implement the paper's DNC; {enabled} run on the reference path" if enabled else None
+
     def step(self, projected_input: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
         batch = projected_input.shape[0]
         r, w = self.num_read_heads, self.memory_unit_size
         output, hidden, cell = self.controller.step(
             projected_input, state.read_vectors.reshape(batch, -1), state.controller_hidden, state.controller_cell
         )
+        if self.output_norm is not None:
+            output = self.output_norm(output)
         raw, strengths, gates, modes = torch.split(self.interface(output), self._sizes, dim=1)
         read_keys, write_key, write_vector = torch.split(raw, (r * w, w, w), dim=1)
         read_keys = read_keys.view(batch, r, w)
         strengths = 1.0 + F.softplus(strengths)
-        erase, free_gates, allocation_gate, write_gate = torch.split(torch.sigmoid(gates), (w, r, 1, 1), dim=1)
+        gates = torch.sigmoid(gates)
+        erase, free_gates, allocation_gate, write_gate = torch.split(gates[:, : w + r + 2], (w, r, 1, 1), dim=1)
         modes = torch.softmax(modes.view(batch, r, 3), dim=-1)
 
-        usage = addressing.update_usage(state.usage, state.write_weights, free_gates, state.read_weights)
-        write_content = addressing.content_weights(state.memory, write_key.unsqueeze(1), strengths[:, r:])[:, 0]
+        def content(memory: Tensor, keys: Tensor, key_strengths: Tensor, mask_slice: slice) -> Tensor:
+            if not self.options["content_masks"]:
+                return addressing.content_weights(memory, keys, key_strengths)
+            masks = gates[:, w + r + 2 :][:, mask_slice].reshape(keys.shape)
+            return addressing.masked_content_weights(memory, keys, key_strengths, masks)
+
+        prev_write = state.write_weights[:, 0]
+        usage = addressing.update_usage(state.usage, prev_write, free_gates, state.read_weights)
+        write_content = content(state.memory, write_key.unsqueeze(1), strengths[:, r : r + 1], slice(r * w, None))[:, 0]
         allocation = addressing.allocation_weights(usage)
         write_weights = addressing.write_weights(allocation, write_content, allocation_gate[:, 0], write_gate[:, 0])
-        memory = addressing.write(state.memory, write_weights.unsqueeze(1), erase.unsqueeze(1), write_vector.unsqueeze(1))
+        retention = addressing.memory_retention(free_gates, state.read_weights) if self.options["deallocate"] else None
+        memory = addressing.write(
+            state.memory, write_weights.unsqueeze(1), erase.unsqueeze(1), write_vector.unsqueeze(1), retention
+        )
         link = addressing.update_link(state.link, state.precedence, write_weights)
         precedence = addressing.update_precedence(state.precedence, write_weights)
 
         forward, backward = addressing.directional_weights(link, state.read_weights)
-        read_content = addressing.content_weights(memory, read_keys, strengths[:, :r])
+        if self.options["link_sharpness"]:
+            forward = addressing.sharpen_links(forward, strengths[:, r + 1 : 2 * r + 1])
+            backward = addressing.sharpen_links(backward, strengths[:, 2 * r + 1 :])
+        read_content = content(memory, read_keys, strengths[:, :r], slice(0, r * w))
         read_weights = addressing.read_weights(backward, read_content, forward, modes)
         read_vectors = addressing.read(memory, read_weights)
         features = torch.cat([output, read_vectors.reshape(batch, -1)], dim=1)
-        new_state = DNCState(memory, read_vectors, read_weights, write_weights, usage, precedence, link, hidden, cell)
+        new_state = DNCState(
+            memory, read_vectors, read_weights, write_weights.unsqueeze(1), usage, precedence, link, hidden, cell
+        )
         return features, new_state
 
     def diagnostics(self, state: DNCState) -> dict[str, float]:

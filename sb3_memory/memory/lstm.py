@@ -30,11 +30,18 @@ class LSTMCore(MemoryCore):
     native_core = "plain"
 
     def __init__(
-        self, input_dim: int, controller_dim: int = 64, controller: str = "lstm", compile_step: bool = False, backend: str = "auto"
+        self,
+        input_dim: int,
+        controller_dim: int = 64,
+        controller: str = "lstm",
+        compile_step: bool = False,
+        backend: str = "auto",
     ) -> None:
         if controller == "mlp":
             raise ValueError("LSTMCore needs a recurrent controller: use controller='lstm' or 'gru'")
-        super().__init__(input_dim, controller_dim, controller, recurrent_input_dim=0, compile_step=compile_step, backend=backend)
+        super().__init__(
+            input_dim, controller_dim, controller, recurrent_input_dim=0, compile_step=compile_step, backend=backend
+        )
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"controller_hidden": (self.controller.hidden_size,), "controller_cell": (self.controller.cell_size,)}

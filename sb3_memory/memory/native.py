@@ -93,7 +93,7 @@ def _cpu_identity() -> str:
 def _flag_sets() -> list[list[str]]:
     common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=off"]
     common += os.environ.get("SB3_MEMORY_CXXFLAGS", "").split()  # e.g. "-g" to profile the kernels
-    return [common + ["-march=native"], common]
+    return [[*common, "-march=native"], common]
 
 
 def _build(compiler: str, dtype: torch.dtype) -> Path:
@@ -250,7 +250,7 @@ class NativeSequence:
         # d(out) / dW summed over the chunk = d(out)^T @ (what W multiplied).
         records = tape.reshape(batch * steps, self.tape_size)
         gates = d_projected.transpose(0, 1).reshape(batch * steps, config.G)
-        w_rec, w_hid, b_hid, w_if, b_if = weights
+        w_rec, w_hid, _, w_if, _ = weights
 
         def columns(start: int, width: int) -> Tensor:
             return records[:, start : start + width]
@@ -278,7 +278,14 @@ class NativeSequence:
 
 class _FusedSequenceFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, kernel: NativeSequence, starts: Optional[Tensor], projected: Tensor, state: Tensor, *weights: Optional[Tensor]):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        kernel: NativeSequence,
+        starts: Optional[Tensor],
+        projected: Tensor,
+        state: Tensor,
+        *weights: Optional[Tensor],
+    ):  # type: ignore[override]
         features, final, tape = kernel.forward(projected, state, starts, weights, record=True)
         ctx.kernel = kernel
         ctx.set_materialize_grads(False)

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sb3_memory.checks import check_int
 from sb3_memory.memory import addressing
-from sb3_memory.memory.core import ExternalMemoryCore, check_positive_int, weighting_entropy
+from sb3_memory.memory.core import ExternalMemoryCore, weighting_entropy
 
 
 class NTMState(NamedTuple):
@@ -65,21 +66,30 @@ class NTMCell(ExternalMemoryCore):
         compile_step: bool = False,
         backend: str = "auto",
     ) -> None:
-        self.num_write_heads = check_positive_int("num_write_heads", num_write_heads)
-        self.shift_range = check_positive_int("shift_range", shift_range, minimum=0)
+        self.num_write_heads = check_int("num_write_heads", num_write_heads)
+        self.shift_range = check_int("shift_range", shift_range, 0)
         super().__init__(
-            input_dim, controller_dim, controller, memory_units, memory_unit_size, num_read_heads, memory_init, compile_step, backend
+            input_dim,
+            controller_dim,
+            controller,
+            memory_units,
+            memory_unit_size,
+            num_read_heads,
+            memory_init,
+            compile_step,
+            backend,
         )
-        if 2 * shift_range + 1 > memory_units:
+        n, w, k = self.memory_units, self.memory_unit_size, self.shift_range
+        if 2 * k + 1 > n:
             raise ValueError(
-                f"shift_range={shift_range} allows {2 * shift_range + 1} offsets but memory_units={memory_units}: "
-                f"use shift_range <= {(memory_units - 1) // 2} or more memory units"
+                f"shift_range={k} allows {2 * k + 1} offsets but memory_units={n}: "
+                f"use shift_range <= {(n - 1) // 2} or more memory units"
             )
-        num_heads = num_read_heads + num_write_heads
+        num_heads = self.num_read_heads + self.num_write_heads
         # Per head: key (W), strength, interpolation gate, shift logits (2k+1), sharpening.
-        self._head_params = memory_unit_size + 3 + (2 * shift_range + 1)
+        self._head_params = w + 3 + (2 * k + 1)
         # Per write head: erase (W) and add (W).
-        self.interface = nn.Linear(controller_dim, num_heads * self._head_params + 2 * num_write_heads * memory_unit_size)
+        self.interface = nn.Linear(self.controller_dim, num_heads * self._head_params + 2 * self.num_write_heads * w)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         n, w = self.memory_units, self.memory_unit_size

@@ -28,6 +28,11 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
 
     :param sequence_length: chunk length; must divide ``n_steps``, and ``batch_size`` must be a
         multiple of it. Default: the largest divisor of both that is at most 32
+    :param recall_coef: weight of the auxiliary recall loss (reconstruct the observation of ``k``
+        steps back from the memory core's output; see :mod:`sb3_memory.common.auxiliary`). 0: off
+    :param prediction_coef: weight of the auxiliary prediction loss (next observation and reward
+        from the core's output and the action). 0: off
+    :param recall_horizon: the longest ``k`` of the recall loss
     The other parameters are those of :class:`stable_baselines3.PPO`.
     """
 
@@ -45,7 +50,7 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         clip_range: Union[float, Schedule] = 0.2,
-        clip_range_vf: Union[None, float, Schedule] = None,
+        clip_range_vf: Union[float, Schedule, None] = None,
         normalize_advantage: bool = True,
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
@@ -54,6 +59,9 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
         sde_sample_freq: int = -1,
         target_kl: Optional[float] = None,
         sequence_length: Optional[int] = None,
+        recall_coef: float = 0.0,
+        prediction_coef: float = 0.0,
+        recall_horizon: int = 8,
         stats_window_size: int = 100,
         tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
@@ -89,69 +97,109 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
             _init_setup_model=False,
         )
         self.sequence_length = self._check_sequence_length(sequence_length, batch_size)
+        self._set_auxiliary(recall_coef, prediction_coef, recall_horizon)
         if _init_setup_model:
             self._setup_model()
 
+    # Fork of stable_baselines3 2.9.2's PPO.train, kept line for line; the changed lines carry
+    # "# sb3-memory" (tests/test_sb3_forks.py fails when the installed original changes).
     def train(self) -> None:
         """
-        PPO's update (as in :meth:`stable_baselines3.PPO.train`), on minibatches of whole chunks
-        replayed through the memory from their stored state.
+        Update policy using the currently gathered rollout buffer.
         """
+        # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
+        # Update optimizer learning rate
         self._update_learning_rate(self.policy.optimizer)
+        # Compute current clip range
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        # Optional: clip range for the value function
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
 
-        entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
+        entropy_losses = []
+        pg_losses, value_losses = [], []
+        clip_fractions = []
+
         continue_training = True
+        # train for n_epochs epochs
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
+            # Do a complete pass on the rollout buffer
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 actions = rollout_data.actions
                 if isinstance(self.action_space, spaces.Discrete):
+                    # Convert discrete action from float to long
                     actions = rollout_data.actions.long().flatten()
 
-                values, log_prob, entropy = self.policy.evaluate_actions(
-                    rollout_data.observations, actions, rollout_data.states, rollout_data.episode_starts
+                # sb3-memory: chunks replayed from their stored state, with the auxiliary losses of the replay
+                values, log_prob, entropy, auxiliary_losses = self.policy.evaluate_actions_with_auxiliary(
+                    rollout_data.observations, actions, rollout_data.states, rollout_data.episode_starts, rollout_data.rewards
                 )
                 values = values.flatten()
+                # Normalize advantage
                 advantages = rollout_data.advantages
+                # Normalization does not make sense if mini batchsize == 1, see GH issue #325
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
+                # ratio between old and new policy, should be one at the first iteration
                 ratio = th.exp(log_prob - rollout_data.old_log_prob)
+
+                # clipped surrogate loss
                 policy_loss_1 = advantages * ratio
                 policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
                 policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+
+                # Logging
                 pg_losses.append(policy_loss.item())
-                clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                clip_fraction = th.mean((th.abs(ratio - 1) > clip_range).float()).item()
+                clip_fractions.append(clip_fraction)
 
                 if self.clip_range_vf is None:
+                    # No clipping
                     values_pred = values
                 else:
+                    # Clip the difference between old and new value
+                    # NOTE: this depends on the reward scaling
                     values_pred = rollout_data.old_values + th.clamp(
                         values - rollout_data.old_values, -clip_range_vf, clip_range_vf
                     )
+                # Value loss using the TD(gae_lambda) target
                 value_loss = F.mse_loss(rollout_data.returns, values_pred)
                 value_losses.append(value_loss.item())
 
-                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
-                entropy_losses.append(entropy_loss.item())
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                # Entropy loss favor exploration
+                if entropy is None:
+                    # Approximate entropy when no analytical form
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
 
+                entropy_losses.append(entropy_loss.item())
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                loss = loss + self._auxiliary_loss(auxiliary_losses) if auxiliary_losses else loss  # sb3-memory
+
+                # Calculate approximate form of reverse KL Divergence for early stopping
+                # see issue #417: https://github.com/DLR-RM/stable-baselines3/issues/417
+                # and discussion in PR #419: https://github.com/DLR-RM/stable-baselines3/pull/419
+                # and Schulman blog: http://joschu.net/blog/kl-approx.html
                 with th.no_grad():
                     log_ratio = log_prob - rollout_data.old_log_prob
                     approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
                     approx_kl_divs.append(approx_kl_div)
+
                 if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
 
+                # Optimization step
                 self.policy.optimizer.zero_grad()
                 loss.backward()
+                # Clip grad norm
                 th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
 
@@ -160,6 +208,8 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
                 break
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        # Logs
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/value_loss", np.mean(value_losses))
@@ -169,10 +219,12 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+        self._record_auxiliary_losses()  # sb3-memory: aux/ losses
 
     def learn(
         self: SelfMemoryPPO,

@@ -1,0 +1,59 @@
+"""The methods forked from Stable-Baselines3 stay line-for-line comparable with the originals.
+
+When an SB3 upgrade changes an original, the hash test fails: review the upstream change, carry
+it into the fork, then record the new hash here. The marker test keeps every difference visible.
+"""
+
+import difflib
+import hashlib
+import inspect
+
+import pytest
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+from sb3_memory import MemoryA2C, MemoryPPO
+from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
+
+MARKER = "# sb3-memory"
+# sha256 of the originals in stable-baselines3 2.9.2, the version the forks were made from.
+FORKS = [
+    (PPO.train, MemoryPPO.train, "7c8d09940123242f0ac401c5ec2cc858b8bf3339f571c222382f048ffd8306ae"),
+    (A2C.train, MemoryA2C.train, "298ebd063ccbd98935e536541b6b75d2a2f2305e75140b975228a2ecb4b5e656"),
+    (
+        OnPolicyAlgorithm.collect_rollouts,
+        MemoryOnPolicyAlgorithm.collect_rollouts,
+        "07f9eed35d9d7392f6ce287dc9d55aede83d8b0f93d34cb5d643410cdf11e3b7",
+    ),
+]
+IDS = ["PPO.train", "A2C.train", "OnPolicyAlgorithm.collect_rollouts"]
+
+
+def digest(function) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("original,fork,expected", FORKS, ids=IDS)
+def test_installed_original_is_the_one_forked(original, fork, expected):
+    assert digest(original) == expected, (
+        f"stable-baselines3's {original.__qualname__} changed since the fork in {fork.__module__} was made: "
+        "review the change, carry it into the fork, then update the hash in this test"
+    )
+
+
+@pytest.mark.parametrize("original,fork,expected", FORKS, ids=IDS)
+def test_every_difference_from_the_original_is_marked(original, fork, expected):
+    upstream = inspect.getsource(original).splitlines()
+    ours = inspect.getsource(fork).splitlines()
+    matcher = difflib.SequenceMatcher(a=upstream, b=ours, autojunk=False)
+    unmarked = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        added = ours[j1:j2]
+        # A hunk is marked when one of its new lines carries the marker; a pure deletion cannot be.
+        if not any(MARKER in line for line in added):
+            unmarked.append("\n".join(["- " + line for line in upstream[i1:i2]] + ["+ " + line for line in added]))
+    assert not unmarked, f"unmarked changes in {fork.__qualname__}:\n\n" + "\n\n".join(unmarked)
+    # Most of the method is SB3's own text.
+    assert matcher.ratio() > 0.8
