@@ -142,7 +142,8 @@ def main() -> None:
     except ImportError:
         pass
     env_kwargs = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.env_kwargs)}
-    model = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}[args.algo].load(args.model, device="cpu")
+    algorithms: dict[str, type[Union[MemoryPPO, MemoryA2C]]] = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}
+    model = algorithms[args.algo].load(args.model, device="cpu")
     env = gym.make(args.env, **env_kwargs)
     obs_transform = None
     if args.vecnormalize:

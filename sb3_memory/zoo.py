@@ -80,6 +80,7 @@ from rl_zoo3 import exp_manager as _zoo_exp_manager
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
 from rl_zoo3.utils import ALGOS, get_class_by_name
+from stable_baselines3.common.base_class import BaseAlgorithm
 
 import sb3_memory.envs
 from sb3_memory.a2c import MemoryA2C
@@ -98,7 +99,7 @@ __all__ = [
 ]
 
 #: rl-zoo3 names of our algorithms.
-MEMORY_ALGOS = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}
+MEMORY_ALGOS: dict[str, type[BaseAlgorithm]] = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}
 
 #: Memory shape search space (policy_kwargs keys); only the keys the policy's core accepts are sampled.
 MEMORY_SHAPE_SPACE: dict[str, list[int]] = {
@@ -136,7 +137,7 @@ def _memory_shape_keys(policy: Any) -> list[str]:
     policy_class = _policy_class(policy)
     if policy_class is None or not issubclass(policy_class, MemoryActorCriticPolicy):
         return list(MEMORY_SHAPE_SPACE)
-    accepted = inspect.signature(CORES[policy_class.core_name].__init__).parameters
+    accepted = inspect.signature(CORES[policy_class.core_name]).parameters
     return [key for key in MEMORY_SHAPE_SPACE if key in accepted]
 
 
@@ -302,8 +303,9 @@ def _patch_experiment_manager() -> None:
     ):
         current = getattr(ExperimentManager, name)
         # Patched already (this module imported twice or reloaded): wrap the original, not the wrapper.
-        wrapper.original = current.original if getattr(current, "_sb3_memory_patch", False) else current  # type: ignore[attr-defined]
-        wrapper._sb3_memory_patch = True  # type: ignore[attr-defined]
+        original = current.original if getattr(current, "_sb3_memory_patch", False) else current
+        setattr(wrapper, "original", original)  # noqa: B010 (a function attribute, not in its type)
+        setattr(wrapper, "_sb3_memory_patch", True)  # noqa: B010
         setattr(ExperimentManager, name, wrapper)
 
 

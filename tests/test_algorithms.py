@@ -690,6 +690,7 @@ def test_memory_diagnostics_logged(algo, policy, tmp_path):
     model = make_model(algo, policy, short_episode_env)
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(2 * N_STEPS * model.n_envs, log_interval=1)
+    model.logger.close()
     with open(tmp_path / "progress.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2

@@ -103,6 +103,7 @@ def test_auxiliary_losses_are_logged_saved_and_loaded(tmp_path):
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(64)
     assert {"aux/recall_loss", "aux/prediction_loss"} <= set(model.logger.name_to_value)
+    model.logger.close()
     header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
     assert {"aux/recall_loss", "aux/prediction_loss"} <= set(header)
     model.save(tmp_path / "model.zip")

@@ -24,7 +24,8 @@ TINY = dict(memory_units=4, memory_unit_size=3, controller_dim=8, net_arch=[8])
 def zoo_train(*args: str, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "sb3_memory.zoo", "train", "--algo", "memory_ppo", "--env", ENV_ID, "--seed", "0",
                "--eval-freq", "-1", "--env-kwargs", "corridor_length:3", *args]  # fmt: skip
-    return subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    with log.open("w") as output:  # the child keeps its own descriptor
+        return subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:

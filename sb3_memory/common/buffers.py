@@ -1,7 +1,7 @@
 """Rollout buffers that serve whole sequence chunks together with the memory state at their start."""
 
 from collections.abc import Generator
-from typing import NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 import numpy as np
 import torch as th
@@ -45,6 +45,13 @@ class ChunkedStateMixin:
     pos: int
     full: bool
     generator_ready: bool
+
+    if TYPE_CHECKING:  # provided by the SB3 buffer this mixin is combined with
+
+        @staticmethod
+        def swap_and_flatten(arr: np.ndarray) -> np.ndarray: ...
+
+        def to_torch(self, array: np.ndarray, copy: bool = True) -> th.Tensor: ...
 
     def __init__(
         self,
@@ -120,6 +127,7 @@ class ChunkedStateMixin:
     def _get_chunk_samples(self, chunk_ids: np.ndarray, states: th.Tensor) -> MemoryRolloutBufferSamples:
         rows = (chunk_ids[None, :] * self.sequence_length + np.arange(self.sequence_length)[:, None]).reshape(-1)
         observations = self.observations  # type: ignore[attr-defined]
+        obs: Union[th.Tensor, TensorDict]
         if isinstance(observations, dict):
             obs = {key: self.to_torch(array[rows]) for key, array in observations.items()}
         else:
@@ -144,12 +152,13 @@ class ChunkedStateMixin:
         return self.chunk_states.element_size() * self.chunk_states.nelement() / (self.buffer_size * self.n_envs)
 
 
-class MemoryRolloutBuffer(ChunkedStateMixin, RolloutBuffer):
+# get() yields MemoryRolloutBufferSamples, not SB3's RolloutBufferSamples, as sb3-contrib's recurrent buffers do.
+class MemoryRolloutBuffer(ChunkedStateMixin, RolloutBuffer):  # type: ignore[misc]
     """
     :class:`~stable_baselines3.common.buffers.RolloutBuffer` that also stores the memory state at
     the start of each ``sequence_length`` chunk and yields :class:`MemoryRolloutBufferSamples`.
     """
 
 
-class MemoryDictRolloutBuffer(ChunkedStateMixin, DictRolloutBuffer):
+class MemoryDictRolloutBuffer(ChunkedStateMixin, DictRolloutBuffer):  # type: ignore[misc]
     """Dict-observation version of :class:`MemoryRolloutBuffer`."""

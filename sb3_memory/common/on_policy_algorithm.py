@@ -104,7 +104,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         if sequence_length is None:
             length = default_sequence_length(self.n_steps, batch_size)
             possible = default_sequence_length(self.n_steps, None)
-            if length < MIN_USEFUL_SEQUENCE_LENGTH <= possible:
+            if batch_size is not None and length < MIN_USEFUL_SEQUENCE_LENGTH <= possible:
                 warnings.warn(
                     f"sequence_length defaults to {length}, the largest chunk dividing both n_steps={self.n_steps} and "
                     f"batch_size={batch_size}: backpropagation through time spans only {length} step(s), too few to "

@@ -98,7 +98,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
                 "share_features_extractor=True, or use critic_memory='separate' or 'none'"
             )
         core_class = CORES[self.core_name]
-        accepted = set(inspect.signature(core_class.__init__).parameters) - {"self", "input_dim"}
+        accepted = set(inspect.signature(core_class).parameters) - {"input_dim"}
         unknown = sorted(set(core_kwargs) - accepted)
         if unknown:
             raise TypeError(
@@ -178,7 +178,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         """
         if self.critic_core is None:
             return state, None
-        actor, critic = th.split(state, (self._actor_state_size, self.critic_core.state_size), dim=1)
+        actor, critic = th.split(state, [self._actor_state_size, self.critic_core.state_size], dim=1)
         return actor, critic
 
     def join_state(self, actor: th.Tensor, critic: Optional[th.Tensor]) -> th.Tensor:
@@ -209,7 +209,8 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         """
         n_seq = state.shape[0]
         features = self.extract_features(obs)
-        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        # SB3 returns one tensor, or (actor's, critic's) without a shared extractor.
+        pi_features, vf_features = (features, features) if isinstance(features, th.Tensor) else features
         self._check_state(state, pi_features.shape[0])
         starts = episode_starts.reshape(-1, n_seq)
         actor_state, critic_state = self.split_state(state)
@@ -349,8 +350,8 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
                         f"{episode_start.shape}: pass the VecEnv's dones (or np.ones(n_envs) at the first step)"
                     )
                 starts = th.as_tensor(episode_start, dtype=th.float32, device=self.device).reshape(n_envs)
-            actions, state_tensor = self._predict(obs_tensor, state_tensor, starts, deterministic=deterministic)
-        actions = actions.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+            action_tensor, state_tensor = self._predict(obs_tensor, state_tensor, starts, deterministic=deterministic)
+        actions = action_tensor.cpu().numpy().reshape((-1, *(self.action_space.shape or ())))
         if isinstance(self.action_space, spaces.Box):
             if self.squash_output:
                 actions = self.unscale_action(actions)

@@ -5,7 +5,7 @@ plus flag channels) and a ``Discrete`` action space. Observations never depend o
 past actions in the symbol tasks, so a memoryless policy cannot use its actions as memory.
 """
 
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, Optional, Union
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +27,7 @@ class MemoryTaskEnv(gym.Env[np.ndarray, np.int64]):
     so no ``TimeLimit`` is needed; ``truncated`` is always ``False``.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata: dict[str, Any] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012 (gymnasium declares it so)
     observation_space: spaces.Box
     action_space: spaces.Discrete
 

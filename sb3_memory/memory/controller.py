@@ -86,6 +86,7 @@ class Controller(nn.Module):
         """
         size = self.hidden_dim
         if self.kind == "lstm":
+            assert self.weight_recurrent is not None  # an LSTM always multiplies its hidden state
             gates = torch.addmm(projected_input, torch.cat([recurrent_input, hidden], dim=1), self.weight_recurrent.t())
             in_forget_out = torch.sigmoid(gates[:, : 3 * size])
             candidate = torch.tanh(gates[:, 3 * size :])
@@ -101,5 +102,6 @@ class Controller(nn.Module):
             candidate = torch.tanh(from_input[:, 2 * size :] + reset_update[:, :size] * from_hidden[:, 2 * size :])
             hidden = torch.lerp(candidate, hidden, reset_update[:, size:])
             return hidden, hidden, cell
+        assert self.weight_recurrent is not None  # an MLP controller is only built with fed-back reads
         output = torch.relu(torch.addmm(projected_input, recurrent_input, self.weight_recurrent.t()))
         return output, hidden, cell

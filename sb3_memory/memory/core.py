@@ -2,7 +2,7 @@
 
 import functools
 import warnings
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,8 @@ from sb3_memory.memory import native
 from sb3_memory.memory.controller import Controller
 
 BACKENDS = ("auto", "native", "reference")
+# A core's state: a NamedTuple of batch-first tensors, of the core's ``state_type``.
+State = Any
 _warned: set[str] = set()
 
 
@@ -71,7 +73,7 @@ class MemoryCore(nn.Module):
         self.input_dim = check_int("input_dim", input_dim)
         self.controller_dim = check_int("controller_dim", controller_dim)
         self.controller = Controller(self.input_dim, recurrent_input_dim, self.controller_dim, controller)
-        self._initial_rows: dict[tuple[torch.device, torch.dtype], NamedTuple] = {}
+        self._initial_rows: dict[tuple[torch.device, torch.dtype], State] = {}
 
     # --- state layout -------------------------------------------------------------------------
 
@@ -79,7 +81,7 @@ class MemoryCore(nn.Module):
         """Shape of each state field for one batch row, in the order of ``state_type``."""
         raise NotImplementedError
 
-    def initial_row(self, device: torch.device, dtype: torch.dtype) -> NamedTuple:
+    def initial_row(self, device: torch.device, dtype: torch.dtype) -> State:
         """Initial state of one batch row; override to start from something other than zeros."""
         return self.state_type(
             *(torch.zeros((1, *shape), device=device, dtype=dtype) for shape in self.state_shapes().values())
@@ -101,7 +103,7 @@ class MemoryCore(nn.Module):
         """Size of the features returned at each step."""
         raise NotImplementedError
 
-    def _cached_initial_row(self, device: torch.device, dtype: torch.dtype) -> NamedTuple:
+    def _cached_initial_row(self, device: torch.device, dtype: torch.dtype) -> State:
         key = (torch.device(device), dtype)
         if key not in self._initial_rows:
             self._initial_rows[key] = self.initial_row(*key)
@@ -109,7 +111,7 @@ class MemoryCore(nn.Module):
 
     def initial_state(
         self, batch_size: int, device: Union[torch.device, str, None] = None, dtype: Optional[torch.dtype] = None
-    ) -> NamedTuple:
+    ) -> State:
         """
         Initial state for a batch.
 
@@ -119,10 +121,10 @@ class MemoryCore(nn.Module):
         """
         check_int("batch_size", batch_size)
         reference = next(self.parameters())
-        row = self._cached_initial_row(device or reference.device, dtype or reference.dtype)
+        row = self._cached_initial_row(torch.device(device or reference.device), dtype or reference.dtype)
         return self.state_type(*(field.expand(batch_size, *field.shape[1:]).clone() for field in row))
 
-    def reset_state(self, state: NamedTuple, mask: Tensor) -> NamedTuple:
+    def reset_state(self, state: State, mask: Tensor) -> State:
         """
         Reset the rows of ``state`` where ``mask`` is true to the initial state.
 
@@ -135,11 +137,11 @@ class MemoryCore(nn.Module):
             *(torch.where(mask.view(-1, *([1] * (field.dim() - 1))), initial, field) for field, initial in zip(state, row))
         )
 
-    def flatten_state(self, state: NamedTuple) -> Tensor:
+    def flatten_state(self, state: State) -> Tensor:
         """Concatenate all state fields into one ``(B, D)`` tensor."""
         return torch.cat([field.reshape(field.shape[0], -1) for field in state], dim=1)
 
-    def unflatten_state(self, flat: Tensor) -> NamedTuple:
+    def unflatten_state(self, flat: Tensor) -> State:
         """Inverse of :meth:`flatten_state`."""
         if flat.dim() != 2 or flat.shape[1] != self.state_size:
             raise ValueError(
@@ -148,17 +150,16 @@ class MemoryCore(nn.Module):
             )
         shapes, sizes = self._state_layout
         # Contiguous copies: kernels on strided views may round differently from the original.
-        return self.state_type(
-            *(part.reshape(flat.shape[0], *shape).contiguous() for part, shape in zip(torch.split(flat, sizes, dim=1), shapes))
-        )
+        parts = torch.split(flat, list(sizes), dim=1)
+        return self.state_type(*(part.reshape(flat.shape[0], *shape).contiguous() for part, shape in zip(parts, shapes)))
 
     # --- computation --------------------------------------------------------------------------
 
-    def step(self, projected_input: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
+    def step(self, projected_input: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step, from the controller's projected input (see ``Controller.project_input``)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, NamedTuple]:
+    def forward(self, x: Tensor, state: State, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, State]:
         """
         One time step for a batch.
 
@@ -176,9 +177,7 @@ class MemoryCore(nn.Module):
         features, state = self.forward_sequence(x.unsqueeze(0), state, starts)
         return features[0], state
 
-    def forward_sequence(
-        self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None
-    ) -> tuple[Tensor, NamedTuple]:
+    def forward_sequence(self, x: Tensor, state: State, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, State]:
         """
         Run the core over a time-major chunk.
 
@@ -214,9 +213,7 @@ class MemoryCore(nn.Module):
         projected = self.controller.project_input(x)
         return native.fused_sequence(kernel, projected, flat_state, episode_starts, self._native_weights())
 
-    def reference_sequence(
-        self, x: Tensor, state: NamedTuple, episode_starts: Optional[Tensor] = None
-    ) -> tuple[Tensor, NamedTuple]:
+    def reference_sequence(self, x: Tensor, state: State, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, State]:
         """
         :meth:`forward_sequence` through :meth:`step`, one step at a time in PyTorch: the reference
         the native kernels are tested against (and run with ``compile_step``).
@@ -234,6 +231,7 @@ class MemoryCore(nn.Module):
         # unbind, not projected[t]: indexing would make backward write T full-size gradients.
         for t, projected_t in enumerate(projected.unbind(0)):
             if resets[t]:
+                assert episode_starts is not None
                 state = self.reset_state(state, episode_starts[t])
             output, state = step(projected_t, state)
             outputs.append(output)
@@ -334,7 +332,7 @@ class MemoryCore(nn.Module):
         state.setdefault("_native_kernels", {})
         super().__setstate__(state)
 
-    def _check_state_type(self, state: NamedTuple) -> None:
+    def _check_state_type(self, state: State) -> None:
         if not isinstance(state, self.state_type):
             raise TypeError(f"state must be a {self.state_type.__name__}, got {type(state).__name__}; use initial_state()")
 
@@ -352,7 +350,7 @@ class MemoryCore(nn.Module):
                 f"{type(self).__name__} got non-finite input (NaN/Inf); check the observations (VecNormalize, VecCheckNan)"
             )
 
-    def diagnostics(self, state: NamedTuple) -> dict[str, float]:
+    def diagnostics(self, state: State) -> dict[str, float]:
         """Summary statistics of a state, for logging (``memory/`` keys)."""
         return {}
 
@@ -390,7 +388,7 @@ class ExternalMemoryCore(MemoryCore):
     def output_dim(self) -> int:
         return self.controller_dim + self.num_read_heads * self.memory_unit_size
 
-    def initial_row(self, device: torch.device, dtype: torch.dtype) -> NamedTuple:
+    def initial_row(self, device: torch.device, dtype: torch.dtype) -> State:
         row = super().initial_row(device, dtype)
         return row._replace(memory=torch.full_like(row.memory, self.memory_init))
 

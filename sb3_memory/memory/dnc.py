@@ -142,12 +142,12 @@ class DNCCell(ExternalMemoryCore):
         )
         if self.output_norm is not None:
             output = self.output_norm(output)
-        raw, strengths, gates, modes = torch.split(self.interface(output), self._sizes, dim=1)
-        read_keys, write_key, write_vector = torch.split(raw, (r * w, w, w), dim=1)
+        raw, strengths, gates, modes = torch.split(self.interface(output), list(self._sizes), dim=1)
+        read_keys, write_key, write_vector = torch.split(raw, [r * w, w, w], dim=1)
         read_keys = read_keys.view(batch, r, w)
         strengths = 1.0 + F.softplus(strengths)
         gates = torch.sigmoid(gates)
-        erase, free_gates, allocation_gate, write_gate = torch.split(gates[:, : w + r + 2], (w, r, 1, 1), dim=1)
+        erase, free_gates, allocation_gate, write_gate = torch.split(gates[:, : w + r + 2], [w, r, 1, 1], dim=1)
         modes = torch.softmax(modes.view(batch, r, 3), dim=-1)
 
         def content(memory: Tensor, keys: Tensor, key_strengths: Tensor, mask_slice: slice) -> Tensor:

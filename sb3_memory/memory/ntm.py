@@ -129,10 +129,10 @@ class NTMCell(ExternalMemoryCore):
             projected_input, state.read_vectors.reshape(batch, -1), state.controller_hidden, state.controller_cell
         )
         heads, erase, add = torch.split(
-            self.interface(output), ((reads + writes) * self._head_params, writes * w, writes * w), dim=1
+            self.interface(output), [(reads + writes) * self._head_params, writes * w, writes * w], dim=1
         )
         keys, strengths, gates, shifts, gammas = torch.split(
-            heads.view(batch, reads + writes, self._head_params), (w, 1, 1, 2 * self.shift_range + 1, 1), dim=-1
+            heads.view(batch, reads + writes, self._head_params), [w, 1, 1, 2 * self.shift_range + 1, 1], dim=-1
         )
         keys = torch.tanh(keys)
         strengths = F.softplus(strengths.squeeze(-1))
@@ -147,7 +147,7 @@ class NTMCell(ExternalMemoryCore):
         weights = addressing.interpolate(weights, previous, gates)
         weights = addressing.circular_shift(weights, shifts)
         weights = addressing.sharpen(weights, gammas)
-        read_weights, write_weights = torch.split(weights, (reads, writes), dim=1)
+        read_weights, write_weights = torch.split(weights, [reads, writes], dim=1)
 
         memory = addressing.write(state.memory, write_weights, erase, add)
         read_vectors = addressing.read(memory, read_weights)
