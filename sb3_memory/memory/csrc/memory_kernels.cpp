@@ -1142,11 +1142,11 @@ struct Dnc {
     }
     apply_norm_grad(dnew_mem, new_mem, mnorm2, dmnorm, n, w);
     F* dprev_rw = dstate_in + c.off_read_weights;
+    // forward: dprev_rw_r += L'^T dfwd_r (dfwd_r is in drw_r)
+    for (int64_t r = 0; r < R; ++r) gemv_cols(dprev_rw + r * n, new_link, drw + r * n, n, n);
     for (int64_t i = 0; i < n; ++i) {
       const F* link_i = new_link + i * n;
       for (int64_t r = 0; r < R; ++r) {
-        // forward: dprev_rw_r += dfwd_r[i] L'_i
-        axpy(dprev_rw + r * n, link_i, drw[r * n + i], n);
         // backward weighting b_r[j] = sum_i prev_rw_r[i] L'[i, j]
         dprev_rw[r * n + i] += dot(dbwd + r * n, link_i, n);
         axpy(dlink + i * n, dbwd + r * n, prev_rw[r * n + i], n);

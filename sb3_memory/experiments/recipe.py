@@ -1,0 +1,119 @@
+"""One generic recipe, many settings: how the defaults of MemoryPPO were chosen.
+
+A new user does not tune: they run a generic recipe. This runs the one from the issue tracker
+(8 envs, n_steps 64, batch 256, 10 epochs, lr 3e-4, ent_coef 0.01, a 128-unit controller,
+N=32, W=16) on an env for every setting, core and seed, two runs at a time (one torch thread
+each), and scores each run by the mean return of 100 deterministic episodes. Results go to a
+JSON file per run (resumable) and a Markdown table.
+
+Settings are named overrides of the recipe, for example ``critic=separate`` or
+``max_grad_norm=5``; ``library`` is the package's current defaults.
+
+Usage (``scripts/recipe.py`` runs :func:`main`):
+    python scripts/recipe.py --env CartPoleNoVel-v1 --settings critic=shared critic=separate --seeds 0 1 2
+"""
+
+import argparse
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE: dict[str, Any] = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
+CORE_SHAPE: dict[str, dict[str, Any]] = {
+    "NTMPolicy": dict(controller_dim=128, memory_units=32, memory_unit_size=16),
+    "DNCPolicy": dict(controller_dim=128, memory_units=32, memory_unit_size=16),
+    "LSTMPolicy": dict(controller_dim=128),
+}
+# Baselines run with the same recipe (settings do not apply to them): sb3-contrib's RecurrentPPO
+# with its defaults (a 128-unit LSTM, and one of its own for the critic) and memoryless PPO.
+BASELINES = ("RecurrentPPO", "PPO")
+# Named settings: algorithm overrides and policy_kwargs overrides.
+SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "library": ({}, {}),
+    "critic=shared": ({}, dict(critic_memory="shared")),
+    "critic=separate": ({}, dict(critic_memory="separate")),
+    "critic=detached": ({}, dict(critic_memory="detached")),
+    "critic=none": ({}, dict(critic_memory="none")),
+    "separate+clip5": (dict(max_grad_norm=5.0), dict(critic_memory="separate")),
+    "separate+aux": (dict(recall_coef=1.0, prediction_coef=1.0), dict(critic_memory="separate")),
+    "separate+recall": (dict(recall_coef=1.0), dict(critic_memory="separate")),
+}
+
+
+def run_one(env_id: str, policy: str, setting: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
+    """Train and evaluate one run; reuse its result if it exists."""
+    path = out / f"{env_id.replace('/', '__')}-{policy}-{setting}-{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import torch
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    import sb3_memory.zoo  # noqa: F401  (registers CartPoleNoVel-v1 and the memory tasks)
+    from sb3_memory import MemoryPPO
+
+    torch.set_num_threads(1)
+    env = make_vec_env(env_id, n_envs=8, seed=seed)
+    model: Any
+    if policy == "RecurrentPPO":
+        model = RecurrentPPO("MlpLstmPolicy", env, seed=seed, policy_kwargs=dict(lstm_hidden_size=128), **RECIPE)
+    elif policy == "PPO":
+        model = PPO("MlpPolicy", env, seed=seed, **RECIPE)
+    else:
+        algo_overrides, policy_overrides = SETTINGS[setting]
+        policy_kwargs = {**CORE_SHAPE[policy], **policy_overrides}
+        model = MemoryPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, **{**RECIPE, **algo_overrides})
+    model.learn(steps)
+    mean, std = evaluate_policy(model, env, n_eval_episodes=100, deterministic=True)
+    result = dict(env=env_id, policy=policy, setting=setting, seed=seed, steps=steps, mean=float(mean), std=float(std))
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def table(results: list[dict[str, Any]], settings: list[str], policies: list[str]) -> str:
+    lines = ["| setting | " + " | ".join(policies) + " |", "|---|" + "---|" * len(policies)]
+    for setting in settings:
+        cells = []
+        for policy in policies:
+            scores = [r["mean"] for r in results if r["setting"] == setting and r["policy"] == policy]
+            cells.append(f"{np.mean(scores):.1f} ({', '.join(f'{s:.0f}' for s in scores)})" if scores else "-")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="CartPoleNoVel-v1")
+    parser.add_argument("--policies", nargs="+", default=list(CORE_SHAPE), choices=[*CORE_SHAPE, *BASELINES])
+    parser.add_argument("--settings", nargs="+", default=["library"], choices=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=150_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    jobs = [
+        (args.env, policy, "library" if policy in BASELINES else setting, seed, args.steps, args.out)
+        for setting in args.settings
+        for policy in args.policies
+        for seed in args.seeds
+        if policy not in BASELINES or setting == args.settings[0]
+    ]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        results = []
+        for result in pool.map(run_one, *zip(*jobs)):
+            results.append(result)
+            print(f"{result['policy']} {result['setting']} seed {result['seed']}: {result['mean']:.1f}", flush=True)
+    print(f"\n{args.env}, {args.steps} steps, mean of 100 deterministic episodes per seed (seeds in brackets)\n")
+    print(table(results, sorted({r["setting"] for r in results}, key=[*args.settings, "library"].index), args.policies))
+    if any(math.isnan(r["mean"]) for r in results):
+        raise SystemExit("some runs produced NaN")
