@@ -15,6 +15,7 @@ from sb3_memory.common.policies import (
     NTMPolicy,
 )
 from sb3_memory.ppo import MemoryPPO
+from sb3_memory.ppo_mask import MaskableMemoryPPO
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "CnnNTMPolicy",
     "DNCPolicy",
     "LSTMPolicy",
+    "MaskableMemoryPPO",
     "MemoryA2C",
     "MemoryActorCriticPolicy",
     "MemoryPPO",

@@ -80,13 +80,16 @@ from rl_zoo3 import exp_manager as _zoo_exp_manager
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
 from rl_zoo3.utils import ALGOS, get_class_by_name
+from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import EvalCallback
 
 import sb3_memory.envs
 from sb3_memory.a2c import MemoryA2C
 from sb3_memory.common.policies import POLICY_ALIASES, MemoryActorCriticPolicy
 from sb3_memory.memory import CORES
 from sb3_memory.ppo import MemoryPPO
+from sb3_memory.ppo_mask import MaskableMemoryPPO
 
 __all__ = [
     "MEMORY_ALGOS",
@@ -99,7 +102,11 @@ __all__ = [
 ]
 
 #: rl-zoo3 names of our algorithms.
-MEMORY_ALGOS: dict[str, type[BaseAlgorithm]] = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}
+MEMORY_ALGOS: dict[str, type[BaseAlgorithm]] = {
+    "memory_ppo": MemoryPPO,
+    "memory_a2c": MemoryA2C,
+    "maskable_memory_ppo": MaskableMemoryPPO,
+}
 
 #: Memory shape search space (policy_kwargs keys); only the keys the policy's core accepts are sampled.
 MEMORY_SHAPE_SPACE: dict[str, list[int]] = {
@@ -296,10 +303,30 @@ def _load_trial(
     return params
 
 
+def _create_callbacks(self: ExperimentManager) -> None:
+    _create_callbacks.original(self)  # type: ignore[attr-defined]
+    if self.algo != "maskable_memory_ppo":
+        return
+    # rl-zoo3 evaluates without masks; sb3-contrib's MaskableEvalCallback passes the eval env's.
+    for index, callback in enumerate(self.callbacks):
+        if type(callback) is EvalCallback:
+            self.callbacks[index] = MaskableEvalCallback(
+                callback.eval_env,
+                callback_on_new_best=callback.callback_on_new_best,
+                n_eval_episodes=callback.n_eval_episodes,
+                eval_freq=callback.eval_freq,
+                log_path=None if callback.log_path is None else os.path.dirname(callback.log_path),
+                best_model_save_path=callback.best_model_save_path,
+                deterministic=callback.deterministic,
+                verbose=callback.verbose,
+            )
+
+
 def _patch_experiment_manager() -> None:
     for name, wrapper in (
         ("objective", _objective),
         ("load_trial", _load_trial),
+        ("create_callbacks", _create_callbacks),
     ):
         current = getattr(ExperimentManager, name)
         # Patched already (this module imported twice or reloaded): wrap the original, not the wrapper.
@@ -318,8 +345,14 @@ def register() -> None:
 
     sb3_memory.envs.register_envs()
     ALGOS.update(MEMORY_ALGOS)
-    HYPERPARAMS_SAMPLER.update({"memory_ppo": sample_memory_ppo_params, "memory_a2c": sample_memory_a2c_params})
-    HYPERPARAMS_CONVERTER.update({"memory_ppo": convert_memory_onpolicy_params, "memory_a2c": convert_memory_onpolicy_params})
+    HYPERPARAMS_SAMPLER.update(
+        {
+            "memory_ppo": sample_memory_ppo_params,
+            "memory_a2c": sample_memory_a2c_params,
+            "maskable_memory_ppo": sample_memory_ppo_params,
+        }
+    )
+    HYPERPARAMS_CONVERTER.update({name: convert_memory_onpolicy_params for name in MEMORY_ALGOS})
     _patch_experiment_manager()
 
 

@@ -1,7 +1,7 @@
 """Rollout buffers that serve whole sequence chunks together with the memory state at their start."""
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Optional, Union
 
 import numpy as np
 import torch as th
@@ -45,6 +45,17 @@ class ChunkedStateMixin:
     pos: int
     full: bool
     generator_ready: bool
+    # Arrays with one entry per step, flattened env-major by get(); subclasses add theirs.
+    per_step_arrays: ClassVar[tuple[str, ...]] = (
+        "observations",
+        "actions",
+        "values",
+        "log_probs",
+        "advantages",
+        "returns",
+        "episode_starts",
+        "rewards",
+    )
 
     if TYPE_CHECKING:  # provided by the SB3 buffer this mixin is combined with
 
@@ -100,16 +111,7 @@ class ChunkedStateMixin:
             )
         if not self.generator_ready:
             # Env-major flattening makes each chunk a contiguous block of sequence_length rows.
-            for name in (
-                "observations",
-                "actions",
-                "values",
-                "log_probs",
-                "advantages",
-                "returns",
-                "episode_starts",
-                "rewards",
-            ):
+            for name in self.per_step_arrays:
                 value = getattr(self, name)
                 if isinstance(value, dict):
                     setattr(self, name, {key: self.swap_and_flatten(array) for key, array in value.items()})
@@ -125,7 +127,7 @@ class ChunkedStateMixin:
             yield self._get_chunk_samples(order[start : start + per_batch], states)
 
     def _get_chunk_samples(self, chunk_ids: np.ndarray, states: th.Tensor) -> MemoryRolloutBufferSamples:
-        rows = (chunk_ids[None, :] * self.sequence_length + np.arange(self.sequence_length)[:, None]).reshape(-1)
+        rows = self._chunk_rows(chunk_ids)
         observations = self.observations  # type: ignore[attr-defined]
         obs: Union[th.Tensor, TensorDict]
         if isinstance(observations, dict):
@@ -144,6 +146,10 @@ class ChunkedStateMixin:
             rewards=self.to_torch(self.rewards[rows].flatten()),  # type: ignore[attr-defined]
             states=states[th.as_tensor(chunk_ids, device=states.device)],
         )
+
+    def _chunk_rows(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """Rows of the flattened arrays that make up the chunks, time-major: row ``t * B + b``."""
+        return (chunk_ids[None, :] * self.sequence_length + np.arange(self.sequence_length)[:, None]).reshape(-1)
 
     def state_nbytes_per_transition(self) -> float:
         """Bytes of stored memory state per stored transition."""

@@ -5,7 +5,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch as th
@@ -77,6 +77,8 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     policy: MemoryActorCriticPolicy
     rollout_buffer: MemoryRolloutBuffer
+    # Chunked buffers for Box / Dict observations (the maskable algorithm swaps in its own).
+    rollout_buffer_classes: ClassVar[tuple[type, type]] = (MemoryRolloutBuffer, MemoryDictRolloutBuffer)
     sequence_length: int
     recall_coef: float
     prediction_coef: float
@@ -132,9 +134,8 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         if tasks:
             # The decoders are part of the policy: saved, loaded and optimised with it.
             self.policy_kwargs = {**self.policy_kwargs, "auxiliary_tasks": tasks, "recall_horizon": self.recall_horizon}
-        self.rollout_buffer_class = (
-            MemoryDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else MemoryRolloutBuffer
-        )
+        box_buffer, dict_buffer = self.rollout_buffer_classes
+        self.rollout_buffer_class = dict_buffer if isinstance(self.observation_space, spaces.Dict) else box_buffer
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "sequence_length": self.sequence_length}
         super()._setup_model()
         if not isinstance(self.policy, MemoryActorCriticPolicy):
@@ -155,6 +156,10 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         total_timesteps = check_int("total_timesteps", total_timesteps, 0)
         with single_thread_on_cpu(self.device):
             return super().learn(total_timesteps, *args, **kwargs)
+
+    def _action_masks(self, env: VecEnv) -> Optional[np.ndarray]:
+        """The invalid-action masks of the current step (None: no masking; see MaskableMemoryPPO)."""
+        return None
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_memory_state", "_auxiliary_log"]
@@ -205,7 +210,10 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 # Convert to pytorch tensor or to TensorDict
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)  # sb3-memory
-                actions, values, log_probs, new_state = self.policy(obs_tensor, state, episode_starts)  # sb3-memory
+                action_masks = self._action_masks(env)  # sb3-memory: invalid-action masks, with MaskableMemoryPPO
+                actions, values, log_probs, new_state = self.policy(  # sb3-memory
+                    obs_tensor, state, episode_starts, action_masks=action_masks
+                )
             actions = actions.cpu().numpy()
 
             # Rescale and perform action
@@ -260,6 +268,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 self._last_episode_starts,  # type: ignore[arg-type]
                 values,
                 log_probs,
+                **({} if action_masks is None else {"action_masks": action_masks}),  # sb3-memory
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones

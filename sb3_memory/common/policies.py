@@ -22,6 +22,8 @@ from sb3_memory.common.auxiliary import AuxiliaryHeads
 from sb3_memory.memory import CORES, MemoryCore
 
 CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
+# Invalid-action masks, as sb3-contrib's maskable distributions take them.
+ActionMasks = Union[th.Tensor, np.ndarray]
 
 
 class MemoryActorCriticPolicy(ActorCriticPolicy):
@@ -234,14 +236,27 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         new_state = self.join_state(actor_state, critic_state)
         return latent_pi, latent_vf, new_state, pi_features
 
+    def _action_distribution(self, latent_pi: th.Tensor, action_masks: Optional[ActionMasks]) -> Distribution:
+        """The action distribution of the core's output; masked by a maskable policy (see :mod:`sb3_memory.ppo_mask`)."""
+        if action_masks is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes no action masks: train with MaskableMemoryPPO to use invalid-action masking"
+            )
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+
     def forward(  # type: ignore[override]
-        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, deterministic: bool = False
+        self,
+        obs: PyTorchObs,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        deterministic: bool = False,
+        action_masks: Optional[ActionMasks] = None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """
         One rollout step: actions, values, log-probabilities and the new state.
         """
         latent_pi, latent_vf, state, _ = self._run_cores(obs, state, episode_starts)
-        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+        distribution = self._action_distribution(latent_pi, action_masks)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
@@ -249,11 +264,11 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         return actions, values, log_prob, state
 
     def get_distribution(  # type: ignore[override]
-        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor
+        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, action_masks: Optional[ActionMasks] = None
     ) -> tuple[Distribution, th.Tensor]:
         """Action distribution and the new state."""
         latent_pi, _, state, _ = self._run_cores(obs, state, episode_starts)
-        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi)), state
+        return self._action_distribution(latent_pi, action_masks), state
 
     def predict_values(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:  # type: ignore[override]
         """Values of the observations under the given state."""
@@ -279,15 +294,17 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         state: th.Tensor,
         episode_starts: th.Tensor,
         rewards: Optional[th.Tensor],
+        action_masks: Optional[ActionMasks] = None,
     ) -> tuple[th.Tensor, th.Tensor, Optional[th.Tensor], dict[str, th.Tensor]]:
         """
         :meth:`evaluate_actions`, plus the auxiliary losses of the same replay (an empty dict when
         the policy has no auxiliary heads or ``rewards`` is None).
 
         :param rewards: ``(T * B,)``
+        :param action_masks: ``(T * B, mask_size)`` (maskable policies only)
         """
         latent_pi, latent_vf, _, features = self._run_cores(obs, state, episode_starts)
-        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+        distribution = self._action_distribution(latent_pi, action_masks)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
         losses: dict[str, th.Tensor] = {}
         if self.auxiliary is not None and rewards is not None:
@@ -306,9 +323,14 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         return values, distribution.log_prob(actions), distribution.entropy(), losses
 
     def _predict(  # type: ignore[override]
-        self, observation: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, deterministic: bool = False
+        self,
+        observation: PyTorchObs,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        deterministic: bool = False,
+        action_masks: Optional[ActionMasks] = None,
     ) -> tuple[th.Tensor, th.Tensor]:
-        distribution, state = self.get_distribution(observation, state, episode_starts)
+        distribution, state = self.get_distribution(observation, state, episode_starts, action_masks)
         return distribution.get_actions(deterministic=deterministic), state
 
     def predict(  # type: ignore[override]
@@ -317,6 +339,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         state: Optional[np.ndarray] = None,
         episode_start: Optional[np.ndarray] = None,
         deterministic: bool = False,
+        action_masks: Optional[np.ndarray] = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """
         Action for an observation, with the recurrent state passed back and forth as NumPy.
@@ -325,6 +348,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         :param state: the state returned by the previous call, or None to start afresh
         :param episode_start: which environments start a new episode (resets their state)
         :param deterministic: return the mode of the action distribution
+        :param action_masks: which actions are valid (maskable policies only)
         :return: the action(s) and the new state, ``(n_envs, state_size)``
         """
         self.set_training_mode(False)
@@ -350,7 +374,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
                         f"{episode_start.shape}: pass the VecEnv's dones (or np.ones(n_envs) at the first step)"
                     )
                 starts = th.as_tensor(episode_start, dtype=th.float32, device=self.device).reshape(n_envs)
-            action_tensor, state_tensor = self._predict(obs_tensor, state_tensor, starts, deterministic=deterministic)
+            action_tensor, state_tensor = self._predict(
+                obs_tensor, state_tensor, starts, deterministic=deterministic, action_masks=action_masks
+            )
         actions = action_tensor.cpu().numpy().reshape((-1, *(self.action_space.shape or ())))
         if isinstance(self.action_space, spaces.Box):
             if self.squash_output:

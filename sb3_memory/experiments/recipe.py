@@ -72,8 +72,9 @@ def run_one(env_id: str, policy: str, setting: str, seed: int, steps: int, out: 
         policy_kwargs = {**CORE_SHAPE[policy], **policy_overrides}
         model = MemoryPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, **{**RECIPE, **algo_overrides})
     model.learn(steps)
-    mean, std = evaluate_policy(model, env, n_eval_episodes=100, deterministic=True)
-    result = dict(env=env_id, policy=policy, setting=setting, seed=seed, steps=steps, mean=float(mean), std=float(std))
+    returns, _ = evaluate_policy(model, env, n_eval_episodes=100, deterministic=True, return_episode_rewards=True)
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    result = dict(env=env_id, policy=policy, setting=setting, seed=seed, steps=steps, mean=mean, std=std)
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     return result

@@ -134,7 +134,12 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
 
                 # sb3-memory: chunks replayed from their stored state, with the auxiliary losses of the replay
                 values, log_prob, entropy, auxiliary_losses = self.policy.evaluate_actions_with_auxiliary(
-                    rollout_data.observations, actions, rollout_data.states, rollout_data.episode_starts, rollout_data.rewards
+                    rollout_data.observations,
+                    actions,
+                    rollout_data.states,
+                    rollout_data.episode_starts,
+                    rollout_data.rewards,
+                    action_masks=getattr(rollout_data, "action_masks", None),
                 )
                 values = values.flatten()
                 # Normalize advantage

@@ -1,0 +1,105 @@
+"""Invalid-action masking with memory: sb3-contrib's masking pieces on the memory policies and buffers.
+
+The distributions come from ``sb3_contrib.common.maskable`` (``make_masked_proba_distribution``,
+``MaskableDistribution.apply_masking``) and the buffers extend sb3-contrib's
+``MaskableRolloutBuffer`` with the chunked memory state; nothing of the masking is written anew.
+"""
+
+from functools import partial
+from typing import NamedTuple, Optional, Union
+
+import numpy as np
+import torch as th
+from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
+from sb3_contrib.common.maskable.distributions import MaskableDistribution, make_masked_proba_distribution
+from stable_baselines3.common.type_aliases import Schedule, TensorDict
+
+from sb3_memory.common.buffers import ChunkedStateMixin
+from sb3_memory.common.policies import POLICY_ALIASES, ActionMasks, MemoryActorCriticPolicy
+
+
+class MaskableMemoryActorCriticPolicy(MemoryActorCriticPolicy):
+    """
+    :class:`~sb3_memory.common.policies.MemoryActorCriticPolicy` whose action distribution takes
+    invalid-action masks (Discrete, MultiDiscrete and MultiBinary actions): every method that
+    builds the distribution (rollout steps, training replay, ``predict``) takes ``action_masks``.
+    """
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        try:
+            masked = make_masked_proba_distribution(self.action_space)
+        except NotImplementedError:
+            raise ValueError(
+                f"invalid-action masking supports Discrete, MultiDiscrete and MultiBinary actions, not {self.action_space}"
+            ) from None
+        # SB3's _build only knows its own distributions: let it build everything, then give the
+        # action head the masked distribution's shape (two logits per MultiBinary entry) and the
+        # optimizer the final parameters.
+        super()._build(lr_schedule)
+        self.action_dist = masked
+        self.action_net = masked.proba_distribution_net(latent_dim=self.mlp_extractor.latent_dim_pi)
+        if self.ortho_init:
+            self.action_net.apply(partial(self.init_weights, gain=0.01))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+    def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> MaskableDistribution:  # type: ignore[override]
+        assert isinstance(self.action_dist, MaskableDistribution)
+        return self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))
+
+    def _action_distribution(self, latent_pi: th.Tensor, action_masks: Optional[ActionMasks]) -> MaskableDistribution:
+        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+        if action_masks is not None:
+            distribution.apply_masking(action_masks)
+        return distribution
+
+
+def _maskable(policy_class: type[MemoryActorCriticPolicy]) -> type[MaskableMemoryActorCriticPolicy]:
+    name = f"Maskable{policy_class.__name__}"
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": f":class:`{policy_class.__name__}` with action masks.",
+    }
+    return type(name, (MaskableMemoryActorCriticPolicy, policy_class), namespace)
+
+
+#: ``"NTMPolicy"`` ... ``"MultiInputLSTMPolicy"``, each with action masks (MaskableMemoryPPO's policy_aliases).
+MASKABLE_POLICY_ALIASES: dict[str, type[MaskableMemoryActorCriticPolicy]] = {
+    alias: _maskable(policy_class) for alias, policy_class in POLICY_ALIASES.items()
+}
+# Module attributes, so that saved models find their policy class again.
+globals().update({policy_class.__name__: policy_class for policy_class in MASKABLE_POLICY_ALIASES.values()})
+
+
+class MaskableMemoryRolloutBufferSamples(NamedTuple):
+    """:class:`~sb3_memory.common.buffers.MemoryRolloutBufferSamples` plus the action masks, ``(T * B, mask_size)``."""
+
+    observations: Union[th.Tensor, TensorDict]
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    episode_starts: th.Tensor
+    rewards: th.Tensor
+    states: th.Tensor
+    action_masks: th.Tensor
+
+
+class _MaskableChunks(ChunkedStateMixin):
+    per_step_arrays = (*ChunkedStateMixin.per_step_arrays, "action_masks")
+    action_masks: np.ndarray
+    mask_dims: int
+
+    def _get_chunk_samples(self, chunk_ids: np.ndarray, states: th.Tensor) -> MaskableMemoryRolloutBufferSamples:  # type: ignore[override]
+        samples = super()._get_chunk_samples(chunk_ids, states)
+        masks = self.to_torch(self.action_masks[self._chunk_rows(chunk_ids)].reshape(-1, self.mask_dims))
+        return MaskableMemoryRolloutBufferSamples(**samples._asdict(), action_masks=masks)
+
+
+class MaskableMemoryRolloutBuffer(_MaskableChunks, MaskableRolloutBuffer):  # type: ignore[misc]
+    """sb3-contrib's ``MaskableRolloutBuffer`` with the memory state of each chunk (see :class:`ChunkedStateMixin`)."""
+
+
+class MaskableMemoryDictRolloutBuffer(_MaskableChunks, MaskableDictRolloutBuffer):  # type: ignore[misc]
+    """Dict-observation version of :class:`MaskableMemoryRolloutBuffer`."""

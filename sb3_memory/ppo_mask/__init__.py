@@ -1,0 +1,3 @@
+from sb3_memory.ppo_mask.ppo_mask import MaskableMemoryPPO
+
+__all__ = ["MaskableMemoryPPO"]
