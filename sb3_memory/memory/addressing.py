@@ -3,6 +3,10 @@
 Every function is pure and batched: batch first, heads second, then memory slots ``N`` and
 word size ``W``. Parameters and nonlinearities live in the cores (:mod:`.ntm`, :mod:`.dnc`);
 this module only holds the equations, so that each one can be tested on its own.
+
+These functions are the reference (the oracle of the native kernels, :mod:`.native`) and what
+:mod:`sb3_memory.export` traces to ONNX, so they avoid in-place writes into views and caches of
+tensors.
 """
 
 from typing import Optional
@@ -85,23 +89,12 @@ def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
     :return: (B, H, N)
     """
     n, size = weights.shape[-1], shift.shape[-1]
-    # windows[..., i, o] = w[(i - (o - k)) mod N]: one gather and one batched matrix product,
-    # cheaper to differentiate than padding, unfolding and flipping.
-    windows = weights[..., _shift_index(n, size, weights.device)]  # (B, H, N, 2k+1)
+    # windows[..., i, o] = w[(i - (o - k)) mod N]: one gather, cheaper to differentiate than
+    # padding, unfolding and flipping.
+    slots = torch.arange(n, device=weights.device).unsqueeze(1)
+    offsets = torch.arange(size, device=weights.device).unsqueeze(0) - (size - 1) // 2
+    windows = weights[..., (slots - offsets) % n]  # (B, H, N, 2k+1)
     return torch.matmul(windows, shift.unsqueeze(-1)).squeeze(-1)
-
-
-def _shift_index(n: int, size: int, device: torch.device) -> Tensor:
-    key = (n, size, device)
-    if key not in _SHIFT_INDEX_CACHE:
-        k = (size - 1) // 2
-        slots = torch.arange(n, device=device).unsqueeze(1)
-        offsets = torch.arange(size, device=device).unsqueeze(0) - k
-        _SHIFT_INDEX_CACHE[key] = (slots - offsets) % n
-    return _SHIFT_INDEX_CACHE[key]
-
-
-_SHIFT_INDEX_CACHE: dict[tuple[int, int, torch.device], Tensor] = {}
 
 
 def sharpen(weights: Tensor, gamma: Tensor, eps: float = 1e-12) -> Tensor:
@@ -195,6 +188,23 @@ def allocation_weights(usage: Tensor) -> Tensor:
     return torch.zeros_like(usage).scatter(-1, order, sorted_allocation)
 
 
+def allocation_weights_by_rank(usage: Tensor) -> Tensor:
+    """
+    :func:`allocation_weights` without a sort: a slot's product runs over the slots that come
+    before it in the stable ascending order of usage, found by comparing every pair. O(N^2), for
+    graphs without a stable sort (ONNX); equal up to the order in which the products round.
+
+    :param usage: (B, N) in [0, 1]
+    :return: (B, N)
+    """
+    usage = USAGE_EPS + (1.0 - USAGE_EPS) * usage
+    index = torch.arange(usage.shape[-1], device=usage.device)
+    mine, theirs = usage.unsqueeze(-1), usage.unsqueeze(-2)  # (B, i, 1), (B, 1, j)
+    earlier = (theirs < mine) | ((theirs == mine) & (index.unsqueeze(0) < index.unsqueeze(1)))  # j before i
+    before = torch.where(earlier, theirs, torch.ones_like(theirs)).prod(dim=-1)
+    return (1.0 - usage) * before
+
+
 def write_weights(allocation: Tensor, content: Tensor, alloc_gate: Tensor, write_gate: Tensor) -> Tensor:
     """
     DNC write weighting: ``write_gate * (alloc_gate * a + (1 - alloc_gate) * c)``.
@@ -228,11 +238,11 @@ def update_link(link: Tensor, prev_precedence: Tensor, write_weights: Tensor) ->
     :param write_weights: (B, N)
     :return: (B, N, N)
     """
-    # Zeroing the diagonal in place saves a full (N, N) mask multiplication in the hot loop.
     scale = (1.0 - write_weights).unsqueeze(-1) - write_weights.unsqueeze(-2)
     new_link = torch.baddbmm(scale * link, write_weights.unsqueeze(-1), prev_precedence.unsqueeze(-2))
-    new_link.diagonal(dim1=-2, dim2=-1).zero_()
-    return new_link
+    # A mask rather than an in-place write into the diagonal view, so that the step exports to ONNX.
+    off_diagonal = 1.0 - torch.eye(link.shape[-1], dtype=link.dtype, device=link.device)
+    return new_link * off_diagonal
 
 
 def directional_weights(link: Tensor, prev_read_weights: Tensor) -> tuple[Tensor, Tensor]:

@@ -59,6 +59,8 @@ class DNCCell(ExternalMemoryCore):
 
     state_type = DNCState
     native_core = "dnc"
+    # The allocation weighting; sb3_memory.export swaps in the sort-free equivalent.
+    allocation = staticmethod(addressing.allocation_weights)
 
     def __init__(
         self,
@@ -159,7 +161,7 @@ class DNCCell(ExternalMemoryCore):
         prev_write = state.write_weights[:, 0]
         usage = addressing.update_usage(state.usage, prev_write, free_gates, state.read_weights)
         write_content = content(state.memory, write_key.unsqueeze(1), strengths[:, r : r + 1], slice(r * w, None))[:, 0]
-        allocation = addressing.allocation_weights(usage)
+        allocation = self.allocation(usage)
         write_weights = addressing.write_weights(allocation, write_content, allocation_gate[:, 0], write_gate[:, 0])
         retention = addressing.memory_retention(free_gates, state.read_weights) if self.options["deallocate"] else None
         memory = addressing.write(
