@@ -13,7 +13,7 @@ def test_derived_config_only_updates_policy_kwargs(config, tmp_path):
     from torch import nn
 
     original_path = ROOT / "zoo_configs" / config
-    overrides = {"compile_step": True, "critic_memory": "detached"}
+    overrides = {"memory_init": "random", "critic_memory": "shared"}
     derived_path = derived_config(original_path, tmp_path / "variant.yml", overrides)
     assert derived_path == tmp_path / "variant.yml"
     original = yaml.load(original_path.read_text(), Loader=yaml.UnsafeLoader)
@@ -23,9 +23,28 @@ def test_derived_config_only_updates_policy_kwargs(config, tmp_path):
         derived_entry = dict(derived[env_id])
         derived_kwargs = eval(derived_entry.pop("policy_kwargs"), {"nn": nn})
         original_kwargs = eval(entry.pop("policy_kwargs"), {"nn": nn})
-        assert original_kwargs["critic_memory"] != "detached"
+        assert original_kwargs["critic_memory"] != "shared" and "memory_init" not in original_kwargs
         assert derived_kwargs == {**original_kwargs, **overrides}
         assert derived_entry == dict(entry)
+
+
+def test_derived_config_removes_keys_for_the_lstm_control(tmp_path):
+    import yaml
+    from torch import nn
+
+    from sb3_memory.experiments.compare import ALGOS
+
+    _, config, params, overrides = ALGOS["memory_ppo-lstm"]
+    assert params == ["policy:'LSTMPolicy'"]
+    original = yaml.load((ROOT / "zoo_configs" / config).read_text(), Loader=yaml.UnsafeLoader)
+    derived = yaml.load(
+        derived_config(ROOT / "zoo_configs" / config, tmp_path / "lstm.yml", overrides).read_text(), Loader=yaml.UnsafeLoader
+    )
+    for env_id, entry in original.items():
+        original_kwargs = eval(entry["policy_kwargs"], {"nn": nn})
+        derived_kwargs = eval(derived[env_id]["policy_kwargs"], {"nn": nn})
+        assert "memory_units" in original_kwargs
+        assert derived_kwargs == {k: v for k, v in original_kwargs.items() if k not in overrides}
 
 
 def test_derived_config_with_mapping_policy_kwargs(tmp_path):
@@ -33,10 +52,11 @@ def test_derived_config_with_mapping_policy_kwargs(tmp_path):
 
     config = tmp_path / "config.yml"
     config.write_text("CartPole-v1:\n  n_envs: 2\n  policy_kwargs:\n    memory_units: 8\nPendulum-v1:\n  n_envs: 4\n")
-    derived = yaml.safe_load(derived_config(config, tmp_path / "out" / "variant.yml", {"compile_step": True}).read_text())
+    overrides = {"controller_dim": 32, "memory_units": None}
+    derived = yaml.safe_load(derived_config(config, tmp_path / "out" / "variant.yml", overrides).read_text())
     assert derived == {
-        "CartPole-v1": {"n_envs": 2, "policy_kwargs": {"memory_units": 8, "compile_step": True}},
-        "Pendulum-v1": {"n_envs": 4, "policy_kwargs": {"compile_step": True}},
+        "CartPole-v1": {"n_envs": 2, "policy_kwargs": {"controller_dim": 32}},
+        "Pendulum-v1": {"n_envs": 4, "policy_kwargs": {"controller_dim": 32}},
     }
 
 
@@ -79,12 +99,40 @@ def test_report_rows(tmp_path):
         )
 
     results = [run("ppo_lstm", 0, [100.0, 460.0]), run("ppo_lstm", 1, [300.0, 480.0]), run("ppo", 0, [10.0, 20.0])]
-    results.append({**run("memory_ppo-ntm", 0, [50.0, 70.0]), "compiled": True})
+    results += [run("memory_ppo-ntm", 0, [50.0, 70.0]), run("memory_ppo-ntm", 1, [50.0, 90.0])]
+    results += [run("memory_ppo-lstm", 0, [50.0, 30.0]), run("memory_ppo-lstm", 1, [50.0, 50.0])]
     write_report(results, tmp_path, "python scripts/compare.py --test")
     table = (tmp_path / "comparison.md").read_text()
-    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | 450.0 | 200 | 15 | 20 |" in table
-    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | -450.00 (p=nan) | 450.0 | - (0/1) | 10 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | - | 450.0 | 200 | 15 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | - | -450.00 (p=nan) | 450.0 | - (0/1) | 10 | 20 |" in table
+    # Welch with equal variances and two seeds each has df = 2, where p = 1 - t / sqrt(2 + t^2),
+    # t = difference / sqrt(200).
+    p_control, p_baseline = (1 - t / (2 + t * t) ** 0.5 for t in (40 / 200**0.5, 390 / 200**0.5))
     assert (
-        "| CartPoleNoVel-v1 | memory_ppo-ntm | 1 | 200 | 70.00 ± nan | -400.00 (p=nan) | 450.0 | - (0/1) | 10 | 20+ |" in table
+        f"| memory_ppo-ntm | 2 | 200 | 80.00 ± 127.06 | +40.00 (p={p_control:.3f}) | -390.00 (p={p_baseline:.3f}) |" in table
     )
+    assert "| memory_ppo-lstm | 2 | 200 | 40.00 ± 127.06 | - | -430.00 (p=" in table
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_runs_on_a_two_worker_ray_and_resumes(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    from sb3_memory.experiments import compare
+
+    argv = [
+        "compare.py", "--envs", "sb3_memory/PassiveTMaze-v0", "--env-kwargs", "corridor_length:3",
+        "--algos", "ppo", "memory_ppo-ntm", "--seeds", "0", "1", "--budget", "512", "--eval-freq", "256",
+        "--eval-episodes", "2", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--workers", "2",
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    compare.main()
+    printed = capsys.readouterr().out
+    results = sorted((tmp_path / "runs").rglob("result.json"))
+    assert len(results) == 4
+    assert printed.count("ETA") == 4 and "[4/4 done, 0 running, 0 waiting" in printed
+    assert (tmp_path / "out" / "comparison.md").exists() and (tmp_path / "out" / "comparison.png").exists()
+    # Same folder again: every run is read back, none is trained again.
+    stamps = [path.stat().st_mtime_ns for path in results]
+    compare.main()
+    assert "4 of 4 runs already finished" in capsys.readouterr().out
+    assert [path.stat().st_mtime_ns for path in results] == stamps

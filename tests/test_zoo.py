@@ -154,7 +154,7 @@ def test_train_saves_loadable_model(trained_tmaze):
     assert isinstance(model.policy, NTMPolicy)
     assert model.num_timesteps == 256
     assert (model.n_steps, model.batch_size, model.sequence_length) == (64, 64, 32)
-    assert model.policy.critic_memory == "shared"
+    assert model.policy.critic_memory == "detached"
     assert model.policy.core_kwargs == {
         "memory_units": 16, "memory_unit_size": 16, "num_read_heads": 1, "controller_dim": 64,
     }  # fmt: skip
@@ -250,7 +250,7 @@ def test_config_entry_builds_model(algo, env_id, tmp_path):
             kwargs = model.policy.core_kwargs
             assert kwargs["memory_units"] in (16, 32) and kwargs["memory_unit_size"] == 16
             assert kwargs["controller_dim"] == 64 and kwargs["num_read_heads"] == 1
-            assert model.policy.critic_memory == ("separate" if "NoVel" in env_id else "shared")
+            assert model.policy.critic_memory == ("separate" if "NoVel" in env_id else "detached")
             assert model.sequence_length == entry["sequence_length"]
             assert model.n_steps % model.sequence_length == 0
             if algo == "memory_ppo":
@@ -392,7 +392,7 @@ def test_trial_id_loading_merges_config_policy_kwargs(tmp_path):
         "memory_unit_size": 8,
         "num_read_heads": 1,
         "controller_dim": 32,
-        "critic_memory": "shared",  # YAML only: survives
+        "critic_memory": "detached",  # YAML only: survives
     }
     assert hyperparams["n_steps"] == 32 and hyperparams["sequence_length"] == 16
     assert hyperparams["env_kwargs"] == {"corridor_length": 100}

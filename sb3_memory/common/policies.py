@@ -39,11 +39,13 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
     Sequences are passed flattened time-major: ``obs`` of shape ``(T * B, ...)`` with the state
     of the B sequences at their first step, ``(B, state_size)``; rollouts use T = 1.
 
-    :param critic_memory: ``"shared"``: one core feeds both heads (the value loss trains it too);
-        ``"detached"``: one core feeds both heads, but only the policy loss trains it (the critic
-        reads a detached copy, as sb3-contrib's ``shared_lstm=True``);
-        ``"separate"``: the critic has its own core of the same configuration (twice the state);
-        ``"none"``: the critic sees only the current features, through a linear layer
+    :param critic_memory: ``"detached"`` (default): one core feeds both heads, but only the policy
+        loss trains it (the critic reads a detached copy, as sb3-contrib's ``shared_lstm=True``);
+        ``"shared"``: one core, trained by both losses; ``"separate"``: the critic has its own core
+        of the same configuration (twice the state, as ``enable_critic_lstm=True``); ``"none"``:
+        the critic sees only the current features, through a linear layer. The default is the
+        best of the four on a generic recipe (README, "Defaults"); with ``"shared"`` the value
+        loss's large gradients wreck the memory there
     :param auxiliary_tasks: the auxiliary losses to build decoders for (see
         :mod:`sb3_memory.common.auxiliary`); the algorithm sets it from its ``*_coef`` arguments
     :param recall_horizon: the longest lag of the recall task
@@ -77,7 +79,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         normalize_images: bool = True,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: Optional[dict[str, Any]] = None,
-        critic_memory: str = "shared",
+        critic_memory: str = "detached",
         auxiliary_tasks: tuple[str, ...] = (),
         recall_horizon: int = 8,
         **core_kwargs: Any,

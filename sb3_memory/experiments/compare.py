@@ -10,9 +10,13 @@ wall time, steps/second) and a PNG of learning curves (mean over seeds, band = m
 Usage (``scripts/compare.py`` runs :func:`main`):
     python scripts/compare.py --envs CartPoleNoVel-v1 --seeds 0 1 2 --budget 50000
     python scripts/compare.py --algos memory_ppo-dnc ppo_lstm --envs sb3_memory/PassiveTMaze-v0 \\
-        --env-kwargs corridor_length=10 --budget 100000
-    python scripts/compare.py --compile --envs sb3_memory/Copy-v0   # memory agents with compile_step=True
+        --env-kwargs corridor_length:10 --budget 100000
     python scripts/compare.py --report-only   # rebuild the table and figure from finished runs
+    python scripts/compare.py --workers 2     # two runs at a time, as tasks of a local Ray instance
+    python scripts/compare.py --ray-address auto --runs /shared/runs   # on a Ray cluster
+
+On a cluster every node runs its tasks in the same checkout path and writes to ``--runs``, which
+must be a file system all nodes share; the report reads the runs back from there.
 """
 
 import argparse
@@ -29,15 +33,32 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: zoo_configs/, runs/, docs/
 
-# name -> (zoo algorithm, config file, extra hyperparameters passed with -params, policy_kwargs overrides)
+# name -> (zoo algorithm, config file, extra hyperparameters passed with -params, policy_kwargs overrides;
+# an override of None removes the key)
+_NO_MEMORY = {"memory_units": None, "memory_unit_size": None, "num_read_heads": None}  # LSTMPolicy has no memory
+_AUX = ["recall_coef:0.1", "prediction_coef:0.1"]
 ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
     "memory_ppo-ntm": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {}),
     "memory_ppo-dnc": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'"], {}),
+    # The control: the same framework, recipe and critic, without the external memory.
+    "memory_ppo-lstm": ("memory_ppo", "memory_ppo.yml", ["policy:'LSTMPolicy'"], _NO_MEMORY),
+    "memory_ppo-ntm-aux": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'", *_AUX], {}),
+    "memory_ppo-dnc-aux": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'", *_AUX], {}),
+    "memory_ppo-lstm-aux": ("memory_ppo", "memory_ppo.yml", ["policy:'LSTMPolicy'", *_AUX], _NO_MEMORY),
+    # The value loss trains the core too (the default before 0.4).
+    "memory_ppo-ntm-shared": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "shared"}),
     "memory_a2c-dnc": ("memory_a2c", "memory_a2c.yml", ["policy:'DNCPolicy'"], {}),
+    "memory_a2c-lstm": ("memory_a2c", "memory_a2c.yml", ["policy:'LSTMPolicy'"], _NO_MEMORY),
     "ppo_lstm": ("ppo_lstm", "ppo_lstm.yml", [], {}),
     "ppo": ("ppo", "ppo.yml", [], {}),
-    # The critic reads the core without training it, as RecurrentPPO's shared_lstm=True does.
-    "memory_ppo-ntm-detached": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "detached"}),
+}
+# The "vs control" column compares a memory agent with the LSTMPolicy agent of the same settings.
+CONTROLS = {
+    "memory_ppo-ntm": "memory_ppo-lstm",
+    "memory_ppo-dnc": "memory_ppo-lstm",
+    "memory_ppo-ntm-aux": "memory_ppo-lstm-aux",
+    "memory_ppo-dnc-aux": "memory_ppo-lstm-aux",
+    "memory_a2c-dnc": "memory_a2c-lstm",
 }
 MEMORY_ALGOS = ("memory_ppo", "memory_a2c")
 ALGO_ORDER = list(ALGOS)  # table rows, legend and colours (an algorithm keeps its colour in every figure)
@@ -64,12 +85,9 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
     if result_file.exists():
         return json.loads(result_file.read_text())
     zoo_algo, config, params, policy_overrides = ALGOS[algo]
-    compiled = args.compile and zoo_algo in MEMORY_ALGOS
     config_path = ROOT / "zoo_configs" / config
-    if policy_overrides or compiled:
-        overrides = {**policy_overrides, **({"compile_step": True} if compiled else {})}
-        name = f"{algo}-compiled" if compiled else algo
-        config_path = derived_config(config_path, root / "configs" / f"{name}.yml", overrides)
+    if policy_overrides:
+        config_path = derived_config(config_path, root / "configs" / f"{algo}.yml", policy_overrides)
     command = [
         sys.executable, "-m", "sb3_memory.zoo", "train",
         "--algo", zoo_algo, "--env", env, "-conf", str(config_path),
@@ -100,7 +118,6 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
         timesteps=timesteps.tolist(),
         mean_returns=evaluations["results"].mean(axis=1).tolist(),
         wall_seconds=wall,
-        compiled=compiled,
         steps_per_second=float(timesteps[-1]) / wall if len(timesteps) else math.nan,
     )
     result_file.write_text(json.dumps(result))
@@ -110,23 +127,28 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
 def derived_config(config_path: Path, out_path: Path, policy_overrides: dict[str, Any]) -> Path:
     """
     Write a copy of a zoo config whose ``policy_kwargs`` are updated with ``policy_overrides``
-    in every entry (the rest of each entry is unchanged) and return its path.
+    in every entry (a value of ``None`` removes the key; the rest of each entry is unchanged) and
+    return its path.
 
-    Used for ``--compile`` (``compile_step=True``: ``torch.compile`` costs 10-60 s per process and
-    needs a C++ compiler, so the configs stay eager, but it roughly doubles the throughput of runs of
-    10^5-10^6 steps) and for the algorithm variants of ``ALGOS``.
+    Used for the algorithm variants of ``ALGOS``: the committed configs stay as they are.
     """
     import yaml
 
     entries = yaml.safe_load(config_path.read_text())
     for entry in entries.values():
         policy_kwargs = entry.get("policy_kwargs", {})
+        updates = {key: value for key, value in policy_overrides.items() if value is not None}
+        removed = sorted(key for key, value in policy_overrides.items() if value is None)
         if isinstance(policy_kwargs, dict):
-            entry["policy_kwargs"] = {**policy_kwargs, **policy_overrides}
+            entry["policy_kwargs"] = {k: v for k, v in {**policy_kwargs, **updates}.items() if k not in removed}
         else:  # a Python expression that rl-zoo3 evaluates
-            entry["policy_kwargs"] = f"{{**({policy_kwargs.strip()}), **{policy_overrides!r}}}"
+            merged = f"{{**({policy_kwargs.strip()}), **{updates!r}}}"
+            entry["policy_kwargs"] = f"{{k: v for k, v in {merged}.items() if k not in {removed!r}}}" if removed else merged
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(yaml.safe_dump(entries, sort_keys=False))
+    # Written under a private name, then renamed: parallel runs may derive the same config.
+    partial = out_path.with_suffix(f".{os.getpid()}.{time.monotonic_ns()}.tmp")
+    partial.write_text(yaml.safe_dump(entries, sort_keys=False))
+    os.replace(partial, out_path)
     return out_path
 
 
@@ -171,39 +193,44 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         "Final return: mean of the last evaluation (deterministic episodes) over seeds, ± half-width of the 95% "
         "t-interval. Steps to threshold: median over seeds of the first evaluation at or above it ('-' if a seed "
         "never reached it: count in brackets). Wall time and steps/s: median over seeds, one thread each, process "
-        "start-up and evaluations included; "
-        "a '+' after the steps/s marks memory agents run with compile_step=True (compilation time included). "
-        "vs RecurrentPPO: difference of the mean final returns, with the p-value of Welch's t-test (with 3 seeds "
-        "only large differences can reach p < 0.05). "
+        "start-up and evaluations included. "
+        "vs control: difference of the mean final returns from the LSTMPolicy agent of the same algorithm and "
+        "settings (the same framework without the external memory), with the p-value of Welch's t-test; "
+        "vs RecurrentPPO: the same against sb3-contrib's RecurrentPPO (with 3 seeds only large differences can "
+        "reach p < 0.05). "
         "Figure: mean over seeds, band from the lowest to the highest seed.",
         "",
-        "| env | algorithm | seeds | budget | final return | vs RecurrentPPO | threshold | steps to threshold "
-        "| wall (s) | steps/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| env | algorithm | seeds | budget | final return | vs control | vs RecurrentPPO | threshold "
+        "| steps to threshold | wall (s) | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
     for ax, env in zip(axes[0], envs):
         threshold = THRESHOLDS.get(env)
-        baseline = [r["mean_returns"][-1] for r in results if r["env"] == env and r["algo"] == BASELINE and r["timesteps"]]
+
+        def finals_of(algo: Optional[str], env: str = env) -> list[float]:
+            return [r["mean_returns"][-1] for r in results if r["env"] == env and r["algo"] == algo and r["timesteps"]]
+
+        def versus(finals: list[float], other: list[float]) -> str:
+            if not other:
+                return "-"
+            return f"{np.mean(finals) - np.mean(other):+.2f} (p={welch_p_value(finals, other):.3f})"
+
         for algo in algos:
             runs = [r for r in results if r["env"] == env and r["algo"] == algo and r["timesteps"]]
             if not runs:
                 continue
             finals = [r["mean_returns"][-1] for r in runs]
             mean, half = t_interval(finals)
-            versus = (
-                "-"
-                if algo == BASELINE or not baseline
-                else f"{mean - np.mean(baseline):+.2f} (p={welch_p_value(finals, baseline):.2f})"
-            )
+            versus_control = versus(finals, finals_of(CONTROLS.get(algo)))
+            versus_baseline = "-" if algo == BASELINE else versus(finals, finals_of(BASELINE))
             reached = [steps_to_threshold(r, threshold) for r in runs]
             hits = [s for s in reached if s is not None]
             steps = f"{int(np.median(hits))}" if len(hits) == len(runs) else f"- ({len(hits)}/{len(runs)})"
-            compiled_mark = "+" if all(r.get("compiled") for r in runs) else ""
             lines.append(
-                f"| {env} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | {versus} | "
-                f"{threshold} | {steps} | {np.median([r['wall_seconds'] for r in runs]):.0f} | "
-                f"{np.median([r['steps_per_second'] for r in runs]):.0f}{compiled_mark} |"
+                f"| {env} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | {versus_control} "
+                f"| {versus_baseline} | {threshold} | {steps} | {np.median([r['wall_seconds'] for r in runs]):.0f} | "
+                f"{np.median([r['steps_per_second'] for r in runs]):.0f} |"
             )
             length = min(len(r["timesteps"]) for r in runs)
             x = np.asarray(runs[0]["timesteps"][:length])
@@ -231,6 +258,68 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
 
 
+class Progress:
+    """One line per finished run: how many are done, running and left, and when all should be done."""
+
+    def __init__(self, total: int, parallel: int) -> None:
+        self.total, self.parallel, self.done = total, parallel, 0
+        self.started = time.perf_counter()
+
+    def finished(self, result: dict[str, Any]) -> None:
+        self.done += 1
+        left = self.total - self.done
+        running = min(self.parallel, left)
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * left  # runs finish at the pace so far
+        final = result["mean_returns"][-1] if result["mean_returns"] else math.nan
+        print(
+            f"[{self.done}/{self.total} done, {running} running, {left - running} waiting, ETA {eta / 60:.1f} min] "
+            f"{result['algo']} on {result['env']}, seed {result['seed']}: final {final:.2f}, {result['wall_seconds']:.0f} s",
+            flush=True,
+        )
+
+
+def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    Every (algo, env, seed), one at a time or as Ray tasks of one CPU each (``--workers`` > 1 starts
+    a local Ray instance, ``--ray-address`` joins a cluster). Finished runs are read back, not rerun.
+    """
+    results = [
+        json.loads(path.read_text()) for path in (run_dir(args.runs, *job) / "result.json" for job in jobs) if path.exists()
+    ]
+    todo = [job for job in jobs if not (run_dir(args.runs, *job) / "result.json").exists()]
+    if results:
+        print(f"{len(results)} of {len(jobs)} runs already finished in {args.runs}")
+    if not todo:
+        return results
+    if args.workers <= 1 and args.ray_address is None:
+        progress = Progress(len(todo), 1)
+        for job in todo:
+            results.append(run_one(args.runs, *job, args))
+            progress.finished(results[-1])
+        return results
+    try:
+        import ray
+    except ImportError:
+        sys.exit("--workers > 1 and --ray-address need Ray: pip install 'sb3-memory[cluster]'")
+    if args.ray_address is None:
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=args.ray_address, log_to_driver=False)
+    try:
+        # One CPU per run; run_one also gives its training process one torch thread.
+        remote_run = ray.remote(num_cpus=1, max_retries=0)(run_one)
+        pending = [remote_run.remote(args.runs, *job, args) for job in todo]
+        progress = Progress(len(todo), int(ray.cluster_resources().get("CPU", 1)))
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            results.append(ray.get(finished[0]))
+            progress.finished(results[-1])
+    finally:
+        ray.shutdown()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
@@ -242,22 +331,17 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare", help="where runs are kept")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
-    parser.add_argument("--compile", action="store_true", help="memory agents run with compile_step=True")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time, as tasks of a local Ray instance (> 1)")
+    parser.add_argument("--ray-address", help="run on an existing Ray cluster (e.g. auto, or ray://head:10001)")
     args = parser.parse_args()
 
     jobs = [(a, e, s) for e in args.envs for a in args.algos for s in args.seeds]
-    results = []
-    for index, (algo, env, seed) in enumerate(jobs, 1):
-        if args.report_only:
-            result_file = run_dir(args.runs, algo, env, seed) / "result.json"
-            if result_file.exists():
-                results.append(json.loads(result_file.read_text()))
-            continue
-        print(f"[{index}/{len(jobs)}] {algo} on {env}, seed {seed} ...", end=" ", flush=True)
-        result = run_one(args.runs, algo, env, seed, args)
-        results.append(result)
-        print(f"final {result['mean_returns'][-1]:.2f}, {result['wall_seconds']:.0f} s", flush=True)
+    if args.report_only:
+        paths = (run_dir(args.runs, *job) / "result.json" for job in jobs)
+        results = [json.loads(path.read_text()) for path in paths if path.exists()]
+    else:
+        results = run_all(jobs, args)
     if not results:
         sys.exit("no finished runs to report")
     write_report(results, args.out, "python scripts/compare.py " + " ".join(sys.argv[1:]))
