@@ -2,6 +2,9 @@
 
 import re
 from pathlib import Path
+from typing import Optional
+
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -10,8 +13,8 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
-def run_example(source: str, capsys) -> float:
-    exec(compile(source, "README.md", "exec"), {})
+def run_example(source: str, capsys, namespace: Optional[dict] = None) -> float:
+    exec(compile(source, "README.md", "exec"), {} if namespace is None else namespace)
     printed = capsys.readouterr().out
     match = re.search(r"mean return (-?\d+\.\d+)", printed)
     assert match, f"the example printed no score: {printed!r}"
@@ -29,3 +32,17 @@ def test_top_example_trains_and_prints_its_score(capsys):
     if score < 0.9:
         score = run_example(source.replace("seed=0", "seed=1"), capsys)
     assert score >= 0.9
+
+
+def test_onnx_deployer_loop_scores_as_the_trained_model(capsys, tmp_path, monkeypatch):
+    """The deployer's loop, run on the top example's model, solves the task the model solved."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.chdir(tmp_path)
+    (deployer,) = [block for block in python_blocks() if "onnxruntime" in block]
+    namespace: dict = {}
+    assert run_example(python_blocks()[0], capsys, namespace) >= 0.9 or (
+        run_example(python_blocks()[0].replace("seed=0", "seed=1"), capsys, namespace) >= 0.9
+    )
+    assert run_example(deployer, capsys, namespace) == 1.0
+    assert (tmp_path / "tmaze_policy.onnx").is_file()

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import optuna
@@ -403,13 +403,17 @@ def test_trial_id_loading_merges_config_policy_kwargs(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_two_workers_share_one_journal_study(tmp_path):
-    storage_path = tmp_path / "tuning" / "study.log"
-    storage_path.parent.mkdir()
+@pytest.mark.parametrize("backend", ["journal", "url"])
+def test_two_workers_share_one_study(tmp_path, backend):
+    """A journal file, or a database URL (SQLite here; PostgreSQL and MySQL URLs take the same path)."""
+    (tmp_path / "tuning").mkdir()
+    if backend == "journal":
+        storage_argument = str(tmp_path / "tuning" / "study.log")
+        storage: Any = JournalStorage(JournalFileBackend(storage_argument))
+    else:
+        storage_argument = storage = f"sqlite:///{tmp_path / 'tuning' / 'study.db'}"
     study_name = "memory_ppo_tmaze"
-    study = optuna.create_study(
-        storage=JournalStorage(JournalFileBackend(str(storage_path))), study_name=study_name, direction="maximize"
-    )
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize")
     # Enqueued cheap parameters keep the test fast; the workers pick them up through Optuna.
     for units in (16, 32):
         study.enqueue_trial({**CHEAP_PPO_PARAMS, "memory_units": units})
@@ -420,7 +424,7 @@ def test_two_workers_share_one_journal_study(tmp_path):
         command = [
             sys.executable, "-m", "sb3_memory.zoo", "train", "--algo", "memory_ppo", "--env", TMAZE,
             "-conf", str(CONFIG_FILES["memory_ppo"]), "-optimize",
-            "--storage", str(storage_path), "--study-name", study_name,
+            "--storage", storage_argument, "--study-name", study_name,
             "--n-trials", "1", "--n-jobs", "1", "-n", "128", "--eval-episodes", "2", "--n-evaluations", "1",
             "--no-optim-plots", "--num-threads", "1", "--log-folder", str(tmp_path / f"worker{worker}"),
         ]  # fmt: skip
@@ -431,7 +435,6 @@ def test_two_workers_share_one_journal_study(tmp_path):
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-4000:]
 
-    storage = JournalStorage(JournalFileBackend(str(storage_path)))
     shared = optuna.load_study(study_name=study_name, storage=storage)
     assert len(shared.trials) == 2
     assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in shared.trials)

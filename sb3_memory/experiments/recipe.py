@@ -19,7 +19,7 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -43,12 +43,19 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "separate+clip5": (dict(max_grad_norm=5.0), dict(critic_memory="separate")),
     "separate+aux": (dict(recall_coef=1.0, prediction_coef=1.0), dict(critic_memory="separate")),
     "separate+recall": (dict(recall_coef=1.0), dict(critic_memory="separate")),
+    "clip=5": (dict(max_grad_norm=5.0), {}),
+    "clip=50": (dict(max_grad_norm=50.0), {}),
+    "aux": (dict(recall_coef=0.1, prediction_coef=0.1), {}),
+    "aux=1": (dict(recall_coef=1.0, prediction_coef=1.0), {}),
 }
 
 
-def run_one(env_id: str, policy: str, setting: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
+def run_one(
+    env_id: str, policy: str, setting: str, seed: int, steps: int, out: Path, env_kwargs: Optional[dict[str, Any]] = None
+) -> dict[str, Any]:
     """Train and evaluate one run; reuse its result if it exists."""
-    path = out / f"{env_id.replace('/', '__')}-{policy}-{setting}-{seed}.json"
+    task = env_id.replace("/", "__") + "".join(f"-{key}={value}" for key, value in sorted((env_kwargs or {}).items()))
+    path = out / f"{task}-{policy}-{setting}-{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     import torch
@@ -61,7 +68,7 @@ def run_one(env_id: str, policy: str, setting: str, seed: int, steps: int, out: 
     from sb3_memory import MemoryPPO
 
     torch.set_num_threads(1)
-    env = make_vec_env(env_id, n_envs=8, seed=seed)
+    env = make_vec_env(env_id, n_envs=8, seed=seed, env_kwargs=env_kwargs)
     model: Any
     if policy == "RecurrentPPO":
         model = RecurrentPPO("MlpLstmPolicy", env, seed=seed, policy_kwargs=dict(lstm_hidden_size=128), **RECIPE)
@@ -74,7 +81,9 @@ def run_one(env_id: str, policy: str, setting: str, seed: int, steps: int, out: 
     model.learn(steps)
     returns, _ = evaluate_policy(model, env, n_eval_episodes=100, deterministic=True, return_episode_rewards=True)
     mean, std = float(np.mean(returns)), float(np.std(returns))
-    result = dict(env=env_id, policy=policy, setting=setting, seed=seed, steps=steps, mean=mean, std=std)
+    result = dict(
+        env=env_id, env_kwargs=env_kwargs, policy=policy, setting=setting, seed=seed, steps=steps, mean=mean, std=std
+    )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     return result
@@ -94,6 +103,7 @@ def table(results: list[dict[str, Any]], settings: list[str], policies: list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPoleNoVel-v1")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. corridor_length:20 (integers)")
     parser.add_argument("--policies", nargs="+", default=list(CORE_SHAPE), choices=[*CORE_SHAPE, *BASELINES])
     parser.add_argument("--settings", nargs="+", default=["library"], choices=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -102,8 +112,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    env_kwargs = {key: int(value) for key, value in (item.split(":") for item in args.env_kwargs)}
     jobs = [
-        (args.env, policy, "library" if policy in BASELINES else setting, seed, args.steps, args.out)
+        (args.env, policy, "library" if policy in BASELINES else setting, seed, args.steps, args.out, env_kwargs)
         for setting in args.settings
         for policy in args.policies
         for seed in args.seeds
@@ -114,7 +125,8 @@ def main() -> None:
         for result in pool.map(run_one, *zip(*jobs)):
             results.append(result)
             print(f"{result['policy']} {result['setting']} seed {result['seed']}: {result['mean']:.1f}", flush=True)
-    print(f"\n{args.env}, {args.steps} steps, mean of 100 deterministic episodes per seed (seeds in brackets)\n")
+    task = f"{args.env} {env_kwargs}" if env_kwargs else args.env
+    print(f"\n{task}, {args.steps} steps, mean of 100 deterministic episodes per seed (seeds in brackets)\n")
     print(table(results, sorted({r["setting"] for r in results}, key=[*args.settings, "library"].index), args.policies))
     if any(math.isnan(r["mean"]) for r in results):
         raise SystemExit("some runs produced NaN")
