@@ -79,6 +79,22 @@ def test_welch_p_value_matches_hand_computation():
     assert math.isnan(welch_p_value([1.0, 1.0], [1.0, 1.0]))  # no spread on either side
 
 
+def test_thresholds_follow_the_difficulty(tmp_path):
+    from sb3_memory.experiments.compare import run_dir, task_name, threshold_for
+
+    assert threshold_for("sb3_memory/Copy-v0") == pytest.approx(9.0)  # length 10
+    assert threshold_for("sb3_memory/Copy-v0", ["length:5"]) == pytest.approx(4.5)
+    assert threshold_for("sb3_memory/RepeatAfterDelay-v0", ["delay:3", "episode_length:10"]) == pytest.approx(0.9 * 7)
+    assert threshold_for("sb3_memory/PassiveTMaze-v0", ["corridor_length:20"]) == pytest.approx(0.9)
+    assert threshold_for("CartPoleNoVel-v1") == 450.0 and threshold_for("Pendulum-v1") is None
+    assert task_name("sb3_memory/Copy-v0", ["length:5", "num_symbols:4"]) == "sb3_memory/Copy-v0 length=5 num_symbols=4"
+    easy, default = (
+        run_dir(tmp_path, "ppo", "sb3_memory/Copy-v0", 0, ["length:5"]),
+        run_dir(tmp_path, "ppo", "sb3_memory/Copy-v0", 0),
+    )
+    assert easy != default and easy.parent.name == "sb3_memory__Copy-v0-length=5"
+
+
 def test_steps_to_threshold_is_first_crossing():
     result = {"timesteps": [10, 20, 30, 40], "mean_returns": [1.0, 5.0, 3.0, 6.0]}
     assert steps_to_threshold(result, 5.0) == 20
@@ -103,8 +119,8 @@ def test_report_rows(tmp_path):
     results += [run("memory_ppo-lstm", 0, [50.0, 30.0]), run("memory_ppo-lstm", 1, [50.0, 50.0])]
     write_report(results, tmp_path, "python scripts/compare.py --test")
     table = (tmp_path / "comparison.md").read_text()
-    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | - | 450.0 | 200 | 15 | 20 |" in table
-    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | - | -450.00 (p=nan) | 450.0 | - (0/1) | 10 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | - | 450 | 200 | 15 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | - | -450.00 (p=nan) | 450 | - (0/1) | 10 | 20 |" in table
     # Welch with equal variances and two seeds each has df = 2, where p = 1 - t / sqrt(2 + t^2),
     # t = difference / sqrt(200).
     p_control, p_baseline = (1 - t / (2 + t * t) ** 0.5 for t in (40 / 200**0.5, 390 / 200**0.5))

@@ -11,7 +11,7 @@ Usage (``scripts/compare.py`` runs :func:`main`):
     python scripts/compare.py --envs CartPoleNoVel-v1 --seeds 0 1 2 --budget 50000
     python scripts/compare.py --algos memory_ppo-dnc ppo_lstm --envs sb3_memory/PassiveTMaze-v0 \\
         --env-kwargs corridor_length:10 --budget 100000
-    python scripts/compare.py --report-only   # rebuild the table and figure from finished runs
+    python scripts/compare.py --report-only   # rebuild the table and figure from every finished run in --runs
     python scripts/compare.py --workers 2     # two runs at a time, as tasks of a local Ray instance
     python scripts/compare.py --ray-address auto --runs /shared/runs   # on a Ray cluster
 
@@ -63,24 +63,55 @@ CONTROLS = {
 MEMORY_ALGOS = ("memory_ppo", "memory_a2c")
 ALGO_ORDER = list(ALGOS)  # table rows, legend and colours (an algorithm keeps its colour in every figure)
 BASELINE = "ppo_lstm"  # the "vs RecurrentPPO" column compares with this entry of ALGOS
-# Success thresholds for "steps to reach": about 90% of the optimal return.
-THRESHOLDS = {
-    "CartPoleNoVel-v1": 450.0,
-    "PendulumNoVel-v1": -300.0,
-    "sb3_memory/Copy-v0": 9.0,
-    "sb3_memory/RepeatAfterDelay-v0": 18.0,
-    "sb3_memory/AssociativeRecall-v0": 0.9,
-    "sb3_memory/PassiveTMaze-v0": 0.9,
-}
+# Success thresholds for "steps to reach": about 90% of the optimal return (the memory tasks' at
+# the difficulty run, from their optimal_return).
+THRESHOLDS = {"CartPoleNoVel-v1": 450.0, "PendulumNoVel-v1": -300.0}
+MEMORY_TASKS = [
+    "sb3_memory/Copy-v0",
+    "sb3_memory/RepeatAfterDelay-v0",
+    "sb3_memory/AssociativeRecall-v0",
+    "sb3_memory/PassiveTMaze-v0",
+]
 
 
-def run_dir(root: Path, algo: str, env: str, seed: int) -> Path:
-    return root / algo / env.replace("/", "__") / f"seed_{seed}"
+def parse_env_kwargs(items: Optional[list[str]]) -> dict[str, Any]:
+    """rl-zoo3's ``--env-kwargs key:value`` items as a dict (values as Python literals)."""
+    import ast
+
+    kwargs = {}
+    for item in items or []:
+        key, _, value = item.partition(":")
+        kwargs[key] = ast.literal_eval(value)
+    return kwargs
+
+
+def task_name(env: str, env_kwargs: Optional[list[str]] = None) -> str:
+    """The env id with the difficulty it runs at, e.g. ``sb3_memory/Copy-v0 length=5``."""
+    return " ".join([env, *(f"{key}={value}" for key, value in parse_env_kwargs(env_kwargs).items())])
+
+
+def threshold_for(env: str, env_kwargs: Optional[list[str]] = None) -> Optional[float]:
+    if env in THRESHOLDS:
+        return THRESHOLDS[env]
+    if env not in MEMORY_TASKS:
+        return None
+    import gymnasium as gym
+
+    import sb3_memory.envs  # noqa: F401  (registers the memory tasks)
+
+    task = gym.make(env, **parse_env_kwargs(env_kwargs))
+    threshold = 0.9 * task.unwrapped.optimal_return  # type: ignore[attr-defined]
+    task.close()
+    return threshold
+
+
+def run_dir(root: Path, algo: str, env: str, seed: int, env_kwargs: Optional[list[str]] = None) -> Path:
+    return root / algo / task_name(env, env_kwargs).replace("/", "__").replace(" ", "-") / f"seed_{seed}"
 
 
 def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one (algo, env, seed) through the zoo, unless it already finished; return its result."""
-    folder = run_dir(root, algo, env, seed)
+    folder = run_dir(root, algo, env, seed, args.env_kwargs)
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
@@ -114,6 +145,7 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
     result = dict(
         algo=algo,
         env=env,
+        env_kwargs=args.env_kwargs or [],
         seed=seed,
         timesteps=timesteps.tolist(),
         mean_returns=evaluations["results"].mean(axis=1).tolist(),
@@ -184,7 +216,10 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    envs = sorted({r["env"] for r in results})
+    def task_of(result: dict[str, Any]) -> str:
+        return task_name(result["env"], result.get("env_kwargs"))
+
+    tasks = sorted({task_of(r) for r in results})
     algos = [a for a in ALGO_ORDER if any(r["algo"] == a for r in results)]
     lines = [
         "# Memory agents against RecurrentPPO and PPO",
@@ -204,12 +239,13 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         "| steps to threshold | wall (s) | steps/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
-    for ax, env in zip(axes[0], envs):
-        threshold = THRESHOLDS.get(env)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        task_results = [r for r in results if task_of(r) == task and r["timesteps"]]
+        threshold = threshold_for(task_results[0]["env"], task_results[0].get("env_kwargs"))
 
-        def finals_of(algo: Optional[str], env: str = env) -> list[float]:
-            return [r["mean_returns"][-1] for r in results if r["env"] == env and r["algo"] == algo and r["timesteps"]]
+        def finals_of(algo: Optional[str], task_results: list[dict[str, Any]] = task_results) -> list[float]:
+            return [r["mean_returns"][-1] for r in task_results if r["algo"] == algo]
 
         def versus(finals: list[float], other: list[float]) -> str:
             if not other:
@@ -217,7 +253,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             return f"{np.mean(finals) - np.mean(other):+.2f} (p={welch_p_value(finals, other):.3f})"
 
         for algo in algos:
-            runs = [r for r in results if r["env"] == env and r["algo"] == algo and r["timesteps"]]
+            runs = [r for r in task_results if r["algo"] == algo]
             if not runs:
                 continue
             finals = [r["mean_returns"][-1] for r in runs]
@@ -227,10 +263,11 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             reached = [steps_to_threshold(r, threshold) for r in runs]
             hits = [s for s in reached if s is not None]
             steps = f"{int(np.median(hits))}" if len(hits) == len(runs) else f"- ({len(hits)}/{len(runs)})"
+            threshold_text = "-" if threshold is None else f"{threshold:g}"
+            wall, speed = np.median([r["wall_seconds"] for r in runs]), np.median([r["steps_per_second"] for r in runs])
             lines.append(
-                f"| {env} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | {versus_control} "
-                f"| {versus_baseline} | {threshold} | {steps} | {np.median([r['wall_seconds'] for r in runs]):.0f} | "
-                f"{np.median([r['steps_per_second'] for r in runs]):.0f} |"
+                f"| {task} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | {versus_control} "
+                f"| {versus_baseline} | {threshold_text} | {steps} | {wall:.0f} | {speed:.0f} |"
             )
             length = min(len(r["timesteps"]) for r in runs)
             x = np.asarray(runs[0]["timesteps"][:length])
@@ -244,7 +281,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
                 ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), alpha=0.2, color=color)
         if threshold is not None:
             ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(env)
+        ax.set_title(task, fontsize=10)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")
     # One legend for the figure: an algorithm may be missing from some panels.
@@ -285,9 +322,11 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
     a local Ray instance, ``--ray-address`` joins a cluster). Finished runs are read back, not rerun.
     """
     results = [
-        json.loads(path.read_text()) for path in (run_dir(args.runs, *job) / "result.json" for job in jobs) if path.exists()
+        json.loads(path.read_text())
+        for path in (run_dir(args.runs, *job, args.env_kwargs) / "result.json" for job in jobs)
+        if path.exists()
     ]
-    todo = [job for job in jobs if not (run_dir(args.runs, *job) / "result.json").exists()]
+    todo = [job for job in jobs if not (run_dir(args.runs, *job, args.env_kwargs) / "result.json").exists()]
     if results:
         print(f"{len(results)} of {len(jobs)} runs already finished in {args.runs}")
     if not todo:
@@ -322,7 +361,7 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--envs", nargs="+", default=[*THRESHOLDS, *MEMORY_TASKS])
     parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, help="steps per run (default: the configs' n_timesteps)")
@@ -331,15 +370,17 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare", help="where runs are kept")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rebuild the report from the finished runs of --runs (any difficulty)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="runs at a time, as tasks of a local Ray instance (> 1)")
     parser.add_argument("--ray-address", help="run on an existing Ray cluster (e.g. auto, or ray://head:10001)")
     args = parser.parse_args()
 
     jobs = [(a, e, s) for e in args.envs for a in args.algos for s in args.seeds]
-    if args.report_only:
-        paths = (run_dir(args.runs, *job) / "result.json" for job in jobs)
-        results = [json.loads(path.read_text()) for path in paths if path.exists()]
+    if args.report_only:  # every finished run of these algorithms, envs and seeds, at any difficulty
+        found = (json.loads(path.read_text()) for path in sorted(args.runs.glob("*/*/seed_*/result.json")))
+        results = [r for r in found if (r["algo"], r["env"], r["seed"]) in set(jobs)]
     else:
         results = run_all(jobs, args)
     if not results:
