@@ -17,11 +17,13 @@ import argparse
 import json
 import math
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE: dict[str, Any] = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
@@ -50,6 +52,15 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fast+clip=5": (dict(learning_rate=1e-3, n_epochs=4, n_steps=32, max_grad_norm=5.0), {}),
     "fast+aux": (dict(learning_rate=1e-3, n_epochs=4, n_steps=32, recall_coef=0.1, prediction_coef=0.1), {}),
     "aux": (dict(recall_coef=0.1, prediction_coef=0.1), {}),
+    # MemoryA2C (the recipe does not apply: A2C's own defaults, n_steps 5, unless overridden).
+    "a2c": (dict(algo="a2c"), {}),
+    "a2c+n_steps=32": (dict(algo="a2c", n_steps=32), {}),
+    "a2c+n_steps=32+adam": (
+        dict(
+            algo="a2c", n_steps=32, learning_rate=1e-3, max_grad_norm=5.0, policy_kwargs=dict(optimizer_class=torch.optim.Adam)
+        ),
+        {},
+    ),
     "aux=1": (dict(recall_coef=1.0, prediction_coef=1.0), {}),
 }
 
@@ -62,14 +73,13 @@ def run_one(
     path = out / f"{task}-{policy}-{setting}-{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    import torch
     from sb3_contrib import RecurrentPPO
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
     import sb3_memory.zoo  # noqa: F401  (registers CartPoleNoVel-v1 and the memory tasks)
-    from sb3_memory import MemoryPPO
+    from sb3_memory import MemoryA2C, MemoryPPO
 
     torch.set_num_threads(1)
     env = make_vec_env(env_id, n_envs=8, seed=seed, env_kwargs=env_kwargs)
@@ -79,9 +89,12 @@ def run_one(
     elif policy == "PPO":
         model = PPO("MlpPolicy", env, seed=seed, **RECIPE)
     else:
-        algo_overrides, policy_overrides = SETTINGS[setting]
-        policy_kwargs = {**CORE_SHAPE[policy], **policy_overrides}
-        model = MemoryPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, **{**RECIPE, **algo_overrides})
+        algo_overrides, policy_overrides = dict(SETTINGS[setting][0]), SETTINGS[setting][1]
+        policy_kwargs = {**CORE_SHAPE[policy], **algo_overrides.pop("policy_kwargs", {}), **policy_overrides}
+        if algo_overrides.pop("algo", "ppo") == "a2c":
+            model = MemoryA2C(policy, env, seed=seed, policy_kwargs=policy_kwargs, ent_coef=0.01, **algo_overrides)
+        else:
+            model = MemoryPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, **{**RECIPE, **algo_overrides})
     model.learn(steps)
     returns, _ = evaluate_policy(model, env, n_eval_episodes=100, deterministic=True, return_episode_rewards=True)
     mean, std = float(np.mean(returns)), float(np.std(returns))
@@ -114,6 +127,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe")
+    parser.add_argument("--table", type=Path, help="also write the table, with this command, to a Markdown file")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     env_kwargs = {key: int(value) for key, value in (item.split(":") for item in args.env_kwargs)}
@@ -130,7 +144,12 @@ def main() -> None:
             results.append(result)
             print(f"{result['policy']} {result['setting']} seed {result['seed']}: {result['mean']:.1f}", flush=True)
     task = f"{args.env} {env_kwargs}" if env_kwargs else args.env
-    print(f"\n{task}, {args.steps} steps, mean of 100 deterministic episodes per seed (seeds in brackets)\n")
-    print(table(results, sorted({r["setting"] for r in results}, key=[*args.settings, "library"].index), args.policies))
+    caption = f"{task}, {args.steps} steps, mean of 100 deterministic episodes per seed (seeds in brackets)"
+    markdown = table(results, sorted({r["setting"] for r in results}, key=[*args.settings, "library"].index), args.policies)
+    print(f"\n{caption}\n\n{markdown}")
+    if args.table:
+        command = "python scripts/recipe.py " + " ".join(sys.argv[1:])
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(f"# One generic recipe, several settings\n\nMade by `{command}`.\n{caption}.\n\n{markdown}\n")
     if any(math.isnan(r["mean"]) for r in results):
         raise SystemExit("some runs produced NaN")
