@@ -273,8 +273,10 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             x = np.asarray(runs[0]["timesteps"][:length])
             curves = np.asarray([r["mean_returns"][:length] for r in runs])
             centre = curves.mean(axis=0)
-            color = f"C{ALGO_ORDER.index(algo)}"
-            ax.plot(x, centre, label=algo, color=color)
+            # Matplotlib has 10 cycle colours; past them the colours repeat with a dashed line.
+            index = ALGO_ORDER.index(algo)
+            color = f"C{index % 10}"
+            ax.plot(x, centre, label=algo, color=color, linestyle="-" if index < 10 else "--")
             if len(runs) > 1:
                 # With a handful of seeds a t-interval band spills far past the possible returns;
                 # the figure shows the range over seeds, the table the interval.
