@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from sb3_memory.experiments.compare import ROOT, derived_config, steps_to_threshold, t_interval, welch_p_value, write_report
+from sb3_memory.experiments.compare import (
+    ALGOS,
+    CONTROLS,
+    ROOT,
+    derived_config,
+    steps_to_threshold,
+    t_interval,
+    welch_p_value,
+    write_report,
+)
 
 
 @pytest.mark.parametrize("config", ["memory_ppo.yml", "memory_a2c.yml"])
@@ -152,3 +161,41 @@ def test_grid_runs_on_a_two_worker_ray_and_resumes(tmp_path, monkeypatch, capsys
     compare.main()
     assert "4 of 4 runs already finished" in capsys.readouterr().out
     assert [path.stat().st_mtime_ns for path in results] == stamps
+
+
+@pytest.mark.parametrize("name", [name for name, (algo, *_) in ALGOS.items() if algo.startswith("memory_")])
+def test_every_variant_builds_the_model_it_names(tmp_path, name):
+    """Each variant's -params and policy_kwargs overrides, applied to a real config entry, give a model
+    with those settings (an LSTMPolicy given memory sizes, or a misspelt option, would fail here)."""
+    import ast
+
+    import yaml
+    from stable_baselines3.common.env_util import make_vec_env
+    from torch import nn
+
+    from sb3_memory import MemoryA2C, MemoryPPO
+
+    algo, config, params, overrides = ALGOS[name]
+    env_id = "sb3_memory/RepeatAfterDelay-v0"
+    derived = derived_config(ROOT / "zoo_configs" / config, tmp_path / "variant.yml", overrides)
+    entry = yaml.load(derived.read_text(), Loader=yaml.UnsafeLoader)[env_id]
+    policy_kwargs = eval(entry["policy_kwargs"], {"nn": nn})
+    hyperparams = {key: ast.literal_eval(value) for key, value in (param.split(":", 1) for param in params)}
+    policy = hyperparams.pop("policy")
+    env = make_vec_env(env_id, n_envs=2, env_kwargs=entry.get("env_kwargs"))
+    if algo == "memory_ppo":
+        model = MemoryPPO(policy, env, n_steps=8, batch_size=16, policy_kwargs=policy_kwargs, **hyperparams)
+    else:
+        model = MemoryA2C(policy, env, n_steps=8, policy_kwargs=policy_kwargs, **hyperparams)
+    core = model.policy.core
+    assert type(core).__name__ == {"NTMPolicy": "NTMCell", "DNCPolicy": "DNCCell", "LSTMPolicy": "LSTMCore"}[policy]
+    for key, value in hyperparams.items():
+        assert getattr(model, key) == value
+    for key, value in overrides.items():
+        if key == "critic_memory":
+            assert model.policy.critic_memory == value
+        elif value is not None:
+            assert core.options[key] == value
+    if name in CONTROLS:
+        control_params = ALGOS[CONTROLS[name]][2]
+        assert control_params[1:] == params[1:], "a control must share its agent's hyperparameters"

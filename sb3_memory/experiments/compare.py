@@ -51,6 +51,13 @@ ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
     "memory_a2c-lstm": ("memory_a2c", "memory_a2c.yml", ["policy:'LSTMPolicy'"], _NO_MEMORY),
     "ppo_lstm": ("ppo_lstm", "ppo_lstm.yml", [], {}),
     "ppo": ("ppo", "ppo.yml", [], {}),
+    # Csordás and Schmidhuber's (2019) DNC repairs, all three (on the reference path, slower).
+    "memory_ppo-dnc-repairs": (
+        "memory_ppo",
+        "memory_ppo.yml",
+        ["policy:'DNCPolicy'"],
+        {"content_masks": True, "deallocate": True, "link_sharpness": True},
+    ),
 }
 # The "vs control" column compares a memory agent with the LSTMPolicy agent of the same settings.
 CONTROLS = {
@@ -59,6 +66,7 @@ CONTROLS = {
     "memory_ppo-ntm-aux": "memory_ppo-lstm-aux",
     "memory_ppo-dnc-aux": "memory_ppo-lstm-aux",
     "memory_a2c-dnc": "memory_a2c-lstm",
+    "memory_ppo-dnc-repairs": "memory_ppo-lstm",
 }
 MEMORY_ALGOS = ("memory_ppo", "memory_a2c")
 ALGO_ORDER = list(ALGOS)  # table rows, legend and colours (an algorithm keeps its colour in every figure)
