@@ -1233,3 +1233,19 @@ def test_reference_rejects_mutant(case):
     if isinstance(want, tuple):
         got, want = torch.cat(got, -1), torch.cat(want, -1)
     assert not torch.allclose(got.to(F64), want, atol=1e-4, rtol=0), "reference cannot tell this mutant apart"
+
+
+def test_shift_index_by_hand():
+    # index[i, o] = (i - (o - 1)) mod 4 for offsets -1, 0, +1
+    expected = torch.tensor([[1, 0, 3], [2, 1, 0], [3, 2, 1], [0, 3, 2]])
+    assert torch.equal(A.shift_index(4, 3), expected)
+
+
+def test_cells_keep_their_step_constants_out_of_the_state_dict():
+    from sb3_memory.memory import DNCCell, NTMCell
+
+    ntm = NTMCell(input_dim=3, controller_dim=8, memory_units=6, memory_unit_size=4, shift_range=2)
+    dnc = DNCCell(input_dim=3, controller_dim=8, memory_units=6, memory_unit_size=4)
+    assert torch.equal(ntm.shift_index, A.shift_index(6, 5))
+    assert torch.equal(dnc.off_diagonal, 1.0 - torch.eye(6))
+    assert "shift_index" not in ntm.state_dict() and "off_diagonal" not in dnc.state_dict()

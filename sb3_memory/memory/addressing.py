@@ -77,7 +77,20 @@ def interpolate(content_w: Tensor, prev_w: Tensor, gate: Tensor) -> Tensor:
     return torch.lerp(prev_w, content_w, gate.unsqueeze(-1))
 
 
-def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
+def shift_index(n: int, size: int, device: Optional[torch.device] = None) -> Tensor:
+    """
+    The gather index of :func:`circular_shift`: ``index[i, o] = (i - (o - k)) mod N``.
+
+    :param n: memory slots ``N``
+    :param size: offsets ``2k + 1``
+    :return: (N, 2k + 1), int64
+    """
+    slots = torch.arange(n, device=device).unsqueeze(1)
+    offsets = torch.arange(size, device=device).unsqueeze(0) - (size - 1) // 2
+    return (slots - offsets) % n
+
+
+def circular_shift(weights: Tensor, shift: Tensor, index: Optional[Tensor] = None) -> Tensor:
     """
     NTM location shift: circular convolution of the weighting with a distribution over offsets.
 
@@ -86,14 +99,15 @@ def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
 
     :param weights: (B, H, N)
     :param shift: (B, H, 2k + 1), with 2k + 1 <= N
+    :param index: :func:`shift_index` of these sizes, if the caller keeps one (saves building it
+        at every step)
     :return: (B, H, N)
     """
-    n, size = weights.shape[-1], shift.shape[-1]
+    if index is None:
+        index = shift_index(weights.shape[-1], shift.shape[-1], weights.device)
     # windows[..., i, o] = w[(i - (o - k)) mod N]: one gather, cheaper to differentiate than
     # padding, unfolding and flipping.
-    slots = torch.arange(n, device=weights.device).unsqueeze(1)
-    offsets = torch.arange(size, device=weights.device).unsqueeze(0) - (size - 1) // 2
-    windows = weights[..., (slots - offsets) % n]  # (B, H, N, 2k+1)
+    windows = weights[..., index]  # (B, H, N, 2k+1)
     return torch.matmul(windows, shift.unsqueeze(-1)).squeeze(-1)
 
 
@@ -229,19 +243,21 @@ def update_precedence(precedence: Tensor, write_weights: Tensor) -> Tensor:
     return (1.0 - write_weights.sum(dim=-1, keepdim=True)) * precedence + write_weights
 
 
-def update_link(link: Tensor, prev_precedence: Tensor, write_weights: Tensor) -> Tensor:
+def update_link(link: Tensor, prev_precedence: Tensor, write_weights: Tensor, off_diagonal: Optional[Tensor] = None) -> Tensor:
     """
     DNC temporal link: ``L[i, j] = (1 - w_i - w_j) L[i, j] + w_i p_j``, with a zero diagonal.
 
     :param link: (B, N, N)
     :param prev_precedence: (B, N) precedence before this step's write
     :param write_weights: (B, N)
+    :param off_diagonal: ``1 - I`` (N, N), if the caller keeps one (saves building it at every step)
     :return: (B, N, N)
     """
     scale = (1.0 - write_weights).unsqueeze(-1) - write_weights.unsqueeze(-2)
     new_link = torch.baddbmm(scale * link, write_weights.unsqueeze(-1), prev_precedence.unsqueeze(-2))
+    if off_diagonal is None:
+        off_diagonal = 1.0 - torch.eye(link.shape[-1], dtype=link.dtype, device=link.device)
     # A mask rather than an in-place write into the diagonal view, so that the step exports to ONNX.
-    off_diagonal = 1.0 - torch.eye(link.shape[-1], dtype=link.dtype, device=link.device)
     return new_link * off_diagonal
 
 

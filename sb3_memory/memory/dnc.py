@@ -102,6 +102,8 @@ class DNCCell(ExternalMemoryCore):
             backend,
         )
         r, w = self.num_read_heads, self.memory_unit_size
+        # Built once, not at every step; not saved (it follows from the sizes).
+        self.register_buffer("off_diagonal", 1.0 - torch.eye(self.memory_units), persistent=False)
         # Interface layout, grouped by nonlinearity so each group is activated in one call:
         # [read keys, write key, write vector] raw | [read strengths, write strength, (forward and
         # backward sharpness)] oneplus | [erase, free gates, allocation gate, write gate, (read
@@ -167,7 +169,7 @@ class DNCCell(ExternalMemoryCore):
         memory = addressing.write(
             state.memory, write_weights.unsqueeze(1), erase.unsqueeze(1), write_vector.unsqueeze(1), retention
         )
-        link = addressing.update_link(state.link, state.precedence, write_weights)
+        link = addressing.update_link(state.link, state.precedence, write_weights, self.off_diagonal)
         precedence = addressing.update_precedence(state.precedence, write_weights)
 
         forward, backward = addressing.directional_weights(link, state.read_weights)

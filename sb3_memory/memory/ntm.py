@@ -85,6 +85,8 @@ class NTMCell(ExternalMemoryCore):
                 f"shift_range={k} allows {2 * k + 1} offsets but memory_units={n}: "
                 f"use shift_range <= {(n - 1) // 2} or more memory units"
             )
+        # Built once, not at every step; not saved (it follows from the sizes).
+        self.register_buffer("shift_index", addressing.shift_index(n, 2 * k + 1), persistent=False)
         num_heads = self.num_read_heads + self.num_write_heads
         # Per head: key (W), strength, interpolation gate, shift logits (2k+1), sharpening.
         self._head_params = w + 3 + (2 * k + 1)
@@ -145,7 +147,7 @@ class NTMCell(ExternalMemoryCore):
         previous = torch.cat([state.read_weights, state.write_weights], dim=1)
         weights = addressing.content_weights(state.memory, keys, strengths)
         weights = addressing.interpolate(weights, previous, gates)
-        weights = addressing.circular_shift(weights, shifts)
+        weights = addressing.circular_shift(weights, shifts, self.shift_index)
         weights = addressing.sharpen(weights, gammas)
         read_weights, write_weights = torch.split(weights, [reads, writes], dim=1)
 
