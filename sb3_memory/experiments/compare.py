@@ -218,6 +218,13 @@ def steps_to_threshold(result: dict[str, Any], threshold: Optional[float]) -> Op
     return next((int(t) for t, r in zip(result["timesteps"], result["mean_returns"]) if r >= threshold), None)
 
 
+def versus(finals: list[float], other: list[float]) -> str:
+    """Difference of the means, with Welch's p-value; '-' without a comparison."""
+    if not other:
+        return "-"
+    return f"{np.mean(finals) - np.mean(other):+.2f} (p={welch_p_value(finals, other):.3f})"
+
+
 def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None:
     import matplotlib
 
@@ -255,16 +262,11 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         def finals_of(algo: Optional[str], task_results: list[dict[str, Any]] = task_results) -> list[float]:
             return [r["mean_returns"][-1] for r in task_results if r["algo"] == algo]
 
-        def versus(finals: list[float], other: list[float]) -> str:
-            if not other:
-                return "-"
-            return f"{np.mean(finals) - np.mean(other):+.2f} (p={welch_p_value(finals, other):.3f})"
-
         for algo in algos:
             runs = [r for r in task_results if r["algo"] == algo]
             if not runs:
                 continue
-            finals = [r["mean_returns"][-1] for r in runs]
+            finals = finals_of(algo)
             mean, half = t_interval(finals)
             versus_control = versus(finals, finals_of(CONTROLS.get(algo)))
             versus_baseline = "-" if algo == BASELINE else versus(finals, finals_of(BASELINE))
