@@ -59,6 +59,7 @@ class DNCCell(ExternalMemoryCore):
 
     state_type = DNCState
     native_core = "dnc"
+    off_diagonal: Tensor  # 1 - I, (N, N), a buffer
     # The allocation weighting; sb3_memory.export swaps in the sort-free equivalent.
     allocation = staticmethod(addressing.allocation_weights)
 

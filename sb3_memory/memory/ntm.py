@@ -51,6 +51,7 @@ class NTMCell(ExternalMemoryCore):
 
     state_type = NTMState
     native_core = "ntm"
+    shift_index: Tensor  # (N, 2k + 1), a buffer
 
     def __init__(
         self,
