@@ -139,7 +139,8 @@ class MemoryA2C(MemoryOnPolicyAlgorithm, A2C):
             else:
                 entropy_loss = -th.mean(entropy)
 
-            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+            value_scale = self.policy.value_loss_scale  # sb3-memory: 1 / std**2 of the returns, with value normalisation
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss * value_scale  # sb3-memory
             loss = loss + self._auxiliary_loss(auxiliary_losses) if auxiliary_losses else loss  # sb3-memory
 
             # Optimization step

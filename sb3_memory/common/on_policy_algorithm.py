@@ -280,6 +280,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, episode_starts)  # type: ignore[arg-type]  # sb3-memory
 
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        self.policy.update_value_normalization(th.as_tensor(rollout_buffer.returns))  # type: ignore[operator]  # sb3-memory
         for key, value in self.policy.memory_diagnostics(state).items():  # sb3-memory: memory/ statistics
             self.logger.record(f"memory/{key}", value)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from sb3_memory.checks import check_int
 from sb3_memory.common.auxiliary import AuxiliaryHeads
+from sb3_memory.common.value_normalization import NormalizedValueHead
 from sb3_memory.memory import CORES, MemoryCore
 
 CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
@@ -46,6 +47,10 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         the critic sees only the current features, through a linear layer. The default is the
         best of the four on a generic recipe (README, "Defaults"); with ``"shared"`` the value
         loss's large gradients wreck the memory there
+    :param value_normalization: predict values in units of a running estimate of the returns' scale,
+        rescaling the head as the estimate moves (PopArt), and train it on the normalised error; the
+        algorithm updates the estimate after every rollout. It makes the value loss's size the same
+        on every task, which is what lets ``"shared"`` train the core with it
     :param auxiliary_tasks: the auxiliary losses to build decoders for (see
         :mod:`sb3_memory.common.auxiliary`); the algorithm sets it from its ``*_coef`` arguments
     :param recall_horizon: the longest lag of the recall task
@@ -80,6 +85,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: Optional[dict[str, Any]] = None,
         critic_memory: str = "detached",
+        value_normalization: bool = False,
         auxiliary_tasks: tuple[str, ...] = (),
         recall_horizon: int = 8,
         **core_kwargs: Any,
@@ -110,6 +116,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
                 f"accepts {sorted(accepted)}, and the policy accepts ActorCriticPolicy's arguments and critic_memory"
             )
         self.critic_memory = critic_memory
+        if not isinstance(value_normalization, bool):
+            raise TypeError(f"value_normalization must be True or False, got {value_normalization!r}")
+        self.value_normalization = value_normalization
         self.auxiliary_tasks = tuple(auxiliary_tasks)
         self.recall_horizon = check_int("recall_horizon", recall_horizon)
         self.core_kwargs = core_kwargs
@@ -155,11 +164,28 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         data = super()._get_constructor_parameters()
         data.update(
             critic_memory=self.critic_memory,
+            value_normalization=self.value_normalization,
             auxiliary_tasks=self.auxiliary_tasks,
             recall_horizon=self.recall_horizon,
             **self.core_kwargs,
         )
         return data
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        if self.value_normalization:
+            # The optimizer already holds the linear layer's parameters: wrapping keeps them.
+            self.value_net = NormalizedValueHead(self.value_net)  # type: ignore[assignment]
+
+    @property
+    def value_loss_scale(self) -> float:
+        """What the algorithm multiplies the value loss by: ``1 / std**2`` of the returns with value normalisation, else 1."""
+        return float(self.value_net.std.pow(-2)) if isinstance(self.value_net, NormalizedValueHead) else 1.0
+
+    def update_value_normalization(self, returns: th.Tensor) -> None:
+        """Fold a rollout's returns into the value head's statistics (no-op without value normalisation)."""
+        if isinstance(self.value_net, NormalizedValueHead):
+            self.value_net.update(returns)
 
     @property
     def state_size(self) -> int:

@@ -42,6 +42,9 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "critic=separate": ({}, dict(critic_memory="separate")),
     "critic=detached": ({}, dict(critic_memory="detached")),
     "critic=none": ({}, dict(critic_memory="none")),
+    "shared+norm": ({}, dict(critic_memory="shared", value_normalization=True)),
+    "detached+norm": ({}, dict(critic_memory="detached", value_normalization=True)),
+    "separate+norm": ({}, dict(critic_memory="separate", value_normalization=True)),
     "separate+clip5": (dict(max_grad_norm=5.0), dict(critic_memory="separate")),
     "separate+aux": (dict(recall_coef=1.0, prediction_coef=1.0), dict(critic_memory="separate")),
     "separate+recall": (dict(recall_coef=1.0), dict(critic_memory="separate")),
@@ -107,12 +110,14 @@ def run_one(
 
 
 def table(results: list[dict[str, Any]], settings: list[str], policies: list[str]) -> str:
+    # Scores of a few units (card games scored in [-1, 1]) need decimals that CartPole's 500 do not.
+    digits = 2 if max((abs(r["mean"]) for r in results), default=0) < 10 else 0
     lines = ["| setting | " + " | ".join(policies) + " |", "|---|" + "---|" * len(policies)]
     for setting in settings:
         cells = []
         for policy in policies:
             scores = [r["mean"] for r in results if r["setting"] == setting and r["policy"] == policy]
-            cells.append(f"{np.mean(scores):.1f} ({', '.join(f'{s:.0f}' for s in scores)})" if scores else "-")
+            cells.append(f"{np.mean(scores):.{digits}f} ({', '.join(f'{s:.{digits}f}' for s in scores)})" if scores else "-")
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
