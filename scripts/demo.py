@@ -30,7 +30,6 @@ def main() -> None:
 
     env_kwargs = dict(corridor_length=args.corridor_length)
     env = make_vec_env("sb3_memory/PassiveTMaze-v0", n_envs=16, seed=args.seed, env_kwargs=env_kwargs)
-    # Solves the task (return 1.00) in 18 of 20 seeds at 20k steps; see the README.
     model = MemoryPPO(
         args.policy,
         env,
@@ -40,7 +39,9 @@ def main() -> None:
         learning_rate=1e-3,
         ent_coef=0.01,
         seed=args.seed,
-        policy_kwargs=dict(memory_units=16, memory_unit_size=8, controller_dim=32),
+        # One core for actor and critic: 18 of 20 seeds solve the task in 20k steps this way, 6 of 10
+        # with the default, a critic core of its own (critic_memory="separate"; see "Defaults" below).
+        policy_kwargs=dict(memory_units=16, memory_unit_size=8, controller_dim=32, critic_memory="detached"),
     )
     print(f"Training MemoryPPO({args.policy}) on PassiveTMaze(corridor_length={args.corridor_length}) for {args.steps} steps")
     start = time.perf_counter()

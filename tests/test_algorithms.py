@@ -898,7 +898,7 @@ def test_configuration_errors(algo):
     with pytest.raises(TypeError, match="num_write_heads"):
         build("DNCPolicy", policy_kwargs=dict(num_write_heads=2))  # NTM only
     with pytest.raises(ValueError, match="share_features_extractor"):
-        build(policy_kwargs=dict(share_features_extractor=False))  # shared critic needs one extractor
+        build(policy_kwargs=dict(critic_memory="detached", share_features_extractor=False))  # one core needs one extractor
     with pytest.raises(ValueError, match="controller"):
         build(policy_kwargs=dict(controller="transformer"))
     with pytest.raises(ValueError, match="controller"):

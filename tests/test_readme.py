@@ -24,7 +24,7 @@ def run_example(source: str, capsys, namespace: Optional[dict] = None) -> float:
 def test_top_example_trains_and_prints_its_score(capsys):
     """
     The example as written solves the task (0.50 is the best a memoryless policy can do). Its
-    recipe solves it in 18 of 20 seeds (README); rounding differs between CPUs, so if seed 0's
+    recipe solves it in 18 of 20 seeds (the comment in it); rounding differs between CPUs, so if seed 0's
     trajectory here is one of the misses, seed 1 must solve it.
     """
     source = python_blocks()[0]

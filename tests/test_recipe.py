@@ -11,11 +11,14 @@ def test_table_averages_seeds_and_marks_missing_cells():
     results = [
         dict(setting="fast", policy="NTMPolicy", mean=10.0),
         dict(setting="fast", policy="NTMPolicy", mean=20.0),
-        dict(setting="library", policy="PPO", mean=3.0),
+        dict(setting="library", policy="PPO", mean=30.0),
     ]
     lines = recipe.table(results, ["fast", "library"], ["NTMPolicy", "PPO"]).splitlines()
     assert lines[2] == "| fast | 15.0 (10, 20) | - |"
-    assert lines[3] == "| library | - | 3.0 (3) |"
+    assert lines[3] == "| library | - | 30.0 (30) |"
+    # Scores of a few units (card games in [-1, 1]) keep two decimals, the seeds' too.
+    small = [dict(setting="fast", policy="NTMPolicy", mean=0.5), dict(setting="fast", policy="NTMPolicy", mean=-0.25)]
+    assert recipe.table(small, ["fast"], ["NTMPolicy"]).splitlines()[2] == "| fast | 0.12 (0.50, -0.25) |"
 
 
 @pytest.mark.parametrize("setting, algo", [("a2c+n_steps=32+adam", "MemoryA2C"), ("fast+aux", "MemoryPPO")])

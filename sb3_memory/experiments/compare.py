@@ -47,6 +47,15 @@ ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
     "memory_ppo-lstm-aux": ("memory_ppo", "memory_ppo.yml", ["policy:'LSTMPolicy'", *_AUX], _NO_MEMORY),
     # The value loss trains the core too (the default before 0.4).
     "memory_ppo-ntm-shared": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "shared"}),
+    # The critic has its own core (the library default since 0.5; the task entries set "detached").
+    "memory_ppo-ntm-separate": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "separate"}),
+    "memory_ppo-dnc-separate": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'"], {"critic_memory": "separate"}),
+    "memory_ppo-lstm-separate": (
+        "memory_ppo",
+        "memory_ppo.yml",
+        ["policy:'LSTMPolicy'"],
+        {**_NO_MEMORY, "critic_memory": "separate"},
+    ),
     "memory_a2c-dnc": ("memory_a2c", "memory_a2c.yml", ["policy:'DNCPolicy'"], {}),
     "memory_a2c-lstm": ("memory_a2c", "memory_a2c.yml", ["policy:'LSTMPolicy'"], _NO_MEMORY),
     "ppo_lstm": ("ppo_lstm", "ppo_lstm.yml", [], {}),
@@ -65,6 +74,8 @@ CONTROLS = {
     "memory_ppo-dnc": "memory_ppo-lstm",
     "memory_ppo-ntm-aux": "memory_ppo-lstm-aux",
     "memory_ppo-dnc-aux": "memory_ppo-lstm-aux",
+    "memory_ppo-ntm-separate": "memory_ppo-lstm-separate",
+    "memory_ppo-dnc-separate": "memory_ppo-lstm-separate",
     "memory_a2c-dnc": "memory_a2c-lstm",
     "memory_ppo-dnc-repairs": "memory_ppo-lstm",
 }

@@ -57,7 +57,9 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "aux": (dict(recall_coef=0.1, prediction_coef=0.1), {}),
     # MemoryA2C (the recipe does not apply: A2C's own defaults, n_steps 5, unless overridden).
     "a2c": (dict(algo="a2c"), {}),
+    "a2c+n_steps=16": (dict(algo="a2c", n_steps=16), {}),
     "a2c+n_steps=32": (dict(algo="a2c", n_steps=32), {}),
+    "a2c+n_steps=32+lr=2e-3": (dict(algo="a2c", n_steps=32, learning_rate=2e-3), {}),
     "a2c+n_steps=32+adam": (
         dict(
             algo="a2c", n_steps=32, learning_rate=1e-3, max_grad_norm=5.0, policy_kwargs=dict(optimizer_class=torch.optim.Adam)
@@ -111,13 +113,16 @@ def run_one(
 
 def table(results: list[dict[str, Any]], settings: list[str], policies: list[str]) -> str:
     # Scores of a few units (card games scored in [-1, 1]) need decimals that CartPole's 500 do not.
-    digits = 2 if max((abs(r["mean"]) for r in results), default=0) < 10 else 0
+    small = max((abs(r["mean"]) for r in results), default=0) < 10
+    mean_digits, seed_digits = (2, 2) if small else (1, 0)
     lines = ["| setting | " + " | ".join(policies) + " |", "|---|" + "---|" * len(policies)]
     for setting in settings:
         cells = []
         for policy in policies:
             scores = [r["mean"] for r in results if r["setting"] == setting and r["policy"] == policy]
-            cells.append(f"{np.mean(scores):.{digits}f} ({', '.join(f'{s:.{digits}f}' for s in scores)})" if scores else "-")
+            cells.append(
+                f"{np.mean(scores):.{mean_digits}f} ({', '.join(f'{s:.{seed_digits}f}' for s in scores)})" if scores else "-"
+            )
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
