@@ -60,6 +60,9 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "a2c+n_steps=16": (dict(algo="a2c", n_steps=16), {}),
     "a2c+n_steps=32": (dict(algo="a2c", n_steps=32), {}),
     "a2c+n_steps=32+lr=2e-3": (dict(algo="a2c", n_steps=32, learning_rate=2e-3), {}),
+    # Advantages in units of their spread: small rewards (a card game's 1/51) no longer lose to the entropy bonus.
+    "a2c+norm_adv": (dict(algo="a2c", normalize_advantage=True), {}),
+    "a2c+n_steps=32+norm_adv": (dict(algo="a2c", n_steps=32, normalize_advantage=True), {}),
     "a2c+n_steps=32+adam": (
         dict(
             algo="a2c", n_steps=32, learning_rate=1e-3, max_grad_norm=5.0, policy_kwargs=dict(optimizer_class=torch.optim.Adam)
