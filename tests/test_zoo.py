@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -403,6 +404,15 @@ def test_trial_id_loading_merges_config_policy_kwargs(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+def _wait_for_a_claimed_trial(study_name: str, storage: Any, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    claimed = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
+    deadline = time.monotonic() + timeout
+    while not optuna.load_study(study_name=study_name, storage=storage).get_trials(states=claimed):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return  # the assertions on the workers' output say what went wrong
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("backend", ["journal", "url"])
 def test_two_workers_share_one_study(tmp_path, backend):
     """A journal file, or a database URL (SQLite here; PostgreSQL and MySQL URLs take the same path)."""
@@ -431,6 +441,11 @@ def test_two_workers_share_one_study(tmp_path, backend):
         workers.append(
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         )
+        if worker == 0:
+            # The second worker starts once the first holds its trial: two processes popping the same
+            # enqueued trial at once can both run it on SQLite (seen once in CI: "Cannot tell a
+            # COMPLETE trial"); the workers still train side by side on one study.
+            _wait_for_a_claimed_trial(study_name, storage, workers[0])
     outputs = [worker.communicate(timeout=180)[0] for worker in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-4000:]
