@@ -50,6 +50,8 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "separate+recall": (dict(recall_coef=1.0), dict(critic_memory="separate")),
     "clip=5": (dict(max_grad_norm=5.0), {}),
     "clip=50": (dict(max_grad_norm=50.0), {}),
+    # Whole rollouts as chunks: backpropagation through 64 steps instead of 32.
+    "chunk=64": (dict(sequence_length=64), {}),
     # The README example's recipe: a larger learning rate, fewer epochs, whole rollouts per batch.
     "fast": (dict(learning_rate=1e-3, n_epochs=4, n_steps=32), {}),
     "fast+clip=5": (dict(learning_rate=1e-3, n_epochs=4, n_steps=32, max_grad_norm=5.0), {}),
