@@ -8,6 +8,7 @@ well above chance, which shows the chance test would catch information leaking i
 current observation.
 """
 
+import copy
 import importlib
 import warnings
 from collections import Counter, defaultdict
@@ -368,6 +369,36 @@ def test_oracle_scores_optimal_return(name: str) -> None:
         episode = run_episode(env, oracle, seed=seed)
         assert episode.ret == env.optimal_return
         assert episode.infos[-1]["is_success"] is True
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_optimal_action_is_the_oracles_answer(name: str) -> None:
+    """The env's own label (read from its internals) against the oracle (which sees only observations):
+    the same action wherever the step is scored, None exactly where no action earns anything."""
+    env = CASES[name]()
+    oracle = make_oracle(env)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.optimal_action()
+    for seed in range(30):
+        obs, _ = env.reset(seed=seed)
+        oracle.reset()
+        labelled = 0
+        for _ in range(env.episode_length):
+            answer, label = oracle.act(obs), env.optimal_action()
+            if label is None:
+                assert not isinstance(env, PassiveTMazeEnv)  # every T-maze step has a right move
+                # No action earns anything here: a copy of the env paid for each of them gives 0.
+                for action in range(env.action_space.n):
+                    probe = copy.deepcopy(env)
+                    assert probe.step(np.int64(action))[1] == 0.0
+            else:
+                assert label == answer
+                labelled += 1
+            obs, *_ = env.step(np.int64(answer))
+        # The symbol tasks pay 1 per scored step; every T-maze step is labelled.
+        assert labelled == (env.episode_length if isinstance(env, PassiveTMazeEnv) else env.optimal_return)
+    with pytest.raises(RuntimeError, match="reset"):  # the episode is over
+        env.optimal_action()
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -65,6 +65,11 @@ class AssociativeRecallEnv(MemoryTaskEnv):
         """Expected return of the best memoryless policy: ``1 / num_values``."""
         return 1.0 / self.num_values
 
+    def optimal_action(self) -> Optional[int]:
+        """The queried key's value at the query step; ``None`` while the pairs are shown."""
+        t = self._current_step()
+        return int(self._values[self._query]) if t == self.num_pairs else None
+
     def _obs(self, t: int) -> np.ndarray:
         obs = np.zeros(self.num_keys + self.num_values + 1, dtype=np.float32)
         if t < self.num_pairs:

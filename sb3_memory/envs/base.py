@@ -59,6 +59,21 @@ class MemoryTaskEnv(gym.Env[np.ndarray, np.int64]):
         """
         raise NotImplementedError
 
+    def optimal_action(self) -> Optional[int]:
+        """
+        The action a perfect-memory policy takes at the current step: a label for supervised
+        training (:mod:`sb3_memory.experiments.supervised`) and for checking agents.
+
+        :return: the optimal action, or ``None`` where every action earns the same (an unscored step)
+        :raises RuntimeError: if the episode has not been reset or is over
+        """
+        raise NotImplementedError
+
+    def _current_step(self) -> int:
+        if self._t is None:
+            raise RuntimeError("call reset() first: the episode has not started or is over")
+        return self._t
+
     def _obs(self, t: int) -> np.ndarray:
         """Observation at step ``t`` of the current episode (``t = episode_length``: terminal)."""
         raise NotImplementedError

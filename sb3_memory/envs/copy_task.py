@@ -59,6 +59,11 @@ class CopyEnv(MemoryTaskEnv):
         """Expected return of the best memoryless policy: ``length / num_symbols``."""
         return self.length / self.num_symbols
 
+    def optimal_action(self) -> Optional[int]:
+        """The ``i``-th symbol at recall step ``i``; ``None`` during the presentation."""
+        t = self._current_step()
+        return int(self._symbols[t - self.length]) if t >= self.length else None
+
     def _obs(self, t: int) -> np.ndarray:
         obs = np.zeros(self.num_symbols + 1, dtype=np.float32)
         if t < self.length:

@@ -72,6 +72,11 @@ class RepeatAfterDelayEnv(MemoryTaskEnv):
         """Expected return of the best memoryless policy: ``(episode_length - delay) / num_symbols``."""
         return self.num_targets / self.num_symbols
 
+    def optimal_action(self) -> Optional[int]:
+        """The symbol shown ``delay`` steps ago; ``None`` at the first ``delay`` steps."""
+        t = self._current_step()
+        return int(self._symbols[t - self.delay]) if t >= self.delay else None
+
     def _obs(self, t: int) -> np.ndarray:
         obs = np.zeros(self.num_symbols + 1, dtype=np.float32)
         if t < self._episode_length:

@@ -81,6 +81,13 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         """Expected return of the best memoryless policy: 0.5."""
         return 0.5
 
+    def optimal_action(self) -> int:
+        """Right along the corridor; at the junction, the turn to the cued arm."""
+        self._current_step()
+        if self._x < self.corridor_length:
+            return RIGHT
+        return UP if self._goal == 1 else DOWN
+
     def _obs(self, t: int) -> np.ndarray:
         obs = np.zeros(3, dtype=np.float32)
         if t == 0:

@@ -72,6 +72,17 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "aux=1": (dict(recall_coef=1.0, prediction_coef=1.0), {}),
+    # The recall loss alone, strong, reaching back 16 steps (a Copy of length 10 needs lag 10).
+    "recall=1+h16": (dict(recall_coef=1.0, recall_horizon=16), {}),
+    "recall=10+h16": (dict(recall_coef=10.0, recall_horizon=16), {}),
+    # Tasks whose rewards do not depend on earlier actions need little discounting (less advantage noise).
+    "gamma=0.5": (dict(gamma=0.5), {}),
+    "gamma=0.5+recall=10+h16": (dict(gamma=0.5, recall_coef=10.0, recall_horizon=16), {}),
+    "gamma=0.5+lr=1e-3": (dict(gamma=0.5, learning_rate=1e-3), {}),
+    "lr=1e-3": (dict(learning_rate=1e-3), {}),
+    # The step sizes the memory papers train with (supervised: lr ~1e-3, gradient norm clipped at 10-50).
+    "lr=2e-3+clip=10": (dict(learning_rate=2e-3, max_grad_norm=10.0), {}),
+    "gamma=0.5+lr=2e-3+clip=10": (dict(gamma=0.5, learning_rate=2e-3, max_grad_norm=10.0), {}),
 }
 
 
