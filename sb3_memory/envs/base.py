@@ -105,8 +105,7 @@ class MemoryTaskEnv(gym.Env[np.ndarray, np.int64]):
         :raises RuntimeError: if the episode has not been reset or is over
         :raises ValueError: if the action is not in the action space
         """
-        if self._t is None:
-            raise RuntimeError("call reset() before step(): the episode has not started or is over")
+        self._current_step()
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an integer in [0, {self.action_space.n - 1}], got {action!r}")
         return int(action)

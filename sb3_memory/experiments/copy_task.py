@@ -41,20 +41,22 @@ def copy_batch(batch_size: int, length: int, generator: Optional[torch.Generator
     return inputs, bits
 
 
-class CopyModel(nn.Module):
-    """A memory core followed by a linear read-out of the bits."""
+class CoreWithReadout(nn.Module):
+    """A memory core followed by a linear read-out (of the bits here; of action logits in ``supervised``)."""
 
-    def __init__(self, core_name: str, **core_kwargs) -> None:
+    def __init__(self, core_name: str, input_dim: int = BITS + 1, output_dim: int = BITS, **core_kwargs) -> None:
         super().__init__()
-        self.core = CORES[core_name](input_dim=BITS + 1, **core_kwargs)
-        self.readout = nn.Linear(self.core.output_dim, BITS)
+        self.core = CORES[core_name](input_dim=input_dim, **core_kwargs)
+        self.readout = nn.Linear(self.core.output_dim, output_dim)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         features, _ = self.core.forward_sequence(inputs, self.core.initial_state(inputs.shape[1]))
         return self.readout(features)
 
 
-def bit_errors(model: CopyModel, length: int, batch_size: int = 64, generator: Optional[torch.Generator] = None) -> float:
+def bit_errors(
+    model: CoreWithReadout, length: int, batch_size: int = 64, generator: Optional[torch.Generator] = None
+) -> float:
     """Mean number of wrong bits per sequence at a given length."""
     with torch.no_grad():
         inputs, targets = copy_batch(batch_size, length, generator)
@@ -72,7 +74,7 @@ def train(
     eval_every: int = 250,
     log=print,
     **core_kwargs,
-) -> tuple[CopyModel, list[tuple[int, float]]]:
+) -> tuple[CoreWithReadout, list[tuple[int, float]]]:
     """
     Train on lengths drawn uniformly from 1..max_length; return the model and the curve of
     (step, bit errors per sequence at max_length).
@@ -80,7 +82,7 @@ def train(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     eval_generator = torch.Generator().manual_seed(seed + 1)
-    model = CopyModel(core_name, **{**CORE_KWARGS[core_name], **core_kwargs})
+    model = CoreWithReadout(core_name, **{**CORE_KWARGS[core_name], **core_kwargs})
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
     curve = []

@@ -24,8 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_memory.envs.base import MemoryTaskEnv
+from sb3_memory.experiments.copy_task import CoreWithReadout
 from sb3_memory.experiments.recipe import CORE_SHAPE
-from sb3_memory.memory import CORES
 
 POLICY_OF_CORE = {"ntm": "NTMPolicy", "dnc": "DNCPolicy", "lstm": "LSTMPolicy"}
 
@@ -64,20 +64,11 @@ def collect_episodes(
     return torch.from_numpy(observations), torch.from_numpy(labels), torch.from_numpy(scored)
 
 
-class SupervisedModel(nn.Module):
-    """A memory core with a linear read-out of action logits."""
-
-    def __init__(self, core: str, input_dim: int, num_actions: int) -> None:
-        super().__init__()
-        if core not in POLICY_OF_CORE:
-            raise ValueError(f"core must be one of {sorted(POLICY_OF_CORE)}, got {core!r}")
-        self.core = CORES[core](input_dim=input_dim, **CORE_SHAPE[POLICY_OF_CORE[core]])
-        self.readout = nn.Linear(self.core.output_dim, num_actions)
-
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        """Logits (T, B, num_actions) of whole episodes (T, B, obs_dim), from the initial state."""
-        features, _ = self.core.forward_sequence(observations, self.core.initial_state(observations.shape[1]))
-        return self.readout(features)
+def make_model(core: str, input_dim: int, num_actions: int) -> CoreWithReadout:
+    """The recipe's core of that name with a linear read-out of action logits."""
+    if core not in POLICY_OF_CORE:
+        raise ValueError(f"core must be one of {sorted(POLICY_OF_CORE)}, got {core!r}")
+    return CoreWithReadout(core, input_dim, num_actions, **CORE_SHAPE[POLICY_OF_CORE[core]])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, scored: torch.Tensor) -> float:
@@ -108,7 +99,7 @@ def train(
     num_actions = int(env.action_space.n)
     held_out = collect_episodes(env, eval_episodes, np.random.default_rng([seed, 1]))
     rng = np.random.default_rng([seed, 0])
-    model = SupervisedModel(core, int(np.prod(env.observation_space.shape)), num_actions)
+    model = make_model(core, int(np.prod(env.observation_space.shape)), num_actions)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     curve = []
     for step in range(1, episodes // batch_size + 1):
