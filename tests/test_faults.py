@@ -29,12 +29,16 @@ def zoo_train(*args: str, log: Path) -> subprocess.Popen:
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints whose zip is whole (a kill can land in the middle of a save), oldest first."""
+    """Checkpoints whose zip is whole (a kill can land in the middle of a save), oldest first.
+
+    A save cut short just after a ``.pth`` entry still opens as a valid zip: the entry is torch's own
+    zip archive, whose end record ``zipfile`` then finds. Only SB3's last entry proves the save ended.
+    """
     found = []
     for path in folder.rglob("rl_model_*_steps.zip"):
         try:
             with zipfile.ZipFile(path) as archive:
-                if archive.testzip() is None:
+                if {"data", "system_info.txt"} <= set(archive.namelist()) and archive.testzip() is None:
                     found.append(path)
         except (zipfile.BadZipFile, OSError):
             continue
