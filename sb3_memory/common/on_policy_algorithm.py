@@ -1,11 +1,13 @@
 """Rollout collection shared by MemoryPPO and MemoryA2C: the memory state rides along."""
 
 import contextlib
+import io
 import math
 import os
+import pathlib
 import warnings
-from collections.abc import Iterator
-from typing import Any, ClassVar, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
 import torch as th
@@ -19,6 +21,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_memory.checks import check_float, check_int
 from sb3_memory.common.buffers import ChunkedStateMixin, MemoryDictRolloutBuffer, MemoryRolloutBuffer
 from sb3_memory.common.policies import MemoryActorCriticPolicy
+from sb3_memory.common.save_util import atomic_write, zip_path
 
 # Longer chunks give longer backpropagation through time but slower, more serial updates.
 MAX_DEFAULT_SEQUENCE_LENGTH = 32
@@ -163,6 +166,26 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_memory_state", "_auxiliary_log"]
+
+    def save(
+        self,
+        path: Union[str, pathlib.Path, io.BufferedIOBase],
+        exclude: Optional[Iterable[str]] = None,
+        include: Optional[Iterable[str]] = None,
+    ) -> None:
+        """
+        SB3's ``save``; a file path is written whole or not at all (see :func:`atomic_write`), so a
+        run killed while saving a checkpoint keeps the checkpoint's previous version, not a broken zip.
+
+        :param path: path to the file (``.zip`` is appended when it has no suffix) or a file-like
+        :param exclude: names of parameters that should be excluded in addition to the default ones
+        :param include: names of parameters that might be excluded but should be included anyway
+        """
+        if isinstance(path, io.BufferedIOBase) or zip_path(path).is_dir():  # a folder: SB3 saves to <path>_2
+            super().save(path, exclude, include)
+            return
+        with atomic_write(zip_path(path)) as file:
+            super().save(file, exclude, include)
 
     # Fork of stable_baselines3 2.9.2's OnPolicyAlgorithm.collect_rollouts, kept line for line; the changed lines carry
     # "# sb3-memory" (tests/test_sb3_forks.py fails when the installed original changes).
