@@ -45,3 +45,5 @@ def test_a_setting_trains_the_algorithm_it_names_and_the_run_resumes(tmp_path, m
     assert saved == first and saved["setting"] == setting
     assert recipe.run_one("CartPoleNoVel-v1", "LSTMPolicy", setting, 0, 256, tmp_path) == first
     assert len(built) == 1, "a finished run must be read back, not trained again"
+    longer = recipe.run_one("CartPoleNoVel-v1", "LSTMPolicy", setting, 0, 512, tmp_path)
+    assert len(built) == 2 and longer["steps"] == 512, "a run of another length is another run"

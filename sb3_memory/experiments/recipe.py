@@ -91,7 +91,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train and evaluate one run; reuse its result if it exists."""
     task = env_id.replace("/", "__") + "".join(f"-{key}={value}" for key, value in sorted((env_kwargs or {}).items()))
-    path = out / f"{task}-{policy}-{setting}-{seed}.json"
+    path = out / f"{task}-{policy}-{setting}-{seed}-{steps}.json"
     if path.exists():
         return json.loads(path.read_text())
     from sb3_contrib import RecurrentPPO
