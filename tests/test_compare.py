@@ -161,6 +161,10 @@ def test_grid_runs_on_a_two_worker_ray_and_resumes(tmp_path, monkeypatch, capsys
     compare.main()
     assert "4 of 4 runs already finished" in capsys.readouterr().out
     assert [path.stat().st_mtime_ns for path in results] == stamps
+    # Another budget on the same folder would read back runs of the wrong length: refused, with the fix.
+    monkeypatch.setattr("sys.argv", [*argv[: argv.index("--budget") + 1], "1024", *argv[argv.index("--budget") + 2 :]])
+    with pytest.raises(SystemExit, match=r"4 finished run.*--budget 512, not 1024.*its own --runs folder"):
+        compare.main()
 
 
 @pytest.mark.parametrize("name", [name for name, (algo, *_) in ALGOS.items() if algo.startswith("memory_")])

@@ -3,9 +3,10 @@
 Every run goes through the zoo entry point (``python -m sb3_memory.zoo train``) with the
 configs in ``zoo_configs/``, rl-zoo3's evaluation callback (deterministic episodes every
 ``--eval-freq`` steps) and the same budget for every algorithm of an env. Runs are resumable: a
-finished run leaves ``result.json`` in its folder and is skipped next time. The script then writes
-a Markdown table (final return with a 95% t-interval over seeds, steps to reach the threshold,
-wall time, steps/second) and a PNG of learning curves (mean over seeds, band = min to max).
+finished run leaves ``result.json`` in its folder and is skipped next time (so a ``--runs`` folder
+holds one budget). The script then writes a Markdown table (final return with a 95% t-interval
+over seeds, steps to reach the threshold, wall time, steps/second) and a PNG of learning curves
+(mean over seeds, band = min to max).
 
 Usage (``scripts/compare.py`` runs :func:`main`):
     python scripts/compare.py --envs CartPoleNoVel-v1 --seeds 0 1 2 --budget 50000
@@ -166,6 +167,7 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
         env=env,
         env_kwargs=args.env_kwargs or [],
         seed=seed,
+        budget=args.budget,
         timesteps=timesteps.tolist(),
         mean_returns=evaluations["results"].mean(axis=1).tolist(),
         wall_seconds=wall,
@@ -350,6 +352,15 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
         if path.exists()
     ]
     todo = [job for job in jobs if not (run_dir(args.runs, *job, args.env_kwargs) / "result.json").exists()]
+    # Runs finished before results recorded their budget are taken as they are.
+    other_budget = [r for r in results if r.get("budget", args.budget) != args.budget]
+    if other_budget:
+        found = other_budget[0]
+        sys.exit(
+            f"{len(other_budget)} finished run(s) in {args.runs} had another budget (e.g. {found['algo']} on "
+            f"{found['env']}, seed {found['seed']}: --budget {found['budget']}, not {args.budget}); a finished run is "
+            "read back, not rerun: give this budget its own --runs folder"
+        )
     if results:
         print(f"{len(results)} of {len(jobs)} runs already finished in {args.runs}")
     if not todo:
