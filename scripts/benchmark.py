@@ -10,7 +10,10 @@ median steps/second over rounds, each ratio to RecurrentPPO, the split between r
 and training, and the native kernels' one-time compilation (first use on a machine, measured in
 a fresh process with an empty cache) as a share of each config's full budget.
 
-Usage: python scripts/benchmark.py [--envs ENV ...] [--steps 16384] [--rounds 3] [--reference]
+``--separate-critic`` gives every agent a critic core of its own, both libraries' default (the task
+configs share one core between actor and critic): the cost a user of the defaults pays.
+
+Usage: python scripts/benchmark.py [--envs ENV ...] [--steps 16384] [--rounds 3] [--reference] [--separate-critic]
 """
 
 import argparse
@@ -45,10 +48,14 @@ ENVS = [
 BASELINE = "RecurrentPPO"
 
 
-def variants(reference: bool) -> dict[str, tuple[str, str, dict[str, Any]]]:
+def variants(reference: bool, separate_critic: bool = False) -> dict[str, tuple[str, str, dict[str, Any]]]:
     """name -> (zoo algorithm, config file, policy_kwargs overrides or a policy name)"""
-    table = {BASELINE: ("ppo_lstm", "ppo_lstm.yml", {})}
-    for suffix, extra in [("", {})] + ([(" (reference)", {"backend": "reference"})] if reference else []):
+    # Both libraries' defaults: a critic core (LSTM) of its own, as rl-zoo3's tuned CartPoleNoVel entries have.
+    baseline_critic = dict(shared_lstm=False, enable_critic_lstm=True) if separate_critic else {}
+    memory_critic = dict(critic_memory="separate") if separate_critic else {}
+    table = {BASELINE: ("ppo_lstm", "ppo_lstm.yml", baseline_critic)}
+    for suffix, backend in [("", {})] + ([(" (reference)", {"backend": "reference"})] if reference else []):
+        extra = {**memory_critic, **backend}
         table[f"MemoryPPO-NTM{suffix}"] = ("memory_ppo", "memory_ppo.yml", {"policy": "NTMPolicy", **extra})
         table[f"MemoryPPO-DNC{suffix}"] = ("memory_ppo", "memory_ppo.yml", {"policy": "DNCPolicy", **extra})
     return table
@@ -121,12 +128,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16384, help="steps per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reference", action="store_true", help="also run the memory agents on the reference path")
+    parser.add_argument(
+        "--separate-critic",
+        action="store_true",
+        help="every agent with a critic core of its own (both libraries' default) instead of the configs' critics",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     compile_seconds = cold_compile_seconds()
-    table = variants(args.reference)
+    table = variants(args.reference, args.separate_critic)
     lines = [
-        f"{args.steps} steps per run, {args.rounds} alternating rounds, 1 thread, medians; "
+        ("critic cores of their own; " if args.separate_critic else "")
+        + f"{args.steps} steps per run, {args.rounds} alternating rounds, 1 thread, medians; "
         f"native kernels' first build on this machine: {compile_seconds:.1f} s",
         "",
         "| env | algorithm | steps/s | x RecurrentPPO | x RecurrentPPO, first build included over the config's budget "
