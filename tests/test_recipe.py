@@ -1,5 +1,6 @@
 """The recipe study (scripts/recipe.py): settings build the algorithm they name, runs resume, the table averages seeds."""
 
+import functools
 import json
 
 import pytest
@@ -21,7 +22,32 @@ def test_table_averages_seeds_and_marks_missing_cells():
     assert recipe.table(small, ["fast"], ["NTMPolicy"]).splitlines()[2] == "| fast | 0.12 (0.50, -0.25) |"
 
 
-@pytest.mark.parametrize("setting, algo", [("a2c+n_steps=32+adam", "MemoryA2C"), ("fast+aux", "MemoryPPO")])
+def test_settings_are_named_or_written_as_key_value_pairs():
+    named = recipe.setting_overrides("a2c+n_steps=32+adam")
+    assert named == recipe.SETTINGS["a2c+n_steps=32+adam"]
+    named[0].pop("algo")  # run_one pops from what it gets: the table must not change
+    assert recipe.SETTINGS["a2c+n_steps=32+adam"][0]["algo"] == "a2c"
+    assert recipe.setting_overrides("gamma=0.5+learning_rate=2e-3+policy.critic_memory=shared+policy.net_arch=[16]") == (
+        dict(gamma=0.5, learning_rate=0.002),
+        dict(critic_memory="shared", net_arch=[16]),
+    )
+    assert recipe.setting_overrides("algo=a2c+normalize_advantage=True") == (dict(algo="a2c", normalize_advantage=True), {})
+    with pytest.raises(ValueError, match=r"lr not arguments of MemoryPPO.*learning_rate"):
+        recipe.setting_overrides("lr=5e-4")
+    with pytest.raises(ValueError, match="n_epochs not arguments of MemoryA2C"):  # a PPO argument
+        recipe.setting_overrides("algo=a2c+n_epochs=4")
+    with pytest.raises(ValueError, match=r"'fastest' is neither a named setting .* nor key=value"):
+        recipe.setting_overrides("fastest")
+
+
+@pytest.mark.parametrize(
+    "setting, algo",
+    [
+        ("a2c+n_steps=32+adam", "MemoryA2C"),
+        ("fast+aux", "MemoryPPO"),
+        ("algo=a2c+n_steps=8+policy.critic_memory=none", "MemoryA2C"),
+    ],
+)
 def test_a_setting_trains_the_algorithm_it_names_and_the_run_resumes(tmp_path, monkeypatch, setting, algo):
     import sb3_memory
 
@@ -29,6 +55,7 @@ def test_a_setting_trains_the_algorithm_it_names_and_the_run_resumes(tmp_path, m
     for name in ("MemoryA2C", "MemoryPPO"):
         original = getattr(sb3_memory, name)
 
+        @functools.wraps(original)  # keeps the signature that settings are checked against
         def spy(*args, _original=original, _name=name, **kwargs):
             built.append((_name, kwargs))
             return _original(*args, **kwargs)
@@ -37,7 +64,9 @@ def test_a_setting_trains_the_algorithm_it_names_and_the_run_resumes(tmp_path, m
     first = recipe.run_one("CartPoleNoVel-v1", "LSTMPolicy", setting, 0, 256, tmp_path)
     assert [name for name, _ in built] == [algo]
     kwargs = built[0][1]
-    if algo == "MemoryA2C":
+    if setting.startswith("algo=a2c"):
+        assert kwargs["n_steps"] == 8 and kwargs["policy_kwargs"]["critic_memory"] == "none"
+    elif algo == "MemoryA2C":
         assert kwargs["n_steps"] == 32 and kwargs["policy_kwargs"]["optimizer_class"].__name__ == "Adam"
     else:
         assert kwargs["recall_coef"] == 0.1 and kwargs["n_epochs"] == 4 and kwargs["batch_size"] == 256

@@ -6,14 +6,18 @@ N=32, W=16) on an env for every setting, core and seed, two runs at a time (one 
 each), and scores each run by the mean return of 100 deterministic episodes. Results go to a
 JSON file per run (resumable) and a Markdown table.
 
-Settings are named overrides of the recipe, for example ``critic=separate`` or
-``max_grad_norm=5``; ``library`` is the package's current defaults.
+Settings are overrides of the recipe: a name of :data:`SETTINGS` (``critic=separate``, ``fast``;
+``library`` is the package's current defaults), or any ``key=value`` pairs joined by ``+`` (see
+:func:`setting_overrides`).
 
 Usage (``scripts/recipe.py`` runs :func:`main`):
     python scripts/recipe.py --env CartPoleNoVel-v1 --settings critic=shared critic=separate --seeds 0 1 2
+    python scripts/recipe.py --env sb3_memory/Copy-v0 --settings gamma=0.5+max_grad_norm=10+policy.critic_memory=shared
 """
 
 import argparse
+import ast
+import inspect
 import json
 import math
 import os
@@ -86,6 +90,44 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
+def setting_overrides(setting: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    The algorithm and ``policy_kwargs`` overrides a setting names.
+
+    :param setting: a name of :data:`SETTINGS`, or ``key=value`` pairs joined by ``+``: keys are
+        arguments of ``MemoryPPO`` (of ``MemoryA2C`` with ``algo=a2c``) or ``policy.<name>`` for
+        ``policy_kwargs``; values are Python literals, other words strings
+        (``gamma=0.5+learning_rate=2e-3+policy.critic_memory=shared``)
+    :return: (algorithm overrides, policy_kwargs overrides), copies
+    """
+    if setting in SETTINGS:
+        algo_overrides, policy_overrides = SETTINGS[setting]
+        return dict(algo_overrides), dict(policy_overrides)
+    from sb3_memory import MemoryA2C, MemoryPPO
+
+    algo_overrides, policy_overrides = {}, {}
+    for item in setting.split("+"):
+        key, separator, text = item.partition("=")
+        if not separator or not key:
+            raise ValueError(f"setting {setting!r}: {item!r} is neither a named setting ({', '.join(SETTINGS)}) nor key=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        if key.startswith("policy."):
+            policy_overrides[key.removeprefix("policy.")] = value
+        else:
+            algo_overrides[key] = value
+    algo = MemoryA2C if algo_overrides.get("algo", "ppo") == "a2c" else MemoryPPO
+    unknown = sorted(set(algo_overrides) - {"algo", *inspect.signature(algo).parameters})
+    if unknown:
+        raise ValueError(
+            f"setting {setting!r}: {', '.join(unknown)} not arguments of {algo.__name__} (e.g. learning_rate, "
+            "max_grad_norm, gamma); policy_kwargs take a policy. prefix (policy.critic_memory=shared)"
+        )
+    return algo_overrides, policy_overrides
+
+
 def run_one(
     env_id: str, policy: str, setting: str, seed: int, steps: int, out: Path, env_kwargs: Optional[dict[str, Any]] = None
 ) -> dict[str, Any]:
@@ -110,7 +152,7 @@ def run_one(
     elif policy == "PPO":
         model = PPO("MlpPolicy", env, seed=seed, **RECIPE)
     else:
-        algo_overrides, policy_overrides = dict(SETTINGS[setting][0]), SETTINGS[setting][1]
+        algo_overrides, policy_overrides = setting_overrides(setting)
         policy_kwargs = {**CORE_SHAPE[policy], **algo_overrides.pop("policy_kwargs", {}), **policy_overrides}
         if algo_overrides.pop("algo", "ppo") == "a2c":
             model = MemoryA2C(policy, env, seed=seed, policy_kwargs=policy_kwargs, ent_coef=0.01, **algo_overrides)
@@ -143,12 +185,20 @@ def table(results: list[dict[str, Any]], settings: list[str], policies: list[str
     return "\n".join(lines)
 
 
+def _setting_argument(setting: str) -> str:
+    try:
+        setting_overrides(setting)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return setting
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPoleNoVel-v1")
     parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. corridor_length:20 (integers)")
     parser.add_argument("--policies", nargs="+", default=list(CORE_SHAPE), choices=[*CORE_SHAPE, *BASELINES])
-    parser.add_argument("--settings", nargs="+", default=["library"], choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["library"], type=_setting_argument, help="names or key=value+...")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=150_000)
     parser.add_argument("--workers", type=int, default=2)
