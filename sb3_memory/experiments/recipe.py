@@ -122,7 +122,7 @@ def setting_overrides(setting: str) -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = sorted(set(algo_overrides) - {"algo", *inspect.signature(algo).parameters})
     if unknown:
         raise ValueError(
-            f"setting {setting!r}: {', '.join(unknown)} not arguments of {algo.__name__} (e.g. learning_rate, "
+            f"setting {setting!r}: {algo.__name__} has no argument {', '.join(unknown)} (it has learning_rate, "
             "max_grad_norm, gamma); policy_kwargs take a policy. prefix (policy.critic_memory=shared)"
         )
     return algo_overrides, policy_overrides
