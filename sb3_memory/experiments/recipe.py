@@ -123,7 +123,7 @@ def setting_overrides(setting: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if unknown:
         raise ValueError(
             f"setting {setting!r}: {algo.__name__} has no argument {', '.join(unknown)} (it has learning_rate, "
-            "max_grad_norm, gamma); policy_kwargs take a policy. prefix (policy.critic_memory=shared)"
+            "max_grad_norm, gamma, ...); policy_kwargs take a policy. prefix (policy.critic_memory=shared)"
         )
     return algo_overrides, policy_overrides
 
