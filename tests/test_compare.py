@@ -163,7 +163,7 @@ def test_grid_runs_on_a_two_worker_ray_and_resumes(tmp_path, monkeypatch, capsys
     assert [path.stat().st_mtime_ns for path in results] == stamps
     # Another budget on the same folder would read back runs of the wrong length: refused, with the fix.
     monkeypatch.setattr("sys.argv", [*argv[: argv.index("--budget") + 1], "1024", *argv[argv.index("--budget") + 2 :]])
-    with pytest.raises(SystemExit, match=r"4 finished run.*--budget 512, not 1024.*its own --runs folder"):
+    with pytest.raises(SystemExit, match=r"4 finished run.*--budget 512, not --budget 1024.*its own --runs folder"):
         compare.main()
 
 

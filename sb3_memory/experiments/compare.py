@@ -356,10 +356,14 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
     other_budget = [r for r in results if r.get("budget", args.budget) != args.budget]
     if other_budget:
         found = other_budget[0]
+
+        def named(budget: Optional[int]) -> str:
+            return f"--budget {budget}" if budget else "the configs' n_timesteps"
+
         sys.exit(
             f"{len(other_budget)} finished run(s) in {args.runs} had another budget (e.g. {found['algo']} on "
-            f"{found['env']}, seed {found['seed']}: --budget {found['budget']}, not {args.budget}); a finished run is "
-            "read back, not rerun: give this budget its own --runs folder"
+            f"{found['env']}, seed {found['seed']}: {named(found['budget'])}, not {named(args.budget)}); a finished "
+            "run is read back, not rerun: give this budget its own --runs folder"
         )
     if results:
         print(f"{len(results)} of {len(jobs)} runs already finished in {args.runs}")
