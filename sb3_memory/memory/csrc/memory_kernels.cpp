@@ -134,11 +134,21 @@ inline void gemv_cols(F* RESTRICT y, const F* RESTRICT wt, const F* RESTRICT x, 
   if (i0 < rows) gemv_block<F, kBlock, false>(y, wt, x, rows, cols, i0, rows - i0);
 }
 
+// In tiles: element by element, the writes' stride (a power of two for the gate matrices) maps
+// them to a few cache sets, and the transposes took most of a one-step (rollout) forward call.
 template <typename F>
-void transpose(const F* w, int64_t rows, int64_t cols, std::vector<F>& out) {
+void transpose(const F* RESTRICT w, int64_t rows, int64_t cols, std::vector<F>& out) {
+  constexpr int64_t kTile = 16;
   out.resize(rows * cols);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = w[i * cols + j];
+  F* RESTRICT t = out.data();
+  for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+    const int64_t i1 = std::min(i0 + kTile, rows);
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
+      const int64_t j1 = std::min(j0 + kTile, cols);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) t[j * rows + i] = w[i * cols + j];
+    }
+  }
 }
 
 // ----------------------------------------------------------------------------------------------
