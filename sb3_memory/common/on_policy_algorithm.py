@@ -181,10 +181,11 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         :param exclude: names of parameters that should be excluded in addition to the default ones
         :param include: names of parameters that might be excluded but should be included anyway
         """
-        if isinstance(path, io.BufferedIOBase) or zip_path(path).is_dir():  # a folder: SB3 saves to <path>_2
+        target = None if isinstance(path, io.BufferedIOBase) else zip_path(path)
+        if target is None or target.is_dir():  # a file-like, or a folder (SB3 saves to <path>_2)
             super().save(path, exclude, include)
             return
-        with atomic_write(zip_path(path)) as file:
+        with atomic_write(target) as file:
             super().save(file, exclude, include)
 
     # Fork of stable_baselines3 2.9.2's OnPolicyAlgorithm.collect_rollouts, kept line for line; the changed lines carry

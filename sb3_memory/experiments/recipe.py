@@ -29,6 +29,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from sb3_memory.experiments.compare import parse_env_kwargs
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE: dict[str, Any] = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
 CORE_SHAPE: dict[str, dict[str, Any]] = {
@@ -196,7 +198,7 @@ def _setting_argument(setting: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPoleNoVel-v1")
-    parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. corridor_length:20 (integers)")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. corridor_length:20 (values as Python literals)")
     parser.add_argument("--policies", nargs="+", default=list(CORE_SHAPE), choices=[*CORE_SHAPE, *BASELINES])
     parser.add_argument("--settings", nargs="+", default=["library"], type=_setting_argument, help="names or key=value+...")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -206,7 +208,7 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="also write the table, with this command, to a Markdown file")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    env_kwargs = {key: int(value) for key, value in (item.split(":") for item in args.env_kwargs)}
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
     jobs = [
         (args.env, policy, "library" if policy in BASELINES else setting, seed, args.steps, args.out, env_kwargs)
         for setting in args.settings

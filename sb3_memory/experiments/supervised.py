@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_memory.envs.base import MemoryTaskEnv
+from sb3_memory.experiments.compare import parse_env_kwargs
 from sb3_memory.experiments.copy_task import CoreWithReadout
 from sb3_memory.experiments.recipe import CORE_SHAPE
 
@@ -137,7 +138,7 @@ def table(curves: dict[str, list[list[tuple[int, float]]]], level: float = 0.9) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="a memory task, e.g. sb3_memory/Copy-v0")
-    parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. length:10 (integers)")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. length:10 (values as Python literals)")
     parser.add_argument("--cores", nargs="+", default=list(POLICY_OF_CORE), choices=list(POLICY_OF_CORE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=32_000)
@@ -148,7 +149,7 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="append the table, with this command, to a Markdown file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    env_kwargs = {key: int(value) for key, value in (item.split(":") for item in args.env_kwargs)}
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
     curves: dict[str, list[list[tuple[int, float]]]] = {}
     for core in args.cores:
         for seed in args.seeds:
