@@ -42,10 +42,19 @@ class PassiveTMazeEnv(MemoryTaskEnv):
     flip): 0.5. A policy that wastes one step gets ``corridor_length * penalty`` (-1 by
     default) and cannot reach the goal. ``info["is_success"]`` is given at the last step.
 
+    With ``auto_walk=True`` (registered as ``sb3_memory/PassiveTMazeJunction-v0``) the corridor
+    walks itself: every step before the junction moves the agent one cell right whatever the
+    action, so the episode comes to the junction on time and the only decision is the turn.
+    At long corridors the original mostly measures whether an agent learns to walk (no agent
+    of ours reached the junction on time at ``corridor_length=100`` in 300k steps); this
+    variant measures the memory alone. Its optimal and chance returns are the same (1 and 0.5).
+
     :param corridor_length: cells from the start to the junction (difficulty knob: the
         memory length), ``>= 1``
     :param penalty: reward for each step spent behind the optimal walk, ``<= 0``; ``None``
         (default) uses ``-1 / corridor_length`` as in the paper
+    :param auto_walk: move right at every step before the junction whatever the action (the
+        episode then tests the turn, that is the memory, alone)
     :param render_mode: ``None``, ``"ansi"`` or ``"rgb_array"`` (shows the last observation)
     """
 
@@ -53,6 +62,7 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         self,
         corridor_length: int = 100,
         penalty: Optional[float] = None,
+        auto_walk: bool = False,
         render_mode: Optional[str] = None,
     ) -> None:
         super().__init__(render_mode)
@@ -60,6 +70,9 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         if penalty is None:
             penalty = -1.0 / self.corridor_length
         self.penalty = check_float("penalty", penalty, high=0.0)
+        if not isinstance(auto_walk, (bool, np.bool_)):
+            raise ValueError(f"auto_walk must be True or False, got {auto_walk!r}")
+        self.auto_walk = bool(auto_walk)
         self.observation_space = one_hot_box(3)
         self.action_space = spaces.Discrete(4)
         self._x = 0
@@ -124,6 +137,8 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         :return: observation, reward, terminated, truncated (always ``False``), info
         """
         a = self._begin_step(action)
+        if self.auto_walk and self._x < self.corridor_length:
+            a = RIGHT
         dx, dy = _MOVES[a]
         if self._is_cell(self._x + dx, self._y + dy):
             self._x, self._y = self._x + dx, self._y + dy
