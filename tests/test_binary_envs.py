@@ -237,7 +237,11 @@ def test_memoryless_policy_scores_half_the_bits(name: str) -> None:
     [
         (BinaryCopyEnv, {"bits": 0}, r"bits must be an integer >= 1, got 0"),
         (BinaryCopyEnv, {"min_length": 0}, r"min_length must be an integer >= 1, got 0"),
-        (BinaryCopyEnv, {"min_length": 5, "max_length": 4}, r"max_length must be an integer >= 5 \(at least min_length\), got 4"),
+        (
+            BinaryCopyEnv,
+            {"min_length": 5, "max_length": 4},
+            r"max_length must be an integer >= 5 \(at least min_length\), got 4",
+        ),
         (BinaryCopyEnv, {"max_length": 2.0}, r"max_length must be an integer"),
         (BinaryAssociativeRecallEnv, {"min_items": 1}, r"min_items must be an integer >= 2 \(the query needs an item"),
         (BinaryAssociativeRecallEnv, {"item_size": 0}, r"item_size must be an integer >= 1"),
@@ -321,7 +325,7 @@ def test_auto_walk_reaches_the_junction_whatever_the_corridor_actions(corridor_l
         obs, _ = env.reset(seed=seed)
         turn = UP if obs[0] == 1.0 else DOWN
         rewards = []
-        for t in range(corridor_length):
+        for _t in range(corridor_length):
             assert obs[2] == 0.0
             obs, reward, done, _, _ = env.step(int(rng.integers(0, 4)))  # walking left, up, down: no matter
             rewards.append(reward)

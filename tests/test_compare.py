@@ -203,3 +203,79 @@ def test_every_variant_builds_the_model_it_names(tmp_path, name):
     if name in CONTROLS:
         control_params = ALGOS[CONTROLS[name]][2]
         assert control_params[1:] == params[1:], "a control must share its agent's hyperparameters"
+
+
+def test_length_settings_scale_the_longest_trained_length():
+    from sb3_memory.experiments.compare import length_settings
+
+    copy = length_settings("sb3_memory/BinaryCopy-v0", {"max_length": 5})
+    assert copy == {
+        "trained": {"max_length": 5},
+        "2x": {"max_length": 10, "min_length": 10},
+        "4x": {"max_length": 20, "min_length": 20},
+    }
+    # The registered default difficulty counts when env_kwargs leave it out.
+    assert length_settings("sb3_memory/BinaryAssociativeRecall-v0", {})["4x"] == {"min_items": 24, "max_items": 24}
+    assert length_settings("sb3_memory/PassiveTMazeJunction-v0", {})["2x"] == {"corridor_length": 100}
+    assert length_settings("CartPoleNoVel-v1", {}) == {}
+
+
+def test_episode_scores_read_bit_accuracy():
+    import numpy as np
+    from stable_baselines3 import PPO
+
+    from sb3_memory.experiments.compare import episode_scores
+
+    class AllOnes(PPO):
+        def predict(self, observation, state=None, episode_start=None, deterministic=False):
+            return np.ones((len(observation), 8), dtype=np.int8), state
+
+    model = AllOnes("MlpPolicy", "sb3_memory/BinaryCopy-v0", n_steps=16, batch_size=16)
+    scores = episode_scores(model, "sb3_memory/BinaryCopy-v0", {"min_length": 20, "max_length": 20}, 30)
+    # All-ones answers get each random bit right with probability 1/2, over 160 bits an episode.
+    assert len(scores) == 30 and all(0.3 < s < 0.7 for s in scores) and abs(np.mean(scores) - 0.5) < 0.03
+
+
+def test_derived_config_appends_callbacks(tmp_path):
+    import yaml
+
+    config = tmp_path / "config.yml"
+    config.write_text("A-v0:\n  n_envs: 2\n  callback: x.One\nB-v0:\n  n_envs: 4\n")
+    extra = [{"sb3_memory.common.callbacks.StopTrainingOnWallClock": {"seconds": 5}}]
+    derived = yaml.safe_load(derived_config(config, tmp_path / "variant.yml", {}, extra).read_text())
+    assert derived == {"A-v0": {"n_envs": 2, "callback": ["x.One", *extra]}, "B-v0": {"n_envs": 4, "callback": extra}}
+
+
+def test_stop_training_on_wall_clock():
+    import time
+
+    from sb3_memory.common.callbacks import StopTrainingOnWallClock
+
+    callback = StopTrainingOnWallClock(seconds=0.2)
+    callback._on_training_start()
+    assert callback._on_step()
+    time.sleep(0.25)
+    assert not callback._on_step()
+    with pytest.raises(ValueError, match="seconds"):
+        StopTrainingOnWallClock(seconds=-1.0)
+
+
+def test_report_scores_generalisation_and_equal_time(tmp_path):
+    def run(algo, seed, score, wall_clock=None):
+        return dict(
+            algo=algo, env="sb3_memory/BinaryCopy-v0", seed=seed, timesteps=[100, 200], mean_returns=[1.0, 10 * score],
+            wall_seconds=100.0, steps_per_second=2.0, wall_clock=wall_clock,
+            scores={"trained": score, "2x": score - 0.1, "4x": score - 0.2},
+        )  # fmt: skip
+
+    results = [run("memory_ppo-dnc", 0, 1.0), run("memory_ppo-dnc", 1, 0.98)]
+    results += [run("memory_ppo-lstm", 0, 0.6), run("memory_ppo-lstm", 1, 0.62)]
+    results += [run("memory_ppo-lstm", 0, 0.64, 100.0), run("memory_ppo-lstm", 1, 0.66, 100.0)]
+    write_report(results, tmp_path, "python scripts/compare.py --test")
+    table = (tmp_path / "comparison.md").read_text()
+    # Equal variances 2e-4, two seeds each: t = difference / sqrt(2e-4), p = 1 - t / sqrt(2 + t^2).
+    p_steps, p_time = (1 - t / (2 + t * t) ** 0.5 for t in (0.38 / 2e-4**0.5, 0.34 / 2e-4**0.5))
+    dnc_row = next(line for line in table.splitlines() if "| memory_ppo-dnc | 2 | 200 | 0.990 ±" in line)
+    assert f"| +0.38 (p={p_steps:.3f}) |" in dnc_row and "| 0.890 | 0.790 |" in dnc_row
+    assert dnc_row.endswith(f"memory_ppo-lstm@100s: +0.34 (p={p_time:.3f}) |")
+    assert "| memory_ppo-lstm@100s | 2 | 200 | 0.650 ±" in table

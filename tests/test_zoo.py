@@ -23,7 +23,8 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_memory import MemoryA2C, MemoryPPO, NTMPolicy, zoo
+from sb3_memory import DNCPolicy, MemoryA2C, MemoryPPO, NTMPolicy, zoo
+from sb3_memory.common.callbacks import LengthCurriculum
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -37,8 +38,14 @@ ENV_IDS = [
     "sb3_memory/RepeatAfterDelay-v0",
     "sb3_memory/AssociativeRecall-v0",
     "sb3_memory/PassiveTMaze-v0",
+    "sb3_memory/BinaryCopy-v0",
+    "sb3_memory/BinaryAssociativeRecall-v0",
 ]
+# The capacity tasks: a DNC of 64 slots behind a 128-unit controller (RecurrentPPO: 128 units too).
+CAPACITY_TASKS = ("sb3_memory/BinaryCopy-v0", "sb3_memory/BinaryAssociativeRecall-v0")
 DEFAULT_ENV_KWARGS = {
+    "sb3_memory/BinaryCopy-v0": {"bits": 8, "min_length": 1, "max_length": 20},
+    "sb3_memory/BinaryAssociativeRecall-v0": {"bits": 8, "item_size": 3, "min_items": 2, "max_items": 6},
     "sb3_memory/Copy-v0": {"length": 10, "num_symbols": 8},
     "sb3_memory/RepeatAfterDelay-v0": {"delay": 5},
     "sb3_memory/AssociativeRecall-v0": {"num_pairs": 8},
@@ -247,10 +254,15 @@ def test_config_entry_builds_model(algo, env_id, tmp_path):
         assert manager.env_kwargs == entry.get("env_kwargs", {})
         assert math.isclose(model.gamma, entry["gamma"])
         if algo in ("memory_ppo", "memory_a2c"):
-            assert type(model.policy) is NTMPolicy
             kwargs = model.policy.core_kwargs
-            assert kwargs["memory_units"] in (16, 32) and kwargs["memory_unit_size"] == 16
-            assert kwargs["controller_dim"] == 64 and kwargs["num_read_heads"] == 1
+            if env_id in CAPACITY_TASKS:
+                assert type(model.policy) is DNCPolicy
+                assert kwargs["memory_units"] == 64 and kwargs["controller_dim"] == 128
+                assert model.gamma == 0.0 and isinstance(manager.callbacks[0], LengthCurriculum)
+            else:
+                assert type(model.policy) is NTMPolicy
+                assert kwargs["memory_units"] in (16, 32) and kwargs["controller_dim"] == 64
+            assert kwargs["memory_unit_size"] == 16 and kwargs["num_read_heads"] == 1
             assert model.policy.critic_memory == ("separate" if "NoVel" in env_id else "detached")
             assert model.sequence_length == entry["sequence_length"]
             assert model.n_steps % model.sequence_length == 0
@@ -260,7 +272,7 @@ def test_config_entry_builds_model(algo, env_id, tmp_path):
                 assert model.sequence_length == model.n_steps
         elif algo == "ppo_lstm":
             assert isinstance(model, RecurrentPPO) and isinstance(model.policy, RecurrentActorCriticPolicy)
-            assert model.policy.lstm_actor.hidden_size == 64
+            assert model.policy.lstm_actor.hidden_size == (128 if env_id in CAPACITY_TASKS else 64)
             assert model.batch_size == entry.get("batch_size", 128)
         else:
             assert type(model) is PPO and type(model.policy) is ActorCriticPolicy

@@ -1,5 +1,7 @@
-"""Callbacks for memory tasks: a difficulty curriculum driven by the training episodes' score."""
+"""Callbacks for memory tasks: a difficulty curriculum driven by the training episodes' score, and a
+wall-clock limit for comparisons at equal time."""
 
+import time
 from collections import deque
 from typing import Any, Optional
 
@@ -95,3 +97,31 @@ class LengthCurriculum(BaseCallback):
             if self.verbose:
                 print(f"LengthCurriculum: {self.attribute} -> {self.value} at step {self.num_timesteps}")
         return True
+
+
+class StopTrainingOnWallClock(BaseCallback):
+    """
+    Stop training once it has run for ``seconds`` of wall time (counted from the start of
+    ``learn``, evaluations by other callbacks included), for comparisons at equal wall clock: an
+    agent twice as fast gets twice the steps. The steps reached are in ``num_timesteps``.
+
+    In rl-zoo3 configs: ``callback: [{sb3_memory.common.callbacks.StopTrainingOnWallClock: {seconds: 600}}]``.
+
+    :param seconds: the wall time allowed
+    :param verbose: 1: print when training is stopped
+    """
+
+    def __init__(self, seconds: float, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.seconds = check_float("seconds", seconds, low=0.0)
+        self._start = 0.0
+
+    def _on_training_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if time.perf_counter() - self._start < self.seconds:
+            return True
+        if self.verbose:
+            print(f"StopTrainingOnWallClock: {self.seconds:g} s reached at step {self.num_timesteps}")
+        return False

@@ -59,7 +59,7 @@ class MemoryTaskEnv(gym.Env[np.ndarray, np.int64]):
         """
         raise NotImplementedError
 
-    def optimal_action(self) -> Optional[int]:
+    def optimal_action(self) -> Optional[Union[int, np.ndarray]]:
         """
         The action a perfect-memory policy takes at the current step: a label for supervised
         training (:mod:`sb3_memory.experiments.supervised`) and for checking agents.

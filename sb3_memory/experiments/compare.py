@@ -8,10 +8,17 @@ holds one budget). The script then writes a Markdown table (final return with a 
 over seeds, steps to reach the threshold, wall time, steps/second) and a PNG of learning curves
 (mean over seeds, band = min to max).
 
+Tasks with a length (:data:`LENGTH_KNOBS`) are also scored by their final model, at the trained
+difficulty and at 2x and 4x its longest length (length generalisation). ``--wall-clock S`` runs
+the same algorithms for S seconds each instead of a step budget, in the same ``--runs`` folder
+(named ``algo@Ss``): the report then compares each memory agent with the control and
+RecurrentPPO at equal steps and at equal time.
+
 Usage (``scripts/compare.py`` runs :func:`main`):
     python scripts/compare.py --envs CartPoleNoVel-v1 --seeds 0 1 2 --budget 50000
     python scripts/compare.py --algos memory_ppo-dnc ppo_lstm --envs sb3_memory/PassiveTMaze-v0 \\
         --env-kwargs corridor_length:10 --budget 100000
+    python scripts/compare.py --algos memory_ppo-lstm ppo_lstm --envs sb3_memory/BinaryCopy-v0 --wall-clock 900
     python scripts/compare.py --report-only   # rebuild the table and figure from every finished run in --runs
     python scripts/compare.py --workers 2     # two runs at a time, as tasks of a local Ray instance
     python scripts/compare.py --ray-address auto --runs /shared/runs   # on a Ray cluster
@@ -91,7 +98,21 @@ MEMORY_TASKS = [
     "sb3_memory/RepeatAfterDelay-v0",
     "sb3_memory/AssociativeRecall-v0",
     "sb3_memory/PassiveTMaze-v0",
+    "sb3_memory/PassiveTMazeJunction-v0",
+    "sb3_memory/BinaryCopy-v0",
+    "sb3_memory/BinaryAssociativeRecall-v0",
 ]
+# Tasks with a length: (the knob of the shortest, the knob of the longest). After training, the
+# final model is scored (info["bit_accuracy"], else info["is_success"], of deterministic episodes)
+# at the trained difficulty and at GENERALISATION_FACTORS times its longest length, never trained.
+LENGTH_KNOBS: dict[str, tuple[Optional[str], str]] = {
+    "sb3_memory/BinaryCopy-v0": ("min_length", "max_length"),
+    "sb3_memory/BinaryAssociativeRecall-v0": ("min_items", "max_items"),
+    "sb3_memory/PassiveTMazeJunction-v0": (None, "corridor_length"),
+}
+GENERALISATION_FACTORS = (2, 4)
+# A run at equal wall clock may take this many times its --budget (steps/s differ up to 3x).
+WALL_CLOCK_STEP_CAP = 4
 
 
 def parse_env_kwargs(items: Optional[list[str]]) -> dict[str, Any]:
@@ -125,20 +146,100 @@ def threshold_for(env: str, env_kwargs: Optional[list[str]] = None) -> Optional[
     return threshold
 
 
-def run_dir(root: Path, algo: str, env: str, seed: int, env_kwargs: Optional[list[str]] = None) -> Path:
-    return root / algo / task_name(env, env_kwargs).replace("/", "__").replace(" ", "-") / f"seed_{seed}"
+def run_label(algo: str, wall_clock: Optional[float] = None) -> str:
+    """An algorithm's name, with ``@<seconds>s`` for its runs at equal wall clock."""
+    return algo if not wall_clock else f"{algo}@{wall_clock:g}s"
+
+
+def label_of(result: dict[str, Any]) -> str:
+    return run_label(result["algo"], result.get("wall_clock"))
+
+
+def run_dir(
+    root: Path, algo: str, env: str, seed: int, env_kwargs: Optional[list[str]] = None, wall_clock: Optional[float] = None
+) -> Path:
+    task = task_name(env, env_kwargs).replace("/", "__").replace(" ", "-")
+    return root / run_label(algo, wall_clock) / task / f"seed_{seed}"
+
+
+def length_settings(env: str, env_kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """
+    The difficulties a model trained on ``env`` at ``env_kwargs`` is scored at: ``"trained"`` and,
+    for each factor k of :data:`GENERALISATION_FACTORS`, ``"kx"``: every episode k times the
+    longest trained length (``{}`` for envs without a length knob).
+    """
+    if env not in LENGTH_KNOBS:
+        return {}
+    import gymnasium as gym
+
+    import sb3_memory.envs  # noqa: F401  (registers the memory tasks)
+
+    low, high = LENGTH_KNOBS[env]
+    task = gym.make(env, **env_kwargs)
+    longest = int(getattr(task.unwrapped, high))
+    task.close()
+    settings: dict[str, dict[str, Any]] = {"trained": dict(env_kwargs)}
+    for factor in GENERALISATION_FACTORS:
+        knobs = {high: factor * longest} if low is None else {low: factor * longest, high: factor * longest}
+        settings[f"{factor}x"] = {**env_kwargs, **knobs}
+    return settings
+
+
+def episode_scores(model: Any, env: str, env_kwargs: dict[str, Any], n_episodes: int, seed: int = 10_000) -> list[float]:
+    """
+    Per-episode scores of deterministic episodes: ``info["bit_accuracy"]`` where the task gives
+    one, else ``info["is_success"]``.
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    import sb3_memory.envs  # noqa: F401
+
+    scores: list[float] = []
+
+    def collect(local_vars: dict[str, Any], _: dict[str, Any]) -> None:
+        if local_vars["done"]:
+            info = local_vars["info"]
+            scores.append(float(info["bit_accuracy"] if "bit_accuracy" in info else info["is_success"]))
+
+    vec_env = make_vec_env(env, n_envs=1, seed=seed, env_kwargs=env_kwargs)
+    try:
+        evaluate_policy(model, vec_env, n_eval_episodes=n_episodes, deterministic=True, callback=collect)
+    finally:
+        vec_env.close()
+    return scores
+
+
+def score_final_model(folder: Path, zoo_algo: str, env: str, env_kwargs: dict[str, Any], n_episodes: int) -> dict[str, float]:
+    """Mean :func:`episode_scores` of a finished zoo run's final model at each of :func:`length_settings`."""
+    settings = length_settings(env, env_kwargs)
+    if not settings:
+        return {}
+    import torch
+    from rl_zoo3.utils import ALGOS as ZOO_ALGOS
+
+    from sb3_memory import zoo
+
+    zoo.register()
+    torch.set_num_threads(1)
+    path = next(p for p in (folder / "zoo").glob("*/*/*.zip") if p.name != "best_model.zip")
+    model = ZOO_ALGOS[zoo_algo].load(path, device="cpu")
+    return {name: float(np.mean(episode_scores(model, env, kwargs, n_episodes))) for name, kwargs in settings.items()}
 
 
 def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one (algo, env, seed) through the zoo, unless it already finished; return its result."""
-    folder = run_dir(root, algo, env, seed, args.env_kwargs)
+    wall_clock = getattr(args, "wall_clock", None)
+    folder = run_dir(root, algo, env, seed, args.env_kwargs, wall_clock)
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     zoo_algo, config, params, policy_overrides = ALGOS[algo]
     config_path = ROOT / "zoo_configs" / config
-    if policy_overrides:
-        config_path = derived_config(config_path, root / "configs" / f"{algo}.yml", policy_overrides)
+    callbacks = [{"sb3_memory.common.callbacks.StopTrainingOnWallClock": {"seconds": wall_clock}}] if wall_clock else []
+    if policy_overrides or callbacks:
+        derived_path = root / "configs" / f"{run_label(algo, wall_clock)}.yml"
+        config_path = derived_config(config_path, derived_path, policy_overrides, callbacks)
     command = [
         sys.executable, "-m", "sb3_memory.zoo", "train",
         "--algo", zoo_algo, "--env", env, "-conf", str(config_path),
@@ -146,7 +247,9 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
         "--eval-freq", str(args.eval_freq), "--eval-episodes", str(args.eval_episodes), "--n-eval-envs", "1",
         "--save-freq", "-1", "--verbose", "0",
     ]  # fmt: skip
-    if args.budget:
+    if wall_clock:
+        command += ["-n", str(WALL_CLOCK_STEP_CAP * (args.budget or config_budget(ROOT / "zoo_configs" / config, env)))]
+    elif args.budget:
         command += ["-n", str(args.budget)]
     if params:
         command += ["-params", *params]
@@ -172,23 +275,41 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
         mean_returns=evaluations["results"].mean(axis=1).tolist(),
         wall_seconds=wall,
         steps_per_second=float(timesteps[-1]) / wall if len(timesteps) else math.nan,
+        wall_clock=wall_clock,
+        scores=score_final_model(folder, zoo_algo, env, parse_env_kwargs(args.env_kwargs), args.score_episodes),
     )
     result_file.write_text(json.dumps(result))
     return result
 
 
-def derived_config(config_path: Path, out_path: Path, policy_overrides: dict[str, Any]) -> Path:
+def config_budget(config_path: Path, env: str) -> int:
+    """The ``n_timesteps`` of a zoo config's entry for ``env``."""
+    import yaml
+
+    return int(float(yaml.safe_load(config_path.read_text())[env]["n_timesteps"]))
+
+
+def derived_config(
+    config_path: Path, out_path: Path, policy_overrides: dict[str, Any], callbacks: Optional[list[Any]] = None
+) -> Path:
     """
     Write a copy of a zoo config whose ``policy_kwargs`` are updated with ``policy_overrides``
     in every entry (a value of ``None`` removes the key; the rest of each entry is unchanged) and
     return its path.
 
     Used for the algorithm variants of ``ALGOS``: the committed configs stay as they are.
+
+    :param callbacks: rl-zoo3 ``callback`` items appended to every entry's own
     """
     import yaml
 
     entries = yaml.safe_load(config_path.read_text())
     for entry in entries.values():
+        if callbacks:
+            own = entry.get("callback") or []
+            entry["callback"] = [*(own if isinstance(own, list) else [own]), *callbacks]
+        if not policy_overrides:
+            continue
         policy_kwargs = entry.get("policy_kwargs", {})
         updates = {key: value for key, value in policy_overrides.items() if value is not None}
         removed = sorted(key for key, value in policy_overrides.items() if value is None)
@@ -238,6 +359,47 @@ def versus(finals: list[float], other: list[float]) -> str:
     return f"{np.mean(finals) - np.mean(other):+.2f} (p={welch_p_value(finals, other):.3f})"
 
 
+def _time_of(label: str) -> float:
+    return float(label.partition("@")[2].rstrip("s") or 0)
+
+
+def score_row(
+    task: str,
+    label: str,
+    task_results: list[dict[str, Any]],
+    control: Optional[str],
+    baseline: Optional[str],
+    wall: float,
+    last_steps: int,
+) -> Optional[str]:
+    """The row of the scores table for one algorithm on one task (``None`` for runs without scores)."""
+
+    def scores_of(of: Optional[str], key: str = "trained") -> list[float]:
+        return [r["scores"][key] for r in task_results if label_of(r) == of and key in (r.get("scores") or {})]
+
+    scores = scores_of(label)
+    if not scores:
+        return None
+    algo = label.partition("@")[0]
+    score_mean, score_half = t_interval(scores)
+    generalisation = " | ".join(
+        f"{np.mean(scores_of(label, f'{k}x')):.3f}" if scores_of(label, f"{k}x") else "-" for k in GENERALISATION_FACTORS
+    )
+    # A step-budget memory agent against the control and RecurrentPPO given its wall time, where they ran.
+    at_time = []
+    if "@" not in label and algo.startswith(MEMORY_ALGOS):
+        timed = sorted({label_of(r) for r in task_results if r.get("wall_clock")}, key=lambda t: abs(_time_of(t) - wall))
+        for other in (CONTROLS.get(algo), BASELINE):
+            match = next((t for t in timed if t.partition("@")[0] == other), None)
+            if match is not None:
+                at_time.append(f"{match}: {versus(scores, scores_of(match))}")
+    versus_baseline = "-" if algo == BASELINE else versus(scores, scores_of(baseline))
+    return (
+        f"| {task} | {label} | {len(scores)} | {last_steps} | {score_mean:.3f} ± {score_half:.3f} "
+        f"| {versus(scores, scores_of(control))} | {versus_baseline} | {generalisation} | {'; '.join(at_time) or '-'} |"
+    )
+
+
 def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None:
     import matplotlib
 
@@ -247,8 +409,11 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     def task_of(result: dict[str, Any]) -> str:
         return task_name(result["env"], result.get("env_kwargs"))
 
+    def order(label: str) -> tuple[int, float]:
+        return ALGO_ORDER.index(label.partition("@")[0]), _time_of(label)
+
     tasks = sorted({task_of(r) for r in results})
-    algos = [a for a in ALGO_ORDER if any(r["algo"] == a for r in results)]
+    labels = sorted({label_of(r) for r in results}, key=order)
     lines = [
         "# Memory agents against RecurrentPPO and PPO",
         "",
@@ -260,38 +425,58 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         "vs control: difference of the mean final returns from the LSTMPolicy agent of the same algorithm and "
         "settings (the same framework without the external memory), with the p-value of Welch's t-test; "
         "vs RecurrentPPO: the same against sb3-contrib's RecurrentPPO (with 3 seeds only large differences can "
-        "reach p < 0.05). "
-        "Figure: mean over seeds, band from the lowest to the highest seed.",
+        "reach p < 0.05). An algorithm named `name@Ss` was given S seconds of training instead of a step budget "
+        "(equal wall clock); its comparisons are with runs of the same wall time. "
+        "Figure: mean over seeds, band from the lowest to the highest seed (runs with a step budget only).",
         "",
-        "| env | algorithm | seeds | budget | final return | vs control | vs RecurrentPPO | threshold "
+        "| env | algorithm | seeds | steps | final return | vs control | vs RecurrentPPO | threshold "
         "| steps to threshold | wall (s) | steps/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    score_lines: list[str] = []
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         task_results = [r for r in results if task_of(r) == task and r["timesteps"]]
         threshold = threshold_for(task_results[0]["env"], task_results[0].get("env_kwargs"))
 
-        def finals_of(algo: Optional[str], task_results: list[dict[str, Any]] = task_results) -> list[float]:
-            return [r["mean_returns"][-1] for r in task_results if r["algo"] == algo]
+        def runs_of(label: Optional[str], task_results: list[dict[str, Any]] = task_results) -> list[dict[str, Any]]:
+            return [r for r in task_results if label_of(r) == label]
 
-        for algo in algos:
-            runs = [r for r in task_results if r["algo"] == algo]
+        def finals_of(label: Optional[str]) -> list[float]:
+            return [r["mean_returns"][-1] for r in runs_of(label)]
+
+        def same_time(label: str, algo: Optional[str]) -> Optional[str]:
+            """``algo``'s label in the same time mode as ``label``."""
+            if algo is None:
+                return None
+            _, at, seconds = label.partition("@")
+            return f"{algo}@{seconds}" if at else algo
+
+        for label in labels:
+            runs = runs_of(label)
             if not runs:
                 continue
-            finals = finals_of(algo)
+            algo = runs[0]["algo"]
+            control, baseline = same_time(label, CONTROLS.get(algo)), same_time(label, BASELINE)
+            finals = finals_of(label)
             mean, half = t_interval(finals)
-            versus_control = versus(finals, finals_of(CONTROLS.get(algo)))
-            versus_baseline = "-" if algo == BASELINE else versus(finals, finals_of(BASELINE))
+            versus_control = versus(finals, finals_of(control))
+            versus_baseline = "-" if algo == BASELINE else versus(finals, finals_of(baseline))
             reached = [steps_to_threshold(r, threshold) for r in runs]
             hits = [s for s in reached if s is not None]
             steps = f"{int(np.median(hits))}" if len(hits) == len(runs) else f"- ({len(hits)}/{len(runs)})"
             threshold_text = "-" if threshold is None else f"{threshold:g}"
             wall, speed = np.median([r["wall_seconds"] for r in runs]), np.median([r["steps_per_second"] for r in runs])
+            last_steps = int(np.median([r["timesteps"][-1] for r in runs]))
             lines.append(
-                f"| {task} | {algo} | {len(runs)} | {runs[0]['timesteps'][-1]} | {mean:.2f} ± {half:.2f} | {versus_control} "
+                f"| {task} | {label} | {len(runs)} | {last_steps} | {mean:.2f} ± {half:.2f} | {versus_control} "
                 f"| {versus_baseline} | {threshold_text} | {steps} | {wall:.0f} | {speed:.0f} |"
             )
+            row = score_row(task, label, task_results, control, baseline, wall, last_steps)
+            if row is not None:
+                score_lines.append(row)
+            if "@" in label:
+                continue
             length = min(len(r["timesteps"]) for r in runs)
             x = np.asarray(runs[0]["timesteps"][:length])
             curves = np.asarray([r["mean_returns"][:length] for r in runs])
@@ -309,6 +494,22 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")
+    if score_lines:
+        factors = " | ".join(f"{k}x length" for k in GENERALISATION_FACTORS)
+        lines += [
+            "",
+            "## Scores and length generalisation",
+            "",
+            "Score: the final model's mean `bit_accuracy` (else success) over deterministic episodes at the trained "
+            "difficulty, ± half-width of the 95% t-interval over seeds; vs columns as above, on the score. "
+            f"{factors}: the same model on episodes whose every sequence is that many times the longest trained "
+            "one (never seen in training). At equal time: the memory agent's score against the control and "
+            "RecurrentPPO given the wall time closest to its own median (named with their seconds).",
+            "",
+            f"| env | algorithm | seeds | steps | score | vs control | vs RecurrentPPO | {factors} | at equal time |",
+            "|---|---|---|---|---|---|---|" + "---|" * len(GENERALISATION_FACTORS) + "---|",
+            *score_lines,
+        ]
     # One legend for the figure: an algorithm may be missing from some panels.
     labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
     names = sorted(labelled, key=ALGO_ORDER.index)
@@ -346,14 +547,14 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
     Every (algo, env, seed), one at a time or as Ray tasks of one CPU each (``--workers`` > 1 starts
     a local Ray instance, ``--ray-address`` joins a cluster). Finished runs are read back, not rerun.
     """
-    results = [
-        json.loads(path.read_text())
-        for path in (run_dir(args.runs, *job, args.env_kwargs) / "result.json" for job in jobs)
-        if path.exists()
-    ]
-    todo = [job for job in jobs if not (run_dir(args.runs, *job, args.env_kwargs) / "result.json").exists()]
+
+    def result_path(job: tuple[str, str, int]) -> Path:
+        return run_dir(args.runs, *job, args.env_kwargs, args.wall_clock) / "result.json"
+
+    results = [json.loads(path.read_text()) for path in map(result_path, jobs) if path.exists()]
+    todo = [job for job in jobs if not result_path(job).exists()]
     # Runs finished before results recorded their budget are taken as they are.
-    other_budget = [r for r in results if r.get("budget", args.budget) != args.budget]
+    other_budget = [r for r in results if r.get("budget", args.budget) != args.budget and not args.wall_clock]
     if other_budget:
         found = other_budget[0]
 
@@ -406,6 +607,15 @@ def main() -> None:
     parser.add_argument("--env-kwargs", nargs="*", help="passed to the zoo (e.g. corridor_length:10)")
     parser.add_argument("--eval-freq", type=int, default=5000)
     parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument(
+        "--score-episodes", type=int, default=100, help="episodes per difficulty scoring the final model (length tasks)"
+    )
+    parser.add_argument(
+        "--wall-clock",
+        type=float,
+        help="train for this many seconds instead of a step budget (at most "
+        f"{WALL_CLOCK_STEP_CAP}x the budget): the runs at equal wall clock, named algo@<seconds>s",
+    )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare", help="where runs are kept")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     parser.add_argument(
