@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from gymnasium.spaces import MultiDiscrete
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from rl_zoo3.exp_manager import ExperimentManager
@@ -274,6 +275,10 @@ def test_config_entry_builds_model(algo, env_id, tmp_path):
             assert isinstance(model, RecurrentPPO) and isinstance(model.policy, RecurrentActorCriticPolicy)
             assert model.policy.lstm_actor.hidden_size == (128 if env_id in CAPACITY_TASKS else 64)
             assert model.batch_size == entry.get("batch_size", 128)
+            if env_id in CAPACITY_TASKS:  # the wrapper RecurrentPPO needs, and the curriculum reaches through it
+                assert model.action_space == MultiDiscrete([2] * 8)
+                model.env.env_method("set_wrapper_attr", "max_length" if "Copy" in env_id else "max_items", 3)
+                assert model.env.env_method("get_wrapper_attr", "max_length" if "Copy" in env_id else "max_items")[0] == 3
         else:
             assert type(model) is PPO and type(model.policy) is ActorCriticPolicy
             assert model.batch_size == entry["batch_size"]

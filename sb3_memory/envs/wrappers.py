@@ -106,3 +106,36 @@ def _encode(space: spaces.Space, action: Any) -> np.ndarray:
             parts.append(part)
         return np.concatenate(parts)
     return np.asarray(action, dtype=np.float32).reshape(-1)
+
+
+class MultiBinaryAsMultiDiscrete(gym.ActionWrapper):
+    """
+    Shows a ``MultiBinary(n)`` action space as ``MultiDiscrete([2] * n)``: the same actions, one
+    two-way choice per bit.
+
+    sb3-contrib's ``RecurrentPPO`` (2.9.2) cannot train on ``MultiBinary``: its recurrent buffer
+    hands the ``int8`` actions to the Bernoulli log-probability, which raises. Through this wrapper
+    it trains with a categorical per bit instead, which is the same family of policies (a softmax
+    over two logits is a sigmoid of their difference). The memory agents and SB3's ``PPO`` do not
+    need it.
+
+    :param env: an environment with a ``MultiBinary`` action space
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        if not isinstance(env.action_space, spaces.MultiBinary):
+            raise TypeError(
+                f"MultiBinaryAsMultiDiscrete wraps MultiBinary action spaces, not {env.action_space}; "
+                "leave the wrapper out for this env"
+            )
+        super().__init__(env)
+        self._binary_shape = env.action_space.shape
+        self.action_space = spaces.MultiDiscrete(np.full(self._binary_shape, 2, dtype=np.int64))
+
+    def action(self, action: Any) -> np.ndarray:
+        choice = np.asarray(action)
+        if choice.shape != self._binary_shape:
+            raise ValueError(f"expected an action of shape {self._binary_shape}, got shape {choice.shape}")
+        if np.any((choice != 0) & (choice != 1)):
+            raise ValueError(f"every entry of a MultiDiscrete([2, ...]) action is 0 or 1, got {choice}")
+        return choice.astype(np.int8)
