@@ -14,7 +14,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-import sb3_memory  # noqa: F401  (registers the sb3_memory/... environments)
+import sb3_memory.envs  # noqa: F401  (registers the sb3_memory/... environments)
 from sb3_memory.common.policies import MemoryActorCriticPolicy
 
 

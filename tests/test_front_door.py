@@ -9,8 +9,8 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_memory import MemoryA2C, MemoryPPO
-from sb3_memory.checks import check_float, check_int
 from sb3_memory.memory import DNCCell, NTMCell
+from sb3_memory.memory.checks import check_float, check_int
 
 TINY = dict(memory_units=4, memory_unit_size=3, controller_dim=8)
 

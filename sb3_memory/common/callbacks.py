@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_memory.checks import check_float, check_int
+from sb3_memory.memory.checks import check_float, check_int
 
 
 class LengthCurriculum(BaseCallback):

@@ -18,10 +18,10 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_memory.checks import check_float, check_int
 from sb3_memory.common.buffers import ChunkedStateMixin, MemoryDictRolloutBuffer, MemoryRolloutBuffer
 from sb3_memory.common.policies import MemoryActorCriticPolicy
 from sb3_memory.common.save_util import atomic_write, zip_path
+from sb3_memory.memory.checks import check_float, check_int
 
 # Longer chunks give longer backpropagation through time but slower, more serial updates.
 MAX_DEFAULT_SEQUENCE_LENGTH = 32

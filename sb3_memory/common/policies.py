@@ -17,10 +17,10 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_memory.checks import check_int
 from sb3_memory.common.auxiliary import AuxiliaryHeads
 from sb3_memory.common.value_normalization import NormalizedValueHead
 from sb3_memory.memory import CORES, MemoryCore
+from sb3_memory.memory.checks import check_int
 
 CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
 # Invalid-action masks, as sb3-contrib's maskable distributions take them.

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sb3_memory.checks import check_float, check_int
+from sb3_memory.memory.checks import check_float, check_int
 
 __all__ = ["MemoryTaskEnv", "check_float", "check_int", "one_hot_box"]
 

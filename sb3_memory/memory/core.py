@@ -7,8 +7,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from sb3_memory.checks import check_float, check_int
 from sb3_memory.memory import native
+from sb3_memory.memory.checks import check_float, check_int
 from sb3_memory.memory.controller import Controller
 
 BACKENDS = ("auto", "native", "reference")

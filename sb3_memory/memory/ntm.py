@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sb3_memory.checks import check_int
 from sb3_memory.memory import addressing
+from sb3_memory.memory.checks import check_int
 from sb3_memory.memory.core import ExternalMemoryCore, weighting_entropy
 
 
