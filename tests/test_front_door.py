@@ -5,6 +5,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -57,7 +58,12 @@ def test_multidiscrete_inside_a_dict_trains(algo):
     space = spaces.Dict({"codes": MULTI_DISCRETE, "x": spaces.Box(-1, 1, (2,), np.float32)})
     env = make_vec_env(lambda: SpaceEnv(space), n_envs=2)
     sizes = dict(n_steps=8, batch_size=16) if algo is MemoryPPO else dict(n_steps=8)
-    algo("MultiInputDNCPolicy", env, **sizes, policy_kwargs=tiny()).learn(32)
+    model = algo("MultiInputDNCPolicy", env, **sizes, policy_kwargs=tiny())
+    assert model.policy.core.input_dim == 9  # one-hot 3 + 4, and the box's 2
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(32)
+    assert model.num_timesteps == 32
+    assert any(not th.equal(a, b) for a, b in zip(before, model.policy.parameters())), "the update changed nothing"
 
 
 def test_numpy_integers_are_accepted_wherever_ints_are():
@@ -112,3 +118,55 @@ def test_learn_rejects_a_bad_budget(steps):
     with pytest.raises(ValueError, match="total_timesteps must be an integer >= 0"):
         model.learn(steps)
     assert model.num_timesteps == 0
+
+
+@pytest.mark.parametrize("algo", [MemoryPPO, MemoryA2C])
+def test_learn_takes_integral_floats_as_sb3_does(algo):
+    env = make_vec_env("sb3_memory/PassiveTMaze-v0", n_envs=2, env_kwargs=dict(corridor_length=3))
+    sizes = dict(n_steps=8, batch_size=16) if algo is MemoryPPO else dict(n_steps=8)
+    model = algo("NTMPolicy", env, **sizes, policy_kwargs=tiny())
+    model.learn(3.2e1)
+    assert model.num_timesteps == 32
+    with pytest.raises(ValueError, match=r"total_timesteps must be an integer >= 0 .*whole\), got 32.5"):
+        model.learn(32.5)
+
+
+def test_a_recurrent_ppo_policy_name_points_at_its_match():
+    env = make_vec_env("sb3_memory/PassiveTMaze-v0", n_envs=2)
+    with pytest.raises(ValueError, match=r"'MlpLstmPolicy' unknown to MemoryPPO: choose one of 'NTMPolicy', .*'LSTMPolicy'"):
+        MemoryPPO("MlpLstmPolicy", env)
+    with pytest.raises(ValueError, match="CnnLstmPolicy is 'CnnLSTMPolicy' here"):
+        MemoryA2C("CnnLstmPolicy", env)
+    with pytest.raises(ValueError, match="'NTM' unknown to MemoryPPO: choose one of 'NTMPolicy'") as error:
+        MemoryPPO("NTM", env)
+    assert "sb3-contrib" not in str(error.value)
+
+
+class RewardAtStep(SpaceEnv):
+    """Gives ``reward`` at the episode's third step and after."""
+
+    def __init__(self, reward: float) -> None:
+        super().__init__(spaces.Box(-1, 1, (2,), np.float32))
+        self.reward = reward
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, self.reward if self._t >= 3 else 0.0, terminated, truncated, info
+
+
+@pytest.mark.parametrize("algo", [MemoryPPO, MemoryA2C])
+def test_a_nan_reward_is_named_before_the_update(algo):
+    env = make_vec_env(lambda: RewardAtStep(float("nan")), n_envs=2)
+    sizes = dict(n_steps=8, batch_size=16) if algo is MemoryPPO else dict(n_steps=8)
+    model = algo("NTMPolicy", env, **sizes, policy_kwargs=tiny())
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    with pytest.raises(ValueError, match=r"non-finite reward \(NaN/Inf\) in env\(s\) \[0, 1\] at step 6: .*VecCheckNan"):
+        model.learn(16)
+    assert all(th.equal(a, b) for a, b in zip(before, model.policy.parameters())), "a NaN reached the update"
+
+
+def test_overflowing_returns_are_named_as_such():
+    env = make_vec_env(lambda: RewardAtStep(3e38), n_envs=1)  # finite rewards whose sum overflows float32
+    model = MemoryPPO("LSTMPolicy", env, n_steps=8, batch_size=8, gamma=1.0, policy_kwargs=tiny("LSTMPolicy"))
+    with pytest.raises(ValueError, match=r"non-finite (return|advantage) .*scale the rewards down"):
+        model.learn(8)

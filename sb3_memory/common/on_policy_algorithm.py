@@ -15,6 +15,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -67,6 +68,37 @@ def default_sequence_length(n_steps: int, batch_size: Optional[int]) -> int:
     """
     common = n_steps if batch_size is None else math.gcd(n_steps, batch_size)
     return max(d for d in range(1, min(common, MAX_DEFAULT_SEQUENCE_LENGTH) + 1) if common % d == 0)
+
+
+def check_finite_rollout(name: str, values: np.ndarray, num_timesteps: int) -> None:
+    """
+    Raise before a non-finite reward, return or advantage reaches the update, where it would turn
+    every parameter, and then the memory, into NaN and be reported far from its cause.
+
+    :param name: what ``values`` are (reward, return, advantage)
+    :param values: the array to check
+    :param num_timesteps: the training step, for the message
+    :raises ValueError: naming the environments and the likely cause
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    envs = sorted({int(index) for index in np.argwhere(~finite)[:, -1]}) if values.ndim > 0 else []
+    cause = (
+        "the environment returned it: check its reward (wrap it in VecCheckNan(env, raise_exception=True) to find the step)"
+        if name == "reward"
+        else "the rewards are finite, so the value estimates or gamma/gae_lambda overflowed: scale the rewards down "
+        "(e.g. VecNormalize(norm_reward=True))"
+    )
+    raise ValueError(f"non-finite {name} (NaN/Inf) in env(s) {envs} at step {num_timesteps}: {cause}")
+
+
+# sb3-contrib's recurrent policy names and the memory-less policies that match them.
+_CONTRIB_LSTM_POLICIES = {
+    "MlpLstmPolicy": "LSTMPolicy",
+    "CnnLstmPolicy": "CnnLSTMPolicy",
+    "MultiInputLstmPolicy": "MultiInputLSTMPolicy",
+}
 
 
 class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -132,6 +164,17 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             )
         return sequence_length
 
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """SB3's lookup, with an error that names the aliases there are (and the memory-less ``LSTMPolicy``)."""
+        if policy_name in self.policy_aliases:
+            return self.policy_aliases[policy_name]
+        names = ", ".join(repr(name) for name in self.policy_aliases)
+        hint = ""
+        if policy_name in _CONTRIB_LSTM_POLICIES:  # a RecurrentPPO user's first try
+            match = _CONTRIB_LSTM_POLICIES[policy_name]
+            hint = f"; sb3-contrib's {policy_name} is {match!r} here (an LSTM, no external memory)"
+        raise ValueError(f"Policy {policy_name!r} unknown to {type(self).__name__}: choose one of {names}{hint}")
+
     def _setup_model(self) -> None:
         tasks = tuple(task for task in ("recall", "prediction") if getattr(self, f"{task}_coef") > 0)
         if tasks:
@@ -156,7 +199,9 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def learn(self, total_timesteps: int, *args: Any, **kwargs: Any):  # type: ignore[override]
         """SB3's ``learn``, with one torch thread on CPU unless the user chose a number (see :func:`single_thread_on_cpu`)."""
-        total_timesteps = check_int("total_timesteps", total_timesteps, 0)
+        if isinstance(total_timesteps, (float, np.floating)) and float(total_timesteps).is_integer():
+            total_timesteps = int(total_timesteps)  # SB3's habit: learn(1e5)
+        total_timesteps = check_int("total_timesteps", total_timesteps, 0, note="a float such as 1e5 is taken if whole")
         with single_thread_on_cpu(self.device):
             return super().learn(total_timesteps, *args, **kwargs)
 
@@ -256,6 +301,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             new_obs, rewards, dones, infos = env.step(clipped_actions)
 
             self.num_timesteps += env.num_envs
+            check_finite_rollout("reward", rewards, self.num_timesteps)  # sb3-memory: before it poisons an update
 
             # Give access to local variables
             callback.update_locals(locals())
@@ -304,6 +350,8 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, episode_starts)  # type: ignore[arg-type]  # sb3-memory
 
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        check_finite_rollout("return", rollout_buffer.returns, self.num_timesteps)  # sb3-memory
+        check_finite_rollout("advantage", rollout_buffer.advantages, self.num_timesteps)  # sb3-memory
         self.policy.update_value_normalization(th.as_tensor(rollout_buffer.returns))  # type: ignore[operator]  # sb3-memory
         for key, value in self.policy.memory_diagnostics(state).items():  # sb3-memory: memory/ statistics
             self.logger.record(f"memory/{key}", value)
