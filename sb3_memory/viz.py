@@ -2,7 +2,7 @@
 
 Usage:
     python -m sb3_memory.viz --algo memory_ppo --model logs/.../best_model.zip \\
-        --env sb3_memory/PassiveTMaze-v0 --env-kwargs corridor_length=5 --out trace.png
+        --env sb3_memory/PassiveTMaze-v0 --env-kwargs corridor_length:5 --out trace.png
 """
 
 import argparse
@@ -122,26 +122,25 @@ def render_memory_trace(
 
 def main() -> None:
     from sb3_memory.a2c import MemoryA2C
+    from sb3_memory.envs.kwargs import FORMAT, env_kwarg_argument, parse_env_kwargs
     from sb3_memory.ppo import MemoryPPO
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", choices=["memory_ppo", "memory_a2c"], default="memory_ppo")
     parser.add_argument("--model", required=True, help="path of a saved model (.zip)")
     parser.add_argument("--env", required=True)
-    parser.add_argument("--env-kwargs", nargs="*", default=[], help="key=value pairs (values parsed as Python literals)")
+    parser.add_argument("--env-kwargs", nargs="*", default=[], type=env_kwarg_argument, help=FORMAT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="memory_trace.png")
     parser.add_argument(
         "--vecnormalize", help="VecNormalize statistics the model was trained with (rl-zoo3: vecnormalize.pkl)"
     )
     args = parser.parse_args()
-    import ast
-
     try:
         import rl_zoo3.import_envs  # noqa: F401  (CartPoleNoVel-v1 and the other zoo envs, if installed)
     except ImportError:
         pass
-    env_kwargs = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.env_kwargs)}
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
     algorithms: dict[str, type[Union[MemoryPPO, MemoryA2C]]] = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}
     model = algorithms[args.algo].load(args.model, device="cpu")
     env = gym.make(args.env, **env_kwargs)

@@ -39,6 +39,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sb3_memory.envs.kwargs import env_kwarg_argument, parse_env_kwargs
+
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: zoo_configs/, runs/, docs/
 
 # name -> (zoo algorithm, config file, extra hyperparameters passed with -params, policy_kwargs overrides;
@@ -113,17 +115,6 @@ LENGTH_KNOBS: dict[str, tuple[Optional[str], str]] = {
 GENERALISATION_FACTORS = (2, 4)
 # A run at equal wall clock may take this many times its --budget (steps/s differ up to 3x).
 WALL_CLOCK_STEP_CAP = 4
-
-
-def parse_env_kwargs(items: Optional[list[str]]) -> dict[str, Any]:
-    """rl-zoo3's ``--env-kwargs key:value`` items as a dict (values as Python literals)."""
-    import ast
-
-    kwargs = {}
-    for item in items or []:
-        key, _, value = item.partition(":")
-        kwargs[key] = ast.literal_eval(value)
-    return kwargs
 
 
 def task_name(env: str, env_kwargs: Optional[list[str]] = None) -> str:
@@ -604,7 +595,7 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, help="steps per run (default: the configs' n_timesteps)")
-    parser.add_argument("--env-kwargs", nargs="*", help="passed to the zoo (e.g. corridor_length:10)")
+    parser.add_argument("--env-kwargs", nargs="*", type=env_kwarg_argument, help="passed to the zoo (e.g. corridor_length:10)")
     parser.add_argument("--eval-freq", type=int, default=5000)
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument(

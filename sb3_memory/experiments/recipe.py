@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from sb3_memory.experiments.compare import parse_env_kwargs
+from sb3_memory.envs.kwargs import env_kwarg_argument, parse_env_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE: dict[str, Any] = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
@@ -198,7 +198,13 @@ def _setting_argument(setting: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPoleNoVel-v1")
-    parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. corridor_length:20 (values as Python literals)")
+    parser.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        default=[],
+        type=env_kwarg_argument,
+        help="e.g. corridor_length:20 (values as Python literals)",
+    )
     parser.add_argument("--policies", nargs="+", default=list(CORE_SHAPE), choices=[*CORE_SHAPE, *BASELINES])
     parser.add_argument("--settings", nargs="+", default=["library"], type=_setting_argument, help="names or key=value+...")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -231,3 +237,7 @@ def main() -> None:
         args.table.write_text(f"# One generic recipe, several settings\n\nMade by `{command}`.\n{caption}.\n\n{markdown}\n")
     if any(math.isnan(r["mean"]) for r in results):
         raise SystemExit("some runs produced NaN")
+
+
+if __name__ == "__main__":
+    main()

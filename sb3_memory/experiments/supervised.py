@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_memory.envs.base import MemoryTaskEnv
-from sb3_memory.experiments.compare import parse_env_kwargs
+from sb3_memory.envs.kwargs import env_kwarg_argument, parse_env_kwargs
 from sb3_memory.experiments.copy_task import CoreWithReadout
 from sb3_memory.experiments.recipe import CORE_SHAPE
 
@@ -138,7 +138,9 @@ def table(curves: dict[str, list[list[tuple[int, float]]]], level: float = 0.9) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, help="a memory task, e.g. sb3_memory/Copy-v0")
-    parser.add_argument("--env-kwargs", nargs="*", default=[], help="e.g. length:10 (values as Python literals)")
+    parser.add_argument(
+        "--env-kwargs", nargs="*", default=[], type=env_kwarg_argument, help="e.g. length:10 (values as Python literals)"
+    )
     parser.add_argument("--cores", nargs="+", default=list(POLICY_OF_CORE), choices=list(POLICY_OF_CORE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=32_000)
