@@ -7,7 +7,7 @@ pass, and are checked against the PyTorch reference (``MemoryCore.reference_sequ
 tests: same features, final state and gradients.
 
 The C++ file uses no PyTorch headers. It is compiled on first use with the system C++ compiler,
-one library per scalar type (about 5 s each, once per machine: the libraries are cached under
+one library per scalar type (seconds each, once per machine: the libraries are cached under
 ``$SB3_MEMORY_CACHE``, by default ``~/.cache/sb3_memory``), and called through :mod:`ctypes` on
 the tensors' memory. Without a compiler the cores fall back to the reference path (see
 ``MemoryCore``'s ``backend``).
@@ -28,38 +28,69 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
-ABI_VERSION = 4
+# The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in the C++ file).
+ABI_VERSION = 5
 CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
 CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
 SUPPORTED_DTYPES = {torch.float32: "SMEM_FLOAT32", torch.float64: "SMEM_FLOAT64"}
-
-_CONFIG_FIELDS = (
-    "core", "controller", "T", "B", "G", "C", "K", "N", "W", "R", "Hw", "S", "P", "D",
-    "off_memory", "off_read_vectors", "off_read_weights", "off_write_weights",
-    "off_usage", "off_precedence", "off_link", "off_hidden", "off_cell", "hidden_size", "cell_size",
-)  # fmt: skip
-_BUFFER_FIELDS = (
-    "projected", "state0", "starts", "init_row", "w_rec", "w_hid", "b_hid", "w_if", "b_if",
-    "features", "state_T", "tape", "d_features", "d_state_T", "d_projected", "d_state0",
-)  # fmt: skip
 # Weights in the order the kernels take them; a core passes None for those it does not have.
 WEIGHT_NAMES = ("w_rec", "w_hid", "b_hid", "w_if", "b_if")
-
-
-class _Config(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int64) for name in _CONFIG_FIELDS]
-
-
-class _Buffers(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p) for name in _BUFFER_FIELDS]
 
 
 class NativeUnavailableError(RuntimeError):
     """The native kernels could not be built or loaded on this machine."""
 
 
+def _names(function: Any) -> list[str]:
+    function.restype = ctypes.c_char_p
+    return [name for name in function().decode().split(",") if name]
+
+
+class Interface:
+    """
+    The kernels' calling interface as the library itself declares it (``SMEM_CONFIG_FIELDS``,
+    ``SMEM_BUFFER_FIELDS`` and ``SMEM_STATUS_CODES`` in the C++ file): the ctypes structures are
+    built from the exported field lists, so Python never repeats the C layout.
+
+    :param library: a loaded kernel library
+    :raises NativeUnavailableError: the library speaks another ABI version, or its structure sizes
+        disagree with the fields it lists
+    """
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        library.smem_abi_version.restype = ctypes.c_int64
+        version = int(library.smem_abi_version())
+        if version != ABI_VERSION:
+            raise NativeUnavailableError(
+                f"the kernel library speaks ABI {version}, this sb3_memory speaks {ABI_VERSION}: "
+                f"delete the cached libraries in {cache_dir()} and run again"
+            )
+        self.config_fields = _names(library.smem_config_fields)
+        self.buffer_fields = _names(library.smem_buffer_fields)
+        config_type: Any = type(
+            "SmemConfig", (ctypes.Structure,), {"_fields_": [(n, ctypes.c_int64) for n in self.config_fields]}
+        )
+        buffers_type: Any = type(
+            "SmemBuffers", (ctypes.Structure,), {"_fields_": [(n, ctypes.c_void_p) for n in self.buffer_fields]}
+        )
+        self.config_type, self.buffers_type = config_type, buffers_type
+        for name, structure in (("config", config_type), ("buffers", buffers_type)):
+            size_function = getattr(library, f"smem_{name}_size")
+            size_function.restype = ctypes.c_int64
+            if int(size_function()) != ctypes.sizeof(structure):
+                raise NativeUnavailableError(
+                    f"the kernels' Smem{name.capitalize()} is {size_function()} bytes, but its fields make "
+                    f"{ctypes.sizeof(structure)}: the C++ declaration and SMEM_{name.upper()}_FIELDS disagree"
+                )
+        self.status_names = {
+            int(value): name for name, value in (item.split("=") for item in _names(library.smem_status_names))
+        }
+        self.statuses = {name: value for value, name in self.status_names.items()}
+
+
 _lock = threading.Lock()
 _libraries: dict[torch.dtype, ctypes.CDLL] = {}
+_interfaces: dict[torch.dtype, Interface] = {}
 _failures: dict[torch.dtype, str] = {}
 
 
@@ -137,19 +168,20 @@ def load_library(dtype: torch.dtype = torch.float32) -> ctypes.CDLL:
             if compiler is None:
                 raise NativeUnavailableError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
             library = ctypes.CDLL(str(_build(compiler, dtype)))
-            if library.smem_abi_version() != ABI_VERSION:
-                raise NativeUnavailableError("the cached library does not match this version of sb3_memory")
+            interface = Interface(library)
         except (NativeUnavailableError, OSError) as error:
             _failures[dtype] = str(error)
             raise NativeUnavailableError(_failures[dtype]) from None
+        config_pointer = ctypes.POINTER(interface.config_type)
         library.smem_tape_size.restype = ctypes.c_int64
-        library.smem_tape_size.argtypes = [ctypes.POINTER(_Config)]
+        library.smem_tape_size.argtypes = [config_pointer]
         library.smem_tape_fields.restype = None
-        library.smem_tape_fields.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(ctypes.c_int64)]
+        library.smem_tape_fields.argtypes = [config_pointer, ctypes.POINTER(ctypes.c_int64)]
         for function in (library.smem_forward, library.smem_backward):
             function.restype = ctypes.c_int
-            function.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(_Buffers)]
+            function.argtypes = [config_pointer, ctypes.POINTER(interface.buffers_type)]
         _libraries[dtype] = library
+        _interfaces[dtype] = interface
         return library
 
 
@@ -177,12 +209,16 @@ class NativeSequence:
     """
 
     def __init__(self, config: dict[str, int], init_row: Tensor, name: str = "memory core") -> None:
-        missing = set(_CONFIG_FIELDS) - {"T", "B"} - set(config)
-        if missing:
-            raise ValueError(f"native config lacks {sorted(missing)}")
         self.dtype = init_row.dtype
         self.library = load_library(self.dtype)
-        self.config = _Config(T=0, B=0, **config)
+        self.interface = _interfaces[self.dtype]
+        expected = set(self.interface.config_fields) - {"T", "B"}
+        if expected != set(config):
+            raise ValueError(
+                f"native config for {name}: missing {sorted(expected - set(config))}, "
+                f"unknown {sorted(set(config) - expected)} (the kernels' fields: {self.interface.config_fields})"
+            )
+        self.config = self.interface.config_type(T=0, B=0, **config)
         self.init_row = init_row.contiguous()
         self.tape_size = int(self.library.smem_tape_size(ctypes.byref(self.config)))
         fields = (ctypes.c_int64 * 5)()
@@ -197,7 +233,10 @@ class NativeSequence:
             if tensor is not None and tensor.dtype != self.dtype and name != "starts":
                 raise TypeError(f"{name} is {tensor.dtype}, but these kernels are {self.dtype}")
         self.config.T, self.config.B = steps, batch
-        pointers = _Buffers(**{name: _pointer(tensor) for name, tensor in buffers.items()})
+        unknown = set(buffers) - set(self.interface.buffer_fields)
+        if unknown:
+            raise ValueError(f"the kernels have no buffers {sorted(unknown)}; they take {self.interface.buffer_fields}")
+        pointers = self.interface.buffers_type(**{name: _pointer(tensor) for name, tensor in buffers.items()})
         return function(ctypes.byref(self.config), ctypes.byref(pointers))
 
     def forward(
@@ -268,12 +307,13 @@ class NativeSequence:
         return d_projected, d_state0, (d_w_rec, d_w_hid, d_b_hid, d_w_if, d_b_if)
 
     def _status_error(self, status: int) -> Exception:
-        if status == 2:
+        if status == self.interface.statuses["non_finite_features"]:
             return ValueError(
                 f"{self.name} produced non-finite features (NaN/Inf): the parameters or the carried state "
                 "diverged; lower the learning rate or clip gradients (max_grad_norm)"
             )
-        return RuntimeError(f"native memory kernel failed with status {status}")
+        name = self.interface.status_names.get(status, "not a status the library declares")
+        return RuntimeError(f"native memory kernel failed with status {status} ({name})")
 
 
 class _FusedSequenceFunction(torch.autograd.Function):

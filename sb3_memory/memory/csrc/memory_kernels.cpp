@@ -7,7 +7,7 @@
 // call. The forward pass records a per-step "tape" of intermediate values; the backward pass
 // walks the tape in reverse and accumulates the parameter gradients.
 //
-// No PyTorch headers: the library is compiled in about a second with the system C++ compiler
+// No PyTorch headers: the library is compiled once per machine with the system C++ compiler
 // and called through ctypes (see native.py). Every buffer is contiguous and row-major:
 //   projected (T, B, G), starts (T, B) uint8, state (B, D), features (T, B, F), tape (B, T, TS).
 // Weights keep PyTorch's (out_features, in_features) layout.
@@ -37,42 +37,53 @@ enum ControllerKind : int64_t { kLSTM = 0, kGRU = 1, kMLP = 2 };
 
 extern "C" {
 
-// Sizes and flat-state offsets, filled in by native.py from the core's configuration.
+// The calling interface, written once. native.py builds its ctypes structures from the field
+// lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
+// at load, so the two sides cannot drift apart.
+#define SMEM_ABI_VERSION 5  // bump whenever the interface or the calling convention changes
+
+// Sizes and flat-state offsets, filled in by native.py from the core's configuration:
+//   G width of the projected input (gates * C); C controller output size; K columns of the
+//   recurrent weight (fed-back reads, + hidden for an LSTM); N, W, R memory slots, word size, read
+//   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width.
+#define SMEM_CONFIG_FIELDS(X)                                                                      \
+  X(core) X(controller) X(T) X(B) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)                  \
+  X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
+  X(off_precedence) X(off_link) X(off_hidden) X(off_cell) X(hidden_size) X(cell_size)
+
+// Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
+// starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if
+// external-memory cores only; tape null = inference; d_state_T null = zero. The backward pass also
+// writes the tape's gradient fields (smem_tape_fields).
+#define SMEM_BUFFER_FIELDS(X)                                                                      \
+  /* forward inputs */                                                                             \
+  X(const void*, projected) X(const void*, state0) X(const uint8_t*, starts) X(const void*, init_row) \
+  X(const void*, w_rec) X(const void*, w_hid) X(const void*, b_hid) X(const void*, w_if)           \
+  X(const void*, b_if)                                                                             \
+  /* forward outputs */                                                                            \
+  X(void*, features) X(void*, state_T) X(void*, tape)                                              \
+  /* backward inputs, then outputs */                                                              \
+  X(const void*, d_features) X(const void*, d_state_T) X(void*, d_projected) X(void*, d_state0)
+
+// What smem_forward and smem_backward return; native.py reads the names from smem_status_names.
+#define SMEM_STATUS_CODES(X) X(ok, 0) X(unknown_core, 1) X(non_finite_features, 2)
+
 struct SmemConfig {
-  int64_t core, controller;
-  int64_t T, B;
-  int64_t G;  // width of the projected input: gates * C
-  int64_t C;  // controller output size
-  int64_t K;  // columns of the recurrent weight: fed-back reads (+ hidden for an LSTM)
-  int64_t N, W, R, Hw, S;  // memory slots, word size, read heads, write heads (NTM), shifts (NTM)
-  int64_t P;  // interface width
-  int64_t D;  // flat state width
-  int64_t off_memory, off_read_vectors, off_read_weights, off_write_weights;
-  int64_t off_usage, off_precedence, off_link, off_hidden, off_cell;
-  int64_t hidden_size, cell_size;
+#define SMEM_DECLARE(name) int64_t name;
+  SMEM_CONFIG_FIELDS(SMEM_DECLARE)
+#undef SMEM_DECLARE
 };
 
 struct SmemBuffers {
-  // forward inputs
-  const void* projected;
-  const void* state0;
-  const uint8_t* starts;  // null: no episode starts
-  const void* init_row;
-  const void* w_rec;  // (G, K), null when K == 0
-  const void* w_hid;  // (3C, C), GRU only
-  const void* b_hid;  // (3C), GRU only
-  const void* w_if;   // (P, C), external-memory cores only
-  const void* b_if;   // (P)
-  // forward outputs
-  void* features;
-  void* state_T;
-  void* tape;  // null: inference, nothing recorded
-  // backward inputs
-  const void* d_features;
-  const void* d_state_T;  // null: zero
-  // backward outputs; the backward pass also writes the tape's gradient fields (smem_tape_fields)
-  void* d_projected;
-  void* d_state0;
+#define SMEM_DECLARE(type, name) type name;
+  SMEM_BUFFER_FIELDS(SMEM_DECLARE)
+#undef SMEM_DECLARE
+};
+
+enum SmemStatus : int {
+#define SMEM_DECLARE(name, value) kStatus_##name = value,
+  SMEM_STATUS_CODES(SMEM_DECLARE)
+#undef SMEM_DECLARE
 };
 
 }  // extern "C"
@@ -206,7 +217,10 @@ constexpr double kInverseFactorials[] = {1.0,
 template <typename F>
 inline F vexp(F x) {
   using B = FloatBits<F>;
-  const F xc = std::min(std::max(x, F(B::exp_min)), F(B::exp_max));
+  // Clamped with comparisons that send NaN to exp_min: a NaN reaching the integer conversion
+  // below would be undefined behaviour (UBSan); the NaN itself is returned at the end.
+  F xc = x > F(B::exp_min) ? x : F(B::exp_min);
+  xc = xc < F(B::exp_max) ? xc : F(B::exp_max);
   // x = n ln2 + r, |r| <= ln2 / 2, with ln2 split in two so that n ln2 is exact (Cody and Waite).
   // Adding and subtracting 1.5 * 2^mantissa rounds to an integer (floor does not vectorise).
   const F magic = F(1.5) * from_bits<F>(typename B::Int(B::bias + B::mantissa) << B::mantissa);
@@ -1349,7 +1363,7 @@ int run_forward(const SmemConfig& c, const SmemBuffers& b) {
       entering = out;
     }
   }
-  return all_finite(features, T * B * FD) ? 0 : 2;
+  return all_finite(features, T * B * FD) ? kStatus_ok : kStatus_non_finite_features;
 }
 
 template <typename F, template <typename> class CoreT>
@@ -1386,7 +1400,7 @@ int run_backward(const SmemConfig& c, const SmemBuffers& b) {
     }
     std::copy(dout.begin(), dout.end(), dstate0 + row * D);
   }
-  return 0;
+  return kStatus_ok;
 }
 
 template <typename F>
@@ -1399,7 +1413,7 @@ int dispatch(const SmemConfig& c, const SmemBuffers& b, bool backward) {
     case kPlain:
       return backward ? run_backward<F, Plain>(c, b) : run_forward<F, Plain>(c, b);
     default:
-      return -1;
+      return kStatus_unknown_core;
   }
 }
 
@@ -1407,8 +1421,28 @@ int dispatch(const SmemConfig& c, const SmemBuffers& b, bool backward) {
 
 extern "C" {
 
-// Bumped whenever SmemConfig, SmemBuffers or the calling convention change.
-int64_t smem_abi_version() { return 4; }
+int64_t smem_abi_version() { return SMEM_ABI_VERSION; }
+
+// Comma-separated field names in declaration order, and the structures' sizes in bytes.
+const char* smem_config_fields() {
+#define SMEM_NAME(name) #name ","
+  return SMEM_CONFIG_FIELDS(SMEM_NAME);
+#undef SMEM_NAME
+}
+const char* smem_buffer_fields() {
+#define SMEM_NAME(type, name) #name ","
+  return SMEM_BUFFER_FIELDS(SMEM_NAME);
+#undef SMEM_NAME
+}
+int64_t smem_config_size() { return sizeof(SmemConfig); }
+int64_t smem_buffers_size() { return sizeof(SmemBuffers); }
+
+// "name=value," for every status code.
+const char* smem_status_names() {
+#define SMEM_NAME(name, value) #name "=" #value ","
+  return SMEM_STATUS_CODES(SMEM_NAME);
+#undef SMEM_NAME
+}
 
 int64_t smem_tape_size(const SmemConfig* c) { return make_tape(*c).size; }
 
@@ -1434,7 +1468,7 @@ using Scalar = double;
 #error "compile with -DSMEM_FLOAT32 or -DSMEM_FLOAT64"
 #endif
 
-// Return 0 on success, 2 if a feature is not finite, -1 for an unknown core.
+// Return an SmemStatus.
 int smem_forward(const SmemConfig* c, const SmemBuffers* b) { return dispatch<Scalar>(*c, *b, false); }
 int smem_backward(const SmemConfig* c, const SmemBuffers* b) { return dispatch<Scalar>(*c, *b, true); }
 
