@@ -124,9 +124,10 @@ def main() -> None:
     from sb3_memory.a2c import MemoryA2C
     from sb3_memory.envs.kwargs import FORMAT, env_kwarg_argument, parse_env_kwargs
     from sb3_memory.ppo import MemoryPPO
+    from sb3_memory.ppo_mask import MaskableMemoryPPO
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", choices=["memory_ppo", "memory_a2c"], default="memory_ppo")
+    parser.add_argument("--algo", choices=["memory_ppo", "memory_a2c", "maskable_memory_ppo"], default="memory_ppo")
     parser.add_argument("--model", required=True, help="path of a saved model (.zip)")
     parser.add_argument("--env", required=True)
     parser.add_argument("--env-kwargs", nargs="*", default=[], type=env_kwarg_argument, help=FORMAT)
@@ -141,7 +142,11 @@ def main() -> None:
     except ImportError:
         pass
     env_kwargs = parse_env_kwargs(args.env_kwargs)
-    algorithms: dict[str, type[Union[MemoryPPO, MemoryA2C]]] = {"memory_ppo": MemoryPPO, "memory_a2c": MemoryA2C}
+    algorithms: dict[str, type[Union[MemoryPPO, MemoryA2C]]] = {
+        "memory_ppo": MemoryPPO,
+        "memory_a2c": MemoryA2C,
+        "maskable_memory_ppo": MaskableMemoryPPO,
+    }
     model = algorithms[args.algo].load(args.model, device="cpu")
     env = gym.make(args.env, **env_kwargs)
     obs_transform = None

@@ -1,5 +1,5 @@
 """
-rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` algorithms, Optuna samplers
+rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` / ``maskable_memory_ppo`` algorithms, Optuna samplers
 and a thin command-line wrapper around rl-zoo3's own entry points.
 
 Usage (the flags after the subcommand are exactly rl-zoo3's; the wrapper only strips the subcommand)::
@@ -22,7 +22,8 @@ is built, before ``--gym-packages`` modules are imported, so ``python -m rl_zoo3
 
 Importing this module (idempotent, see :func:`register`):
 
-* adds ``memory_ppo`` (:class:`~sb3_memory.MemoryPPO`) and ``memory_a2c`` (:class:`~sb3_memory.MemoryA2C`)
+* adds ``memory_ppo`` (:class:`~sb3_memory.MemoryPPO`), ``memory_a2c`` (:class:`~sb3_memory.MemoryA2C`) and
+  ``maskable_memory_ppo`` (:class:`~sb3_memory.MaskableMemoryPPO`)
   to rl-zoo3's ``ALGOS``, their samplers to ``HYPERPARAMS_SAMPLER`` and converters to
   ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
 * registers the ``sb3_memory/...`` tasks and rl-zoo3's ``...NoVel`` envs with gymnasium;
@@ -393,7 +394,7 @@ SUBCOMMANDS = {
 
 _USAGE = f"""usage: sb3-memory-zoo {{{",".join(SUBCOMMANDS)}}} [rl-zoo3 arguments ...]
 
-Runs rl-zoo3's own script with the sb3_memory algorithms (memory_ppo, memory_a2c) registered.
+Runs rl-zoo3's own script with the sb3_memory algorithms (memory_ppo, memory_a2c, maskable_memory_ppo) registered.
 Hyperparameter search: `train ... -optimize` (see `sb3-memory-zoo train --help`).
 Example: sb3-memory-zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf zoo_configs/memory_ppo.yml
 """

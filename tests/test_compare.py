@@ -279,3 +279,25 @@ def test_report_scores_generalisation_and_equal_time(tmp_path):
     assert f"| +0.38 (p={p_steps:.3f}) |" in dnc_row and "| 0.890 | 0.790 |" in dnc_row
     assert dnc_row.endswith(f"memory_ppo-lstm@100s: +0.34 (p={p_time:.3f}) |")
     assert "| memory_ppo-lstm@100s | 2 | 200 | 0.650 ±" in table
+
+
+def test_report_of_wall_clock_runs_alone(tmp_path):
+    """A runs folder holding only equal-time runs (no step budget) still gets its table and figure."""
+    results = [
+        dict(
+            algo="memory_ppo-lstm",
+            env="sb3_memory/BinaryCopy-v0",
+            seed=seed,
+            timesteps=[100, 200],
+            mean_returns=[1.0, 5.0 + seed],
+            wall_seconds=100.0,
+            steps_per_second=2.0,
+            wall_clock=100.0,
+            scores={"trained": 0.6 + 0.1 * seed, "2x": 0.5, "4x": 0.5},
+        )
+        for seed in (0, 1)
+    ]
+    write_report(results, tmp_path, "python scripts/compare.py --test")
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| memory_ppo-lstm@100s | 2 | 200 | 0.650 ±" in table
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"

@@ -55,9 +55,9 @@ ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
     "memory_ppo-ntm-aux": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'", *_AUX], {}),
     "memory_ppo-dnc-aux": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'", *_AUX], {}),
     "memory_ppo-lstm-aux": ("memory_ppo", "memory_ppo.yml", ["policy:'LSTMPolicy'", *_AUX], _NO_MEMORY),
-    # The value loss trains the core too (the default before 0.4).
+    # The value loss trains the core too (an earlier default).
     "memory_ppo-ntm-shared": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "shared"}),
-    # The critic has its own core (the library default since 0.5; the task entries set "detached").
+    # The critic has its own core (the library default; the task entries set "detached").
     "memory_ppo-ntm-separate": ("memory_ppo", "memory_ppo.yml", ["policy:'NTMPolicy'"], {"critic_memory": "separate"}),
     "memory_ppo-dnc-separate": ("memory_ppo", "memory_ppo.yml", ["policy:'DNCPolicy'"], {"critic_memory": "separate"}),
     "memory_ppo-lstm-separate": (
@@ -504,7 +504,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     # One legend for the figure: an algorithm may be missing from some panels.
     labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
     names = sorted(labelled, key=ALGO_ORDER.index)
-    fig.legend([labelled[n] for n in names], names, loc="upper center", ncol=len(names), fontsize=8, frameon=False)
+    fig.legend([labelled[n] for n in names], names, loc="upper center", ncol=max(len(names), 1), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "comparison.png", dpi=100)
