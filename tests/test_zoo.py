@@ -3,6 +3,7 @@
 import argparse
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -206,6 +207,22 @@ def test_enjoy_threads_memory_state(trained_tmaze, monkeypatch):
 # --------------------------------------------------------------------------------------------
 # (c) configs
 # --------------------------------------------------------------------------------------------
+
+
+def test_quickstart_config_solves_its_task(tmp_path):
+    """The README's zoo example as written: train with zoo_configs/quickstart.yml, then enjoy reports >= 90% success."""
+    env_id = "sb3_memory/PassiveTMazeJunction-v0"
+    common = ["--algo", "memory_ppo", "--env", env_id, "--num-threads", "1"]
+    result = zoo_command(
+        "train", *common, "-conf", str(CONFIGS / "quickstart.yml"), "--log-folder", str(tmp_path), "--seed", "0",
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = zoo_command("enjoy", *common, "-f", str(tmp_path), "--no-render", "-n", "300")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    success = re.search(r"Success rate: ([0-9.]+)%", result.stdout)
+    assert success is not None, result.stdout[-3000:]
+    assert float(success.group(1)) >= 90.0, result.stdout[-1000:]
 
 
 def test_configs_cover_the_same_envs_with_equal_budgets():
