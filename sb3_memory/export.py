@@ -14,6 +14,8 @@ distribution's mode, and Box actions clipped to the action space.
 Needs ``pip install "sb3-memory[export]"`` (onnx, onnxscript; onnxruntime to run it).
 """
 
+import inspect
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Union
@@ -25,7 +27,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from torch import nn
 
 from sb3_memory.common.policies import MemoryActorCriticPolicy
-from sb3_memory.memory import DNCCell, MemoryCore, addressing
+from sb3_memory.memory import MemoryCore
 
 INPUT_NAMES = ["observation", "state", "episode_start"]
 OUTPUT_NAMES = ["action", "value", "new_state"]
@@ -46,14 +48,22 @@ class PolicyStep(nn.Module):
         super().__init__()
         if isinstance(policy.observation_space, spaces.Dict):
             raise ValueError("ONNX export takes Box and Discrete observations; Dict observations are not supported yet")
-        # Rebuilt as SB3 loads a policy (a deep copy would trip over the distribution SB3 keeps).
-        copied = type(policy)(**policy._get_constructor_parameters())
+        if isinstance(policy.action_space, spaces.Box) and policy.squash_output:
+            # Said before tracing: the exporter's own failure on the squashed graph is ~170 lines.
+            raise ValueError(
+                "ONNX export of squashed actions (gSDE with squash_output=True) is not supported yet; "
+                "gSDE without squash_output exports"
+            )
+        # Rebuilt as SB3 loads a policy (a deep copy would trip over the distribution SB3 keeps),
+        # with cores that trace to graph operations: the reference step, and for the DNC the
+        # sort-free allocation (the same weights: neither setting owns parameters).
+        parameters = policy._get_constructor_parameters()
+        accepted = inspect.signature(type(policy.core)).parameters
+        graph_settings = {"backend": "reference", "compile_step": False, "allocation": "rank"}
+        parameters.update({name: value for name, value in graph_settings.items() if name in accepted})
+        copied = type(policy)(**parameters)
         copied.load_state_dict(policy.state_dict())
         policy = copied.cpu().eval()
-        for core in self._cores(policy):
-            core.backend, core.compile_step = "reference", False
-            if isinstance(core, DNCCell):
-                core.allocation = addressing.allocation_weights_by_rank  # type: ignore[method-assign]
         self.policy = policy
         self.register_buffer("initial_state", policy.initial_state(1)[0])
         action_space = policy.action_space
@@ -99,8 +109,6 @@ class PolicyStep(nn.Module):
         if isinstance(space, spaces.MultiBinary):
             return th.round(th.sigmoid(action_params))
         if isinstance(space, spaces.Box):
-            if self.policy.squash_output:
-                raise ValueError("ONNX export of squashed (gSDE) actions is not supported yet")
             action = action_params.reshape(-1, *space.shape)
             return th.maximum(th.minimum(action, self.action_high), self.action_low)
         raise ValueError(f"ONNX export does not support {space} actions")
@@ -111,7 +119,7 @@ def export_onnx(model: Union[BaseAlgorithm, MemoryActorCriticPolicy], path: Unio
     Write one deterministic step of a memory policy to an ONNX file (see the module docstring).
 
     :param model: a trained MemoryPPO / MemoryA2C / MaskableMemoryPPO (masks are not exported), or its policy
-    :param path: the ``.onnx`` file to write
+    :param path: the ``.onnx`` file to write, self-contained (its folder is created if needed)
     :return: the path; the graph's inputs are ``observation`` ``(batch, *observation shape)``,
         ``state`` ``(batch, state_size)`` float32 and ``episode_start`` ``(batch,)`` float32, its
         outputs ``action``, ``value`` ``(batch, 1)`` and ``new_state``; ``state_size`` is also in
@@ -129,19 +137,23 @@ def export_onnx(model: Union[BaseAlgorithm, MemoryActorCriticPolicy], path: Unio
     episode_start = th.ones(2)
     batch = th.export.Dim("batch")
     path = Path(path)
-    with warnings.catch_warnings():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The exporter may write the weights to a side file (<name>.onnx.data): export in a private
+    # folder, then save one self-contained file at the target.
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own progress and deprecation chatter
+        traced = Path(folder) / "policy.onnx"
         th.onnx.export(
             step,
             (observation, state, episode_start),
-            str(path),
+            str(traced),
             dynamo=True,
             input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES,
             dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
             verbose=False,
         )
-    graph = onnx.load(str(path))
+        graph = onnx.load(str(traced))
     onnx.helper.set_model_props(graph, {"state_size": str(policy.state_size), "sb3_memory_policy": type(policy).__name__})
     onnx.save(graph, str(path))
     return path

@@ -113,3 +113,30 @@ def test_unsupported_policies_are_named(tmp_path):
         export_onnx(model, tmp_path / "policy.onnx")
     with pytest.raises(TypeError, match="needs a memory policy"):
         export_onnx(object(), tmp_path / "policy.onnx")  # type: ignore[arg-type]
+
+
+def test_gsde_exports_unless_squashed(tmp_path, monkeypatch):
+    """Unsquashed gSDE exports and matches predict; squash_output is refused before any tracing."""
+    env = make_vec_env(lambda: EpisodesEnv(OBSERVATIONS["box"][0], spaces.Box(-1, 1, (2,), np.float32)), n_envs=2, seed=0)
+    model = MemoryPPO("NTMPolicy", env, n_steps=16, batch_size=32, seed=0, use_sde=True, policy_kwargs=dict(CORES["NTM"]))
+    model.learn(32)
+    gaps = run_side_by_side(model, env, export_onnx(model, tmp_path / "policy.onnx"), episodes=8)
+    assert gaps["action"] < 1e-5 and gaps["state"] < 1e-5 and gaps["value"] < 1e-5, gaps
+    squashed = MemoryPPO(
+        "NTMPolicy", env, n_steps=16, batch_size=32, use_sde=True, policy_kwargs=dict(squash_output=True, **CORES["NTM"])
+    )
+    traced = []
+    monkeypatch.setattr(th.onnx, "export", lambda *args, **kwargs: traced.append(args))
+    with pytest.raises(ValueError, match=r"squashed actions \(gSDE with squash_output=True\) is not supported yet"):
+        export_onnx(squashed, tmp_path / "squashed.onnx")
+    assert traced == []
+
+
+def test_export_creates_its_folder_and_writes_one_file(tmp_path):
+    env = make_vec_env(lambda: EpisodesEnv(OBSERVATIONS["box"][0], spaces.Discrete(3)), n_envs=1, seed=0)
+    model = MemoryPPO("LSTMPolicy", env, n_steps=8, batch_size=8, seed=0, policy_kwargs=dict(CORES["LSTM"]))
+    target = tmp_path / "new" / "folder" / "policy.onnx"
+    path = export_onnx(model, target)
+    assert path == target and sorted(p.name for p in target.parent.iterdir()) == ["policy.onnx"]
+    session = ort.InferenceSession(str(path))  # self-contained: loads with no side file
+    assert [i.name for i in session.get_inputs()] == ["observation", "state", "episode_start"]

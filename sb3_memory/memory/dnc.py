@@ -24,6 +24,10 @@ class DNCState(NamedTuple):
     controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
 
 
+# How the allocation weighting ranks the slots by usage (DNCCell's ``allocation``).
+ALLOCATIONS = {"sort": addressing.allocation_weights, "rank": addressing.allocation_weights_by_rank}
+
+
 class DNCCell(ExternalMemoryCore):
     """
     Differentiable Neural Computer: one write head with dynamic allocation, R read heads that
@@ -51,17 +55,20 @@ class DNCCell(ExternalMemoryCore):
         per read head (Csordás and Schmidhuber, 2019)
     :param layer_norm: layer normalisation of the controller output, as the robust DNC
         (Franke et al., 2018) does
+    :param allocation: how the allocation weighting ranks the slots by usage: ``"sort"`` (the
+        paper's sort, :func:`~sb3_memory.memory.addressing.allocation_weights`) or ``"rank"``
+        (the sort-free equivalent, :func:`~sb3_memory.memory.addressing.allocation_weights_by_rank`,
+        O(N^2) comparisons but graph-friendly: ONNX has no stable sort). The two agree except
+        where usages tie exactly
     :param compile_step: compile the reference step with ``torch.compile`` (see :class:`MemoryCore`)
     :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`); the
-        native kernels implement the paper's DNC, so any of the four options above runs on the
-        reference path
+        native kernels implement the paper's DNC (``allocation="sort"``), so any of the four
+        options above, or ``allocation="rank"``, runs on the reference path
     """
 
     state_type = DNCState
     native_core = "dnc"
     off_diagonal: Tensor  # 1 - I, (N, N), a buffer
-    # The allocation weighting; sb3_memory.export swaps in the sort-free equivalent.
-    allocation = staticmethod(addressing.allocation_weights)
 
     def __init__(
         self,
@@ -76,9 +83,14 @@ class DNCCell(ExternalMemoryCore):
         deallocate: bool = False,
         link_sharpness: bool = False,
         layer_norm: bool = False,
+        allocation: str = "sort",
         compile_step: bool = False,
         backend: str = "auto",
     ) -> None:
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {sorted(ALLOCATIONS)}, got {allocation!r}")
+        self.allocation = allocation
+        self._allocation_weights = ALLOCATIONS[allocation]
         self.options = {
             "content_masks": content_masks,
             "deallocate": deallocate,
@@ -88,9 +100,10 @@ class DNCCell(ExternalMemoryCore):
         for name, value in self.options.items():
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
-        enabled = [name for name, value in self.options.items() if value]
-        if enabled and backend == "native":
-            raise ValueError(f"the native kernels implement the paper's DNC; {enabled} need backend='reference' or 'auto'")
+        if self._reference_only() and backend == "native":
+            raise ValueError(
+                f"the native kernels implement the paper's DNC; {self._reference_only()} need backend='reference' or 'auto'"
+            )
         super().__init__(
             input_dim,
             controller_dim,
@@ -135,8 +148,13 @@ class DNCCell(ExternalMemoryCore):
     def _native_config(self) -> dict[str, int]:
         return dict(N=self.memory_units, W=self.memory_unit_size, R=self.num_read_heads, Hw=1, P=self.interface.out_features)
 
-    def _native_unsupported(self) -> Optional[str]:
+    def _reference_only(self) -> list[str]:
+        """The options set that only the reference path implements."""
         enabled = [name for name, value in self.options.items() if value]
+        return enabled + ([f"allocation={self.allocation!r}"] if self.allocation != "sort" else [])
+
+    def _native_unsupported(self) -> Optional[str]:
+        enabled = self._reference_only()
         return f"the native kernels implement the paper's DNC; {enabled} run on the reference path" if enabled else None
 
     def step(self, projected_input: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
@@ -164,7 +182,7 @@ class DNCCell(ExternalMemoryCore):
         prev_write = state.write_weights[:, 0]
         usage = addressing.update_usage(state.usage, prev_write, free_gates, state.read_weights)
         write_content = content(state.memory, write_key.unsqueeze(1), strengths[:, r : r + 1], slice(r * w, None))[:, 0]
-        allocation = self.allocation(usage)
+        allocation = self._allocation_weights(usage)
         write_weights = addressing.write_weights(allocation, write_content, allocation_gate[:, 0], write_gate[:, 0])
         retention = addressing.memory_retention(free_gates, state.read_weights) if self.options["deallocate"] else None
         memory = addressing.write(
