@@ -38,6 +38,11 @@ def test_settings_are_named_or_written_as_key_value_pairs():
         recipe.setting_overrides("algo=a2c+n_epochs=4")
     with pytest.raises(ValueError, match=r"'fastest' is neither a named setting .* nor key=value"):
         recipe.setting_overrides("fastest")
+    # a misspelt named setting reads as key=value: the error names the setting it resembles
+    with pytest.raises(
+        ValueError, match=r"did you mean the named setting 'critic=separate'\? MemoryPPO has no argument critic"
+    ):
+        recipe.setting_overrides("critic=seperate")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ Usage (``scripts/recipe.py`` runs :func:`main`):
 
 import argparse
 import ast
+import difflib
 import inspect
 import json
 import math
@@ -123,9 +124,12 @@ def setting_overrides(setting: str) -> tuple[dict[str, Any], dict[str, Any]]:
     algo = MemoryA2C if algo_overrides.get("algo", "ppo") == "a2c" else MemoryPPO
     unknown = sorted(set(algo_overrides) - {"algo", *inspect.signature(algo).parameters})
     if unknown:
+        close = difflib.get_close_matches(setting, SETTINGS, n=1)
+        hint = f"did you mean the named setting {close[0]!r}? " if close else ""
         raise ValueError(
-            f"setting {setting!r}: {algo.__name__} has no argument {', '.join(unknown)} (it has learning_rate, "
-            "max_grad_norm, gamma, ...); policy_kwargs take a policy. prefix (policy.critic_memory=shared)"
+            f"setting {setting!r}: {hint}{algo.__name__} has no argument {', '.join(unknown)} (it has learning_rate, "
+            "max_grad_norm, gamma, ...); policy_kwargs take a policy. prefix (policy.critic_memory=shared); "
+            f"the named settings are {', '.join(SETTINGS)}"
         )
     return algo_overrides, policy_overrides
 
