@@ -13,7 +13,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from test_algorithms import changed_parameters, snapshot
 
 from sb3_memory import MaskableMemoryPPO, MemoryPPO
-from sb3_memory.common.maskable import MaskableMemoryActorCriticPolicy
+from sb3_memory.common.maskable import MaskableMemoryActorCriticPolicy, check_action_masks, mask_groups
 
 TINY = dict(memory_units=4, memory_unit_size=4, controller_dim=16)
 
@@ -224,3 +224,38 @@ def test_masks_are_refused_by_unmaskable_policies_and_needed_by_the_maskable_alg
     box = make_vec_env(lambda: RandomMaskEnv(spaces.Box(-1, 1, (2,), np.float32)), n_envs=1)
     with pytest.raises(ValueError, match="supports Discrete, MultiDiscrete and MultiBinary"):
         MaskableMemoryPPO("NTMPolicy", box, n_steps=8, batch_size=8, policy_kwargs=dict(TINY))
+
+
+def test_mask_groups_follow_sb3_contribs_flat_layout():
+    assert mask_groups(spaces.Discrete(6)) == [6]
+    assert mask_groups(spaces.MultiDiscrete([3, 4])) == [3, 4]
+    assert mask_groups(spaces.MultiBinary(3)) == [2, 2, 2]
+    with pytest.raises(ValueError, match="Discrete, MultiDiscrete and MultiBinary"):
+        mask_groups(spaces.Box(-1, 1, (2,)))
+
+
+def test_check_action_masks_names_the_env_and_dimension_with_no_valid_action():
+    space = spaces.MultiDiscrete([3, 2])
+    fine = np.array([[1, 0, 0, 0, 1], [0, 0, 1, 1, 1]], dtype=np.int8)
+    assert check_action_masks(fine, space).dtype == bool
+    empty = fine.copy()
+    empty[1, 3:] = 0
+    with pytest.raises(ValueError, match="action mask of env 1 allows no action for action dimension 1"):
+        check_action_masks(empty, space)
+    with pytest.raises(ValueError, match="3 entries per env, but MultiDiscrete"):
+        check_action_masks(fine[:, :3], space)
+
+
+class NoValidActionEnv(RandomMaskEnv):
+    """Allows no action on the third step of each episode."""
+
+    def action_masks(self) -> np.ndarray:
+        return np.zeros_like(self._mask) if self._t == 2 else self._mask
+
+
+def test_a_mask_with_no_valid_action_stops_training_with_a_clear_error():
+    env = make_vec_env(lambda: NoValidActionEnv(spaces.Discrete(4)), n_envs=2, seed=0)
+    model = MaskableMemoryPPO("NTMPolicy", env, n_steps=16, batch_size=16, seed=0,
+                              policy_kwargs=dict(memory_units=4, memory_unit_size=3, controller_dim=8))  # fmt: skip
+    with pytest.raises(ValueError, match=r"allows no action for the action: action_masks\(\) must leave"):
+        model.learn(32)

@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
 from sb3_contrib.common.maskable.distributions import MaskableDistribution, make_masked_proba_distribution
 from stable_baselines3.common.type_aliases import Schedule, TensorDict
@@ -51,6 +52,44 @@ class MaskableMemoryActorCriticPolicy(MemoryActorCriticPolicy):
         if action_masks is not None:
             distribution.apply_masking(action_masks)
         return distribution
+
+
+def mask_groups(action_space: spaces.Space) -> list[int]:
+    """The sizes of the mask's groups, one per action dimension, in sb3-contrib's flat mask layout."""
+    if isinstance(action_space, spaces.Discrete):
+        return [int(action_space.n)]
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return [int(n) for n in np.asarray(action_space.nvec).reshape(-1)]
+    if isinstance(action_space, spaces.MultiBinary):
+        return [2] * int(np.prod(action_space.shape))
+    raise ValueError(f"invalid-action masking supports Discrete, MultiDiscrete and MultiBinary actions, not {action_space}")
+
+
+def check_action_masks(masks: np.ndarray, action_space: spaces.Space) -> np.ndarray:
+    """
+    Check the envs' masks before they are used: every action dimension of every env must allow
+    at least one action (a mask that allows none leaves a distribution with no support, and
+    sb3-contrib trains on with it silently).
+
+    :param masks: the masks of a step, ``(n_envs, sum(mask_groups))``
+    :param action_space: the envs' action space
+    :return: the masks, as booleans
+    :raises ValueError: a mask of the wrong size, or one that allows no action
+    """
+    groups = mask_groups(action_space)
+    masks = np.asarray(masks, dtype=bool).reshape(len(masks), -1)
+    if masks.shape[1] != sum(groups):
+        raise ValueError(f"action masks have {masks.shape[1]} entries per env, but {action_space} needs {sum(groups)}")
+    starts = np.cumsum([0, *groups[:-1]])
+    allowed = np.logical_or.reduceat(masks, starts, axis=1)  # (n_envs, dimensions)
+    if not allowed.all():
+        env, dimension = (int(i) for i in np.argwhere(~allowed)[0])
+        where = f"action dimension {dimension}" if len(groups) > 1 else "the action"
+        raise ValueError(
+            f"the action mask of env {env} allows no action for {where}: action_masks() must leave at "
+            "least one valid action at every step (end the episode instead)"
+        )
+    return masks
 
 
 def _maskable(policy_class: type[MemoryActorCriticPolicy]) -> type[MaskableMemoryActorCriticPolicy]:

@@ -14,6 +14,7 @@ from sb3_memory.common.maskable import (
     MaskableMemoryActorCriticPolicy,
     MaskableMemoryDictRolloutBuffer,
     MaskableMemoryRolloutBuffer,
+    check_action_masks,
 )
 from sb3_memory.ppo import MemoryPPO
 
@@ -62,7 +63,7 @@ class MaskableMemoryPPO(MemoryPPO):
 
     def _action_masks(self, env: VecEnv) -> Optional[np.ndarray]:
         self._check_masking(env)
-        return get_action_masks(env)
+        return check_action_masks(get_action_masks(env), self.action_space)
 
     def predict(  # type: ignore[override]
         self,
