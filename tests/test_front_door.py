@@ -48,9 +48,15 @@ def test_multidiscrete_observations_train(policy):
     env = make_vec_env(lambda: SpaceEnv(MULTI_DISCRETE), n_envs=2)
     model = MemoryPPO(policy, env, n_steps=8, batch_size=16, policy_kwargs=tiny(policy))
     assert model.policy.core.input_dim == 7 and type(model.policy.core.input_dim) is int  # one-hot 3 + 4
+    # SB3's preprocessing one-hot encodes each entry: the core sees which code, not its number.
+    features = model.policy.extract_features(model.policy.obs_to_tensor(np.array([[2, 3], [0, 1]]))[0])
+    features = features[0] if isinstance(features, tuple) else features
+    expected = th.tensor([[0, 0, 1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 0, 0]], dtype=th.float32)
+    th.testing.assert_close(features, expected, rtol=0, atol=0)
+    before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(32)
-    action, state = model.predict(env.reset(), episode_start=np.ones(2, dtype=bool))
-    assert action.shape == (2,) and state.shape == (2, model.policy.state_size)
+    assert model.num_timesteps == 32
+    assert any(not th.equal(a, b) for a, b in zip(before, model.policy.parameters())), "the update changed nothing"
 
 
 @pytest.mark.parametrize("algo", [MemoryPPO, MemoryA2C])
@@ -72,6 +78,7 @@ def test_numpy_integers_are_accepted_wherever_ints_are():
     model = MemoryPPO("NTMPolicy", env, n_steps=8, batch_size=16, sequence_length=np.int64(4), policy_kwargs=kwargs)
     assert model.policy.core.memory_units == 4 and type(model.policy.core.memory_units) is int
     model.learn(np.int64(16))
+    assert model.num_timesteps == 16
     assert NTMCell(np.int64(5), shift_range=np.int8(1), num_write_heads=np.uint8(2)).num_write_heads == 2
     assert DNCCell(5, memory_init=np.float32(0.5)).memory_init == 0.5
     with pytest.raises(ValueError, match="memory_units must be an integer >= 1, got True"):

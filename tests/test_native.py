@@ -249,8 +249,10 @@ def test_cached_library_is_reused_without_compiling(monkeypatch, tmp_path):
 def test_kernels_build_here_when_ci_requires_them():
     if not IN_CI:
         pytest.skip("only CI=true requires the kernels")
-    native.load_library(torch.float32)  # raises the compiler's own error
-    native.load_library(torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        native.load_library(dtype)  # raises the compiler's own error
+        x = torch.zeros(1, 1, INPUT_DIM, dtype=dtype)
+        assert native.is_available(dtype) and make_core("dnc", "lstm", dtype)._native_for(x) is not None
 
 
 class _FakeLibrary:
