@@ -87,7 +87,7 @@ from stable_baselines3.common.callbacks import EvalCallback
 
 import sb3_memory.envs
 from sb3_memory.a2c import MemoryA2C
-from sb3_memory.common.policies import POLICY_ALIASES, MemoryActorCriticPolicy
+from sb3_memory.common.policies import MemoryActorCriticPolicy
 from sb3_memory.memory import CORES
 from sb3_memory.ppo import MemoryPPO
 from sb3_memory.ppo_mask import MaskableMemoryPPO
@@ -132,8 +132,8 @@ _CONFIG_HYPERPARAMS: ContextVar[Optional[dict[str, Any]]] = ContextVar("sb3_memo
 
 def _policy_class(policy: Any) -> Optional[type]:
     if isinstance(policy, str):
-        if policy in POLICY_ALIASES:
-            return POLICY_ALIASES[policy]
+        if policy in MemoryPPO.policy_aliases:
+            return MemoryPPO.policy_aliases[policy]
         if "." in policy:
             return get_class_by_name(policy)
         return None

@@ -259,3 +259,18 @@ def test_a_mask_with_no_valid_action_stops_training_with_a_clear_error():
                               policy_kwargs=dict(memory_units=4, memory_unit_size=3, controller_dim=8))  # fmt: skip
     with pytest.raises(ValueError, match=r"allows no action for the action: action_masks\(\) must leave"):
         model.learn(32)
+
+
+def test_policy_aliases_are_written_out_classes_as_in_sb3():
+    """Every alias names a class with a source definition (grep finds it), as SB3's policies.py do."""
+    import inspect
+
+    from sb3_memory import MemoryA2C
+    from sb3_memory.ppo_mask import policies as mask_policies
+
+    assert list(MaskableMemoryPPO.policy_aliases) == list(MemoryPPO.policy_aliases) == list(MemoryA2C.policy_aliases)
+    for alias, policy_class in MaskableMemoryPPO.policy_aliases.items():
+        assert policy_class is getattr(mask_policies, alias)
+        assert f"class Maskable{alias}(" in inspect.getsource(policy_class)
+        assert issubclass(policy_class, MaskableMemoryActorCriticPolicy)
+        assert issubclass(policy_class, MemoryPPO.policy_aliases[alias])

@@ -16,7 +16,19 @@ from sb3_contrib.common.maskable.distributions import MaskableDistribution, make
 from stable_baselines3.common.type_aliases import Schedule, TensorDict
 
 from sb3_memory.common.buffers import ChunkedStateMixin
-from sb3_memory.common.policies import POLICY_ALIASES, ActionMasks, MemoryActorCriticPolicy
+from sb3_memory.common.policies import (
+    ActionMasks,
+    CnnDNCPolicy,
+    CnnLSTMPolicy,
+    CnnNTMPolicy,
+    DNCPolicy,
+    LSTMPolicy,
+    MemoryActorCriticPolicy,
+    MultiInputDNCPolicy,
+    MultiInputLSTMPolicy,
+    MultiInputNTMPolicy,
+    NTMPolicy,
+)
 
 
 class MaskableMemoryActorCriticPolicy(MemoryActorCriticPolicy):
@@ -92,22 +104,40 @@ def check_action_masks(masks: np.ndarray, action_space: spaces.Space) -> np.ndar
     return masks
 
 
-def _maskable(policy_class: type[MemoryActorCriticPolicy]) -> type[MaskableMemoryActorCriticPolicy]:
-    name = f"Maskable{policy_class.__name__}"
-    namespace = {
-        "__module__": __name__,
-        "__qualname__": name,
-        "__doc__": f":class:`{policy_class.__name__}` with action masks.",
-    }
-    return type(name, (MaskableMemoryActorCriticPolicy, policy_class), namespace)
+class MaskableNTMPolicy(MaskableMemoryActorCriticPolicy, NTMPolicy):
+    """:class:`~sb3_memory.common.policies.NTMPolicy` with action masks."""
 
 
-#: ``"NTMPolicy"`` ... ``"MultiInputLSTMPolicy"``, each with action masks (MaskableMemoryPPO's policy_aliases).
-MASKABLE_POLICY_ALIASES: dict[str, type[MaskableMemoryActorCriticPolicy]] = {
-    alias: _maskable(policy_class) for alias, policy_class in POLICY_ALIASES.items()
-}
-# Module attributes, so that saved models find their policy class again.
-globals().update({policy_class.__name__: policy_class for policy_class in MASKABLE_POLICY_ALIASES.values()})
+class MaskableDNCPolicy(MaskableMemoryActorCriticPolicy, DNCPolicy):
+    """:class:`~sb3_memory.common.policies.DNCPolicy` with action masks."""
+
+
+class MaskableLSTMPolicy(MaskableMemoryActorCriticPolicy, LSTMPolicy):
+    """:class:`~sb3_memory.common.policies.LSTMPolicy` with action masks."""
+
+
+class MaskableCnnNTMPolicy(MaskableMemoryActorCriticPolicy, CnnNTMPolicy):
+    """:class:`~sb3_memory.common.policies.CnnNTMPolicy` with action masks."""
+
+
+class MaskableCnnDNCPolicy(MaskableMemoryActorCriticPolicy, CnnDNCPolicy):
+    """:class:`~sb3_memory.common.policies.CnnDNCPolicy` with action masks."""
+
+
+class MaskableCnnLSTMPolicy(MaskableMemoryActorCriticPolicy, CnnLSTMPolicy):
+    """:class:`~sb3_memory.common.policies.CnnLSTMPolicy` with action masks."""
+
+
+class MaskableMultiInputNTMPolicy(MaskableMemoryActorCriticPolicy, MultiInputNTMPolicy):
+    """:class:`~sb3_memory.common.policies.MultiInputNTMPolicy` with action masks."""
+
+
+class MaskableMultiInputDNCPolicy(MaskableMemoryActorCriticPolicy, MultiInputDNCPolicy):
+    """:class:`~sb3_memory.common.policies.MultiInputDNCPolicy` with action masks."""
+
+
+class MaskableMultiInputLSTMPolicy(MaskableMemoryActorCriticPolicy, MultiInputLSTMPolicy):
+    """:class:`~sb3_memory.common.policies.MultiInputLSTMPolicy` with action masks."""
 
 
 class MaskableMemoryRolloutBufferSamples(NamedTuple):

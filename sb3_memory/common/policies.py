@@ -469,19 +469,3 @@ class MultiInputLSTMPolicy(LSTMPolicy):
     """LSTM-core policy for Dict observations (CombinedExtractor features)."""
 
     default_features_extractor = CombinedExtractor
-
-
-POLICY_ALIASES: dict[str, type[MemoryActorCriticPolicy]] = {
-    cls.__name__: cls
-    for cls in (
-        NTMPolicy,
-        DNCPolicy,
-        LSTMPolicy,
-        CnnNTMPolicy,
-        CnnDNCPolicy,
-        CnnLSTMPolicy,
-        MultiInputNTMPolicy,
-        MultiInputDNCPolicy,
-        MultiInputLSTMPolicy,
-    )
-}

@@ -12,7 +12,18 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
-from sb3_memory.common.policies import POLICY_ALIASES, MemoryActorCriticPolicy
+from sb3_memory.common.policies import MemoryActorCriticPolicy
+from sb3_memory.ppo.policies import (
+    CnnDNCPolicy,
+    CnnLSTMPolicy,
+    CnnNTMPolicy,
+    DNCPolicy,
+    LSTMPolicy,
+    MultiInputDNCPolicy,
+    MultiInputLSTMPolicy,
+    MultiInputNTMPolicy,
+    NTMPolicy,
+)
 
 SelfMemoryPPO = TypeVar("SelfMemoryPPO", bound="MemoryPPO")
 
@@ -36,7 +47,17 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
     The other parameters are those of :class:`stable_baselines3.PPO`.
     """
 
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = POLICY_ALIASES  # type: ignore[assignment]
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "NTMPolicy": NTMPolicy,
+        "DNCPolicy": DNCPolicy,
+        "LSTMPolicy": LSTMPolicy,
+        "CnnNTMPolicy": CnnNTMPolicy,
+        "CnnDNCPolicy": CnnDNCPolicy,
+        "CnnLSTMPolicy": CnnLSTMPolicy,
+        "MultiInputNTMPolicy": MultiInputNTMPolicy,
+        "MultiInputDNCPolicy": MultiInputDNCPolicy,
+        "MultiInputLSTMPolicy": MultiInputLSTMPolicy,
+    }
     policy: MemoryActorCriticPolicy
 
     def __init__(

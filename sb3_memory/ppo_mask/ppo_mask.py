@@ -10,13 +10,23 @@ from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_memory.common.maskable import (
-    MASKABLE_POLICY_ALIASES,
     MaskableMemoryActorCriticPolicy,
     MaskableMemoryDictRolloutBuffer,
     MaskableMemoryRolloutBuffer,
     check_action_masks,
 )
 from sb3_memory.ppo import MemoryPPO
+from sb3_memory.ppo_mask.policies import (
+    CnnDNCPolicy,
+    CnnLSTMPolicy,
+    CnnNTMPolicy,
+    DNCPolicy,
+    LSTMPolicy,
+    MultiInputDNCPolicy,
+    MultiInputLSTMPolicy,
+    MultiInputNTMPolicy,
+    NTMPolicy,
+)
 
 SelfMaskableMemoryPPO = TypeVar("SelfMaskableMemoryPPO", bound="MaskableMemoryPPO")
 
@@ -35,7 +45,17 @@ class MaskableMemoryPPO(MemoryPPO):
     (``"NTMPolicy"``, ``"DNCPolicy"``, ...) with masking.
     """
 
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = MASKABLE_POLICY_ALIASES  # type: ignore[assignment]
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "NTMPolicy": NTMPolicy,
+        "DNCPolicy": DNCPolicy,
+        "LSTMPolicy": LSTMPolicy,
+        "CnnNTMPolicy": CnnNTMPolicy,
+        "CnnDNCPolicy": CnnDNCPolicy,
+        "CnnLSTMPolicy": CnnLSTMPolicy,
+        "MultiInputNTMPolicy": MultiInputNTMPolicy,
+        "MultiInputDNCPolicy": MultiInputDNCPolicy,
+        "MultiInputLSTMPolicy": MultiInputLSTMPolicy,
+    }
     rollout_buffer_classes = (MaskableMemoryRolloutBuffer, MaskableMemoryDictRolloutBuffer)
     policy: MaskableMemoryActorCriticPolicy
 
