@@ -380,7 +380,15 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         :param action_masks: which actions are valid (maskable policies only)
         :return: the action(s) and the new state, ``(n_envs, state_size)``
         """
+        # Fork of stable_baselines3 2.9.2's BasePolicy.predict, rewritten around the memory state
+        # (tests/test_sb3_forks.py fails when the installed original changes): SB3's guard against
+        # a Gym (obs, info) tuple, its preprocessing, reshaping, unscaling and clipping are kept.
         self.set_training_mode(False)
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError(
+                "predict() got a tuple (obs, info) instead of an observation: that is gymnasium's env.reset(); "
+                "pass obs (env.reset()[0]), or the array that a VecEnv's reset() returns"
+            )
         obs_tensor, vectorized_env = self.obs_to_tensor(observation)
         n_envs = (next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor).shape[0]
         with th.no_grad():
