@@ -69,7 +69,7 @@ class RandomEpisodeEnv(gym.Env):
         self.action_space = action_space or spaces.Discrete(2)
         self.min_length, self.max_length = min_length, max_length
         self._length = self._t = 0
-        self._obs = None
+        self._obs: Any = None
 
     def _signal(self) -> float:
         obs = self._obs["vec"] if isinstance(self._obs, dict) else self._obs
@@ -621,6 +621,7 @@ class RecordRolloutEnds(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        assert isinstance(self.model, (MemoryPPO, MemoryA2C)) and self.model._last_memory_state is not None
         self.end_states.append(self.model._last_memory_state.clone())
 
 

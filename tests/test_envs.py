@@ -13,7 +13,7 @@ import importlib
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import gymnasium as gym
 import numpy as np
@@ -273,7 +273,7 @@ def test_registered(env_id: str, cls: type, kwargs: dict, attribute: str) -> Non
     env = gym.make(env_id, **kwargs)
     assert isinstance(env.unwrapped, cls)
     assert getattr(env.unwrapped, attribute) == kwargs[attribute]
-    episode_length = env.unwrapped.episode_length
+    episode_length = cast(MemoryTaskEnv, env.unwrapped).episode_length
     env.reset(seed=0)
     for step in range(episode_length):
         _, _, terminated, truncated, _ = env.step(env.action_space.sample())
@@ -348,12 +348,12 @@ def test_documented_returns() -> None:
     assert (env.episode_length, env.optimal_return, env.chance_return) == (25, 20.0, 2.5)
     env = RepeatAfterDelayEnv(delay=3, num_symbols=4, episode_length=11)
     assert (env.optimal_return, env.chance_return) == (8.0, 2.0)
-    env = AssociativeRecallEnv(num_values=4)
-    assert (env.episode_length, env.optimal_return, env.chance_return) == (9, 1.0, 0.25)
-    env = PassiveTMazeEnv()
-    assert (env.corridor_length, env.episode_length) == (100, 101)
-    assert (env.optimal_return, env.chance_return) == (1.0, 0.5)
-    assert env.penalty == pytest.approx(-0.01)
+    recall = AssociativeRecallEnv(num_values=4)
+    assert (recall.episode_length, recall.optimal_return, recall.chance_return) == (9, 1.0, 0.25)
+    maze = PassiveTMazeEnv()
+    assert (maze.corridor_length, maze.episode_length) == (100, 101)
+    assert (maze.optimal_return, maze.chance_return) == (1.0, 0.5)
+    assert maze.penalty == pytest.approx(-0.01)
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +416,7 @@ def test_symbol_tasks_reward_only_scored_steps(name: str) -> None:
     env = CASES[name]()
     num_symbols = int(env.action_space.n)
     policy = RandomPolicy(num_symbols, seed=0)
-    rewarded = 0
+    rewarded = 0.0
     for seed in range(100):
         episode = run_episode(env, policy, seed=seed)
         for obs, reward in zip(episode.observations[:-1], episode.rewards):
@@ -588,6 +588,7 @@ def test_render(name: str) -> None:
         if mode == "ansi":
             assert isinstance(frame, str) and str(obs.astype(int).tolist()) in frame
         else:
+            assert isinstance(frame, np.ndarray)
             assert frame.shape == (8, 8 * obs.shape[0], 3) and frame.dtype == np.uint8
             assert (frame[0, ::8, 0] == (obs * 255).astype(np.uint8)).all()
     with pytest.raises(ValueError, match="render_mode must be None or one of"):

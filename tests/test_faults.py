@@ -52,6 +52,7 @@ def is_whole_save(path: Path) -> bool:
 class FirstRolloutState(BaseCallback):
     def _on_rollout_start(self) -> None:
         if not hasattr(self, "state"):
+            assert isinstance(self.model, MemoryPPO) and self.model._last_memory_state is not None
             self.state = self.model._last_memory_state.clone()
 
     def _on_step(self) -> bool:

@@ -36,7 +36,7 @@ class RandomMaskEnv(gym.Env):
         if isinstance(self.action_space, spaces.MultiDiscrete):
             return [int(n) for n in self.action_space.nvec]
         if isinstance(self.action_space, spaces.MultiBinary):
-            return [2] * int(self.action_space.n)  # one (0, 1) pair per entry
+            return [2] * int(np.prod(self.action_space.shape))  # one (0, 1) pair per entry
         return []  # Box: nothing to mask
 
     def _draw_mask(self) -> np.ndarray:

@@ -7,6 +7,7 @@ it into the fork, then record the new hash here. The marker test keeps every dif
 import difflib
 import hashlib
 import inspect
+from typing import Any, Callable
 
 import pytest
 from stable_baselines3 import A2C, PPO
@@ -19,7 +20,8 @@ from sb3_memory.common.policies import MemoryActorCriticPolicy
 
 MARKER = "# sb3-memory"
 # sha256 of the originals in stable-baselines3 2.9.2, the version the forks were made from.
-FORKS = [
+Fork = tuple[Callable[..., Any], Callable[..., Any], str]
+FORKS: list[Fork] = [
     (PPO.train, MemoryPPO.train, "7c8d09940123242f0ac401c5ec2cc858b8bf3339f571c222382f048ffd8306ae"),
     (A2C.train, MemoryA2C.train, "298ebd063ccbd98935e536541b6b75d2a2f2305e75140b975228a2ecb4b5e656"),
     (
@@ -31,7 +33,7 @@ FORKS = [
 IDS = ["PPO.train", "A2C.train", "OnPolicyAlgorithm.collect_rollouts"]
 # Rewritten rather than forked line for line (the memory state changes most of the method): only
 # the original's hash is watched, so an SB3 change to it is reviewed here.
-REWRITTEN = [
+REWRITTEN: list[Fork] = [
     (BasePolicy.predict, MemoryActorCriticPolicy.predict, "47903eef7db6a63f80543db7f2e54891707da2aa103e6602358481a3974ed873")
 ]
 

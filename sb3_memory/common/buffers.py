@@ -57,6 +57,16 @@ class ChunkedStateMixin:
         "rewards",
     )
 
+    # Provided by the SB3 buffer this mixin is combined with (RolloutBuffer or DictRolloutBuffer).
+    observations: Union[np.ndarray, dict[str, np.ndarray]]
+    actions: np.ndarray
+    values: np.ndarray
+    log_probs: np.ndarray
+    advantages: np.ndarray
+    returns: np.ndarray
+    episode_starts: np.ndarray
+    rewards: np.ndarray
+
     if TYPE_CHECKING:  # provided by the SB3 buffer this mixin is combined with
 
         @staticmethod
@@ -128,7 +138,7 @@ class ChunkedStateMixin:
 
     def _get_chunk_samples(self, chunk_ids: np.ndarray, states: th.Tensor) -> MemoryRolloutBufferSamples:
         rows = self._chunk_rows(chunk_ids)
-        observations = self.observations  # type: ignore[attr-defined]
+        observations = self.observations
         obs: Union[th.Tensor, TensorDict]
         if isinstance(observations, dict):
             obs = {key: self.to_torch(array[rows]) for key, array in observations.items()}
@@ -137,13 +147,13 @@ class ChunkedStateMixin:
         return MemoryRolloutBufferSamples(
             observations=obs,
             # Float actions, as SB3's RolloutBuffer serves them (MultiBinary is stored as int8).
-            actions=self.to_torch(self.actions[rows].astype(np.float32, copy=False)),  # type: ignore[attr-defined]
-            old_values=self.to_torch(self.values[rows].flatten()),  # type: ignore[attr-defined]
-            old_log_prob=self.to_torch(self.log_probs[rows].flatten()),  # type: ignore[attr-defined]
-            advantages=self.to_torch(self.advantages[rows].flatten()),  # type: ignore[attr-defined]
-            returns=self.to_torch(self.returns[rows].flatten()),  # type: ignore[attr-defined]
-            episode_starts=self.to_torch(self.episode_starts[rows].flatten()),  # type: ignore[attr-defined]
-            rewards=self.to_torch(self.rewards[rows].flatten()),  # type: ignore[attr-defined]
+            actions=self.to_torch(self.actions[rows].astype(np.float32, copy=False)),
+            old_values=self.to_torch(self.values[rows].flatten()),
+            old_log_prob=self.to_torch(self.log_probs[rows].flatten()),
+            advantages=self.to_torch(self.advantages[rows].flatten()),
+            returns=self.to_torch(self.returns[rows].flatten()),
+            episode_starts=self.to_torch(self.episode_starts[rows].flatten()),
+            rewards=self.to_torch(self.rewards[rows].flatten()),
             states=states[th.as_tensor(chunk_ids, device=states.device)],
         )
 

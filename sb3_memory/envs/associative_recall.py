@@ -1,6 +1,6 @@
 """Associative recall: store key-value pairs, then answer a query key with its value."""
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from gymnasium import spaces
@@ -97,7 +97,7 @@ class AssociativeRecallEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Union[int, np.integer]) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Emit a value (scored only at the query step).
 

@@ -1,6 +1,6 @@
 """Copy task (Graves et al., 2014), as a reinforcement-learning environment."""
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from gymnasium import spaces
@@ -88,7 +88,7 @@ class CopyEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Union[int, np.integer]) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Emit one symbol.
 

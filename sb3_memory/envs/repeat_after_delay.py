@@ -1,6 +1,6 @@
 """Repeat-after-delay task: emit the symbol seen a fixed number of steps ago."""
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from gymnasium import spaces
@@ -100,7 +100,7 @@ class RepeatAfterDelayEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Union[int, np.integer]) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Emit one symbol.
 

@@ -2,7 +2,7 @@
 from credit assignment" (NeurIPS 2023), following their ``TMazeClassicPassive``.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from gymnasium import spaces
@@ -129,7 +129,7 @@ class PassiveTMazeEnv(MemoryTaskEnv):
         self._t = 0
         return self._observe(0), {}
 
-    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Union[int, np.integer]) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """
         Move one cell (or bump into a wall).
 
