@@ -294,8 +294,9 @@ def test_the_interface_is_read_from_the_library():
 
 
 def test_an_interface_mismatch_is_named_at_load():
-    with pytest.raises(native.NativeUnavailableError, match=r"speaks ABI 4, this sb3_memory speaks 5.*delete the cached"):
-        native.Interface(_FakeLibrary(**_library_values(abi_version=4)))
+    old, current = native.ABI_VERSION - 1, native.ABI_VERSION
+    with pytest.raises(native.NativeUnavailableError, match=rf"speaks ABI {old}, this sb3_memory speaks {current}.*delete"):
+        native.Interface(_FakeLibrary(**_library_values(abi_version=old)))
     with pytest.raises(native.NativeUnavailableError, match=r"SmemConfig is 8 bytes.*disagree"):
         native.Interface(_FakeLibrary(**_library_values(config_size=8)))
     # a field the C++ lists but Python's core does not fill in is named too
@@ -340,3 +341,18 @@ def test_cuda_runs_the_reference_path_with_one_warning(monkeypatch):
     expected, expected_final = cpu.forward_flat(x, flat, starts)
     torch.testing.assert_close(features.cpu(), expected, rtol=0, atol=1e-4)
     torch.testing.assert_close(final.cpu(), expected_final, rtol=0, atol=1e-4)
+
+
+def test_each_core_reports_its_own_state_layout_to_the_kernels():
+    """The offsets come from the core's own state fields; core.py names none of them."""
+    for name in ("ntm", "dnc", "lstm"):
+        core_ = make_core(name, "lstm")
+        offsets = core_.state_offsets()
+        config = core_.native_config()
+        assert {key for key in config if key.startswith("off_")} == {f"off_{field}" for field in offsets}
+        assert all(config[f"off_{field}"] == offset for field, offset in offsets.items())
+        # the offsets tile the flat state in state_type's order
+        sizes = [int(torch.Size(shape).numel()) for shape in core_.state_shapes().values()]
+        assert list(offsets.values()) == [sum(sizes[:i]) for i in range(len(sizes))] and sum(sizes) == core_.state_size
+    assert "off_usage" in make_core("dnc", "gru").native_config()
+    assert "off_usage" not in make_core("ntm", "gru").native_config()

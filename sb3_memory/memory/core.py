@@ -245,12 +245,20 @@ class MemoryCore(nn.Module):
 
     # --- native path ----------------------------------------------------------------------------
 
-    def native_config(self) -> dict[str, int]:
-        """This core's sizes for the native kernels (what :meth:`_native_config` adds to the controller's)."""
+    def state_offsets(self) -> dict[str, int]:
+        """Where each state field starts in the flat state of one batch row (the order of ``state_type``)."""
         offsets, start = {}, 0
         for name, size in zip(self.state_shapes(), self._state_layout[1]):
             offsets[name] = start
             start += size
+        return offsets
+
+    def native_config(self) -> dict[str, int]:
+        """
+        This core's sizes for the native kernels: the controller's, ``off_<field>`` for each field of
+        this core's own state (:meth:`state_offsets`), and what :meth:`_native_config` adds. Kernel
+        offsets of fields this core does not have are left out (the kernels do not read them).
+        """
         controller = self.controller
         recurrent = controller.weight_recurrent
         config = dict(
@@ -263,10 +271,7 @@ class MemoryCore(nn.Module):
             cell_size=controller.cell_size,
             N=0, W=0, R=0, Hw=0, S=0, P=0,
         )  # fmt: skip
-        for field in ("memory", "read_vectors", "read_weights", "write_weights", "usage", "precedence", "link"):
-            config[f"off_{field}"] = offsets.get(field, 0)
-        config["off_hidden"] = offsets["controller_hidden"]
-        config["off_cell"] = offsets["controller_cell"]
+        config.update({f"off_{name}": offset for name, offset in self.state_offsets().items()})
         config.update(self._native_config())
         config["core"] = native.CORE_IDS[self.native_core]
         return config

@@ -40,7 +40,7 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 5  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 6  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   G width of the projected input (gates * C); C controller output size; K columns of the
@@ -49,7 +49,7 @@ extern "C" {
 #define SMEM_CONFIG_FIELDS(X)                                                                      \
   X(core) X(controller) X(T) X(B) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)                  \
   X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
-  X(off_precedence) X(off_link) X(off_hidden) X(off_cell) X(hidden_size) X(cell_size)
+  X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size)
 
 // Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
 // starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if
@@ -724,8 +724,8 @@ struct Ntm {
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     const int64_t n = c.N, w = c.W, R = c.R;
     const F* mem = s + c.off_memory;
-    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_hidden, s + c.off_cell, tape, L.ctrl,
-                       state_out + c.off_hidden, state_out + c.off_cell);
+    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_controller_hidden, s + c.off_controller_cell, tape, L.ctrl,
+                       state_out + c.off_controller_hidden, state_out + c.off_controller_cell);
     const F* out = tape + L.ctrl.out;
     F* raw = tape + L.raw;
     F* act = tape + L.act;
@@ -803,7 +803,7 @@ struct Ntm {
     F* draw = tape + L.draw;
 
     std::copy(dfeatures, dfeatures + C, dout);
-    if (c.hidden_size) axpy(dout, dstate_out + c.off_hidden, F(1), C);
+    if (c.hidden_size) axpy(dout, dstate_out + c.off_controller_hidden, F(1), C);
     for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
     std::copy(dstate_out + c.off_read_weights, dstate_out + c.off_read_weights + R * n, dwsh);
@@ -904,9 +904,9 @@ struct Ntm {
 
     activate_backward(raw, act, dact, draw);
     gemv_cols(dout, wt.w_if, draw, c.C, c.P);
-    controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
-                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_hidden,
-                        dstate_in + c.off_cell, ctrl_scratch);
+    controller_backward(c, wt, tape, L.ctrl, s + c.off_controller_hidden, s + c.off_controller_cell, dout, dstate_out + c.off_controller_cell,
+                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_controller_hidden,
+                        dstate_in + c.off_controller_cell, ctrl_scratch);
   }
 };
 
@@ -971,8 +971,8 @@ struct Dnc {
     const F* prev_ww = s + c.off_write_weights;
     const F* usage = s + c.off_usage;
     const F* prec = s + c.off_precedence;
-    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_hidden, s + c.off_cell, tape, L.ctrl,
-                       state_out + c.off_hidden, state_out + c.off_cell);
+    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_controller_hidden, s + c.off_controller_cell, tape, L.ctrl,
+                       state_out + c.off_controller_hidden, state_out + c.off_controller_cell);
     const F* out = tape + L.ctrl.out;
     F* raw = tape + L.raw;
     F* act = tape + L.act;
@@ -1118,7 +1118,7 @@ struct Dnc {
     F* draw = tape + L.draw;
 
     std::copy(dfeatures, dfeatures + C, dout);
-    if (c.hidden_size) axpy(dout, dstate_out + c.off_hidden, F(1), C);
+    if (c.hidden_size) axpy(dout, dstate_out + c.off_controller_hidden, F(1), C);
     for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
     std::copy(dstate_out + c.off_read_weights, dstate_out + c.off_read_weights + R * n, drw);
@@ -1288,9 +1288,9 @@ struct Dnc {
 
     activate_backward(raw, act, dact, draw);
     gemv_cols(dout, wt.w_if, draw, c.C, c.P);
-    controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
-                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_hidden,
-                        dstate_in + c.off_cell, ctrl_scratch);
+    controller_backward(c, wt, tape, L.ctrl, s + c.off_controller_hidden, s + c.off_controller_cell, dout, dstate_out + c.off_controller_cell,
+                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_controller_hidden,
+                        dstate_in + c.off_controller_cell, ctrl_scratch);
   }
 };
 
@@ -1304,8 +1304,8 @@ struct Plain {
   Plain(const SmemConfig& config, const Tape& tape) : c(config), L(tape) {}
 
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
-    controller_forward(c, wt, projected, s, s + c.off_hidden, s + c.off_cell, tape, L.ctrl, state_out + c.off_hidden,
-                       state_out + c.off_cell);
+    controller_forward(c, wt, projected, s, s + c.off_controller_hidden, s + c.off_controller_cell, tape, L.ctrl, state_out + c.off_controller_hidden,
+                       state_out + c.off_controller_cell);
     std::copy(tape + L.ctrl.out, tape + L.ctrl.out + c.C, features);
   }
 
@@ -1316,10 +1316,10 @@ struct Plain {
     const int64_t C = c.C;
     F* dout = sc.at(0);
     std::copy(dfeatures, dfeatures + C, dout);
-    axpy(dout, dstate_out + c.off_hidden, F(1), C);
+    axpy(dout, dstate_out + c.off_controller_hidden, F(1), C);
     F* unused_dreads = sc.at(C);
-    controller_backward(c, wt, tape, L.ctrl, s + c.off_hidden, s + c.off_cell, dout, dstate_out + c.off_cell,
-                        dprojected, unused_dreads, dstate_in + c.off_hidden, dstate_in + c.off_cell, sc.at(2 * C));
+    controller_backward(c, wt, tape, L.ctrl, s + c.off_controller_hidden, s + c.off_controller_cell, dout, dstate_out + c.off_controller_cell,
+                        dprojected, unused_dreads, dstate_in + c.off_controller_hidden, dstate_in + c.off_controller_cell, sc.at(2 * C));
   }
 };
 
