@@ -1,7 +1,7 @@
 """Rollout buffers that serve whole sequence chunks together with the memory state at their start."""
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, ClassVar, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
 import numpy as np
 import torch as th
@@ -9,22 +9,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.type_aliases import TensorDict
 
-
-class MemoryRolloutBufferSamples(NamedTuple):
-    """
-    A minibatch of B chunks of T steps. Per-step fields are flattened time-major, ``(T * B, ...)``:
-    row ``t * B + b`` is step t of chunk b.
-    """
-
-    observations: Union[th.Tensor, TensorDict]
-    actions: th.Tensor
-    old_values: th.Tensor
-    old_log_prob: th.Tensor
-    advantages: th.Tensor
-    returns: th.Tensor
-    episode_starts: th.Tensor
-    rewards: th.Tensor  # for the auxiliary prediction loss
-    states: th.Tensor  # (B, state_size): the flat memory state before each chunk's first step
+from sb3_memory.common.type_aliases import MemoryRolloutBufferSamples
 
 
 class ChunkedStateMixin:

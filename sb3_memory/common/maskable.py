@@ -6,14 +6,14 @@ The distributions come from ``sb3_contrib.common.maskable`` (``make_masked_proba
 """
 
 from functools import partial
-from typing import NamedTuple, Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
 from sb3_contrib.common.maskable.distributions import MaskableDistribution, make_masked_proba_distribution
-from stable_baselines3.common.type_aliases import Schedule, TensorDict
+from stable_baselines3.common.type_aliases import Schedule
 
 from sb3_memory.common.buffers import ChunkedStateMixin
 from sb3_memory.common.policies import (
@@ -29,6 +29,7 @@ from sb3_memory.common.policies import (
     MultiInputNTMPolicy,
     NTMPolicy,
 )
+from sb3_memory.common.type_aliases import MaskableMemoryRolloutBufferSamples
 
 
 class MaskableMemoryActorCriticPolicy(MemoryActorCriticPolicy):
@@ -138,21 +139,6 @@ class MaskableMultiInputDNCPolicy(MaskableMemoryActorCriticPolicy, MultiInputDNC
 
 class MaskableMultiInputLSTMPolicy(MaskableMemoryActorCriticPolicy, MultiInputLSTMPolicy):
     """:class:`~sb3_memory.common.policies.MultiInputLSTMPolicy` with action masks."""
-
-
-class MaskableMemoryRolloutBufferSamples(NamedTuple):
-    """:class:`~sb3_memory.common.buffers.MemoryRolloutBufferSamples` plus the action masks, ``(T * B, mask_size)``."""
-
-    observations: Union[th.Tensor, TensorDict]
-    actions: th.Tensor
-    old_values: th.Tensor
-    old_log_prob: th.Tensor
-    advantages: th.Tensor
-    returns: th.Tensor
-    episode_starts: th.Tensor
-    rewards: th.Tensor
-    states: th.Tensor
-    action_masks: th.Tensor
 
 
 class _MaskableChunks(ChunkedStateMixin):
