@@ -4,15 +4,16 @@ and a thin command-line wrapper around rl-zoo3's own entry points.
 
 Usage (the flags after the subcommand are exactly rl-zoo3's; the wrapper only strips the subcommand)::
 
-    python -m sb3_memory.zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf zoo_configs/memory_ppo.yml
-    python -m sb3_memory.zoo enjoy --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -f logs --no-render
-    python -m sb3_memory.zoo train --algo memory_ppo --env CartPoleNoVel-v1 -conf zoo_configs/memory_ppo.yml \
+    python -m sb3_memory.zoo train --algo memory_ppo --env sb3_memory/PassiveTMazeJunction-v0 \
+        -conf sb3_memory/zoo_configs/quickstart.yml
+    python -m sb3_memory.zoo enjoy --algo memory_ppo --env sb3_memory/PassiveTMazeJunction-v0 -f logs --no-render
+    python -m sb3_memory.zoo train --algo memory_ppo --env CartPoleNoVel-v1 -conf sb3_memory/zoo_configs/memory_ppo.yml \
         -optimize --storage tuning/cartpole.log --study-name memory_ppo_cartpole --n-trials 20 --no-optim-plots
 
 ``sb3-memory-zoo`` (console script) is the same as ``python -m sb3_memory.zoo``. Subcommands: ``train``
 (``-optimize`` included), ``enjoy``, ``record_video`` and rl-zoo3's plot scripts (``plot_train``,
 ``plot_from_file``, ``all_plots``; they need ``rl_zoo3[plots]``). There is no default config for our
-algorithms inside rl-zoo3, so ``train`` needs ``-conf zoo_configs/<algo>.yml`` (or your own file).
+algorithms inside rl-zoo3, so ``train`` needs ``-conf sb3_memory/zoo_configs/<algo>.yml`` (or your own file).
 The ``sb3_memory/...`` tasks have no ``"human"`` render mode: ``enjoy`` them with ``--no-render``
 (``record_video`` works, through their ``"rgb_array"`` mode).
 
@@ -396,7 +397,7 @@ _USAGE = f"""usage: sb3-memory-zoo {{{",".join(SUBCOMMANDS)}}} [rl-zoo3 argument
 
 Runs rl-zoo3's own script with the sb3_memory algorithms (memory_ppo, memory_a2c, maskable_memory_ppo) registered.
 Hyperparameter search: `train ... -optimize` (see `sb3-memory-zoo train --help`).
-Example: sb3-memory-zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf zoo_configs/memory_ppo.yml
+Example: sb3-memory-zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf sb3_memory/zoo_configs/memory_ppo.yml
 """
 
 

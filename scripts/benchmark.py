@@ -1,6 +1,6 @@
 """Training throughput of MemoryPPO against sb3-contrib's RecurrentPPO, on the zoo configs.
 
-For each env, every model is built by rl-zoo3's own ExperimentManager from ``zoo_configs/``:
+For each env, every model is built by rl-zoo3's own ExperimentManager from ``sb3_memory/zoo_configs/``:
 ``memory_ppo.yml`` with the NTM and DNC policies, and ``ppo_lstm.yml`` (RecurrentPPO). Same env,
 n_envs, n_steps, batch_size and epochs; the memory rows run with the default settings (the
 native kernels) and, with ``--reference``, also with ``backend='reference'`` (the step-by-step
@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -36,8 +35,8 @@ from rl_zoo3.exp_manager import ExperimentManager
 
 import sb3_memory.zoo  # noqa: F401  (registers memory_ppo, the envs and CartPoleNoVel-v1)
 from sb3_memory.zoo import _evaluate_policy_kwargs
+from sb3_memory.zoo_configs import config_path
 
-ROOT = Path(__file__).resolve().parents[1]
 ENVS = [
     "CartPoleNoVel-v1",
     "sb3_memory/Copy-v0",
@@ -62,7 +61,7 @@ def variants(reference: bool, separate_critic: bool = False) -> dict[str, tuple[
 
 
 def config_entry(config: str, env_id: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "zoo_configs" / config).read_text())[env_id]
+    return yaml.safe_load(config_path(config).read_text())[env_id]
 
 
 def make_model(algo: str, config: str, env_id: str, overrides: dict[str, Any], log_folder: str) -> Any:
@@ -75,7 +74,7 @@ def make_model(algo: str, config: str, env_id: str, overrides: dict[str, Any], l
         policy_kwargs = _evaluate_policy_kwargs(config_entry(config, env_id).get("policy_kwargs"))
         hyperparams["policy_kwargs"] = {**policy_kwargs, **overrides}
     manager = ExperimentManager(
-        argparse.Namespace(), algo, env_id, log_folder, config=str(ROOT / "zoo_configs" / config),
+        argparse.Namespace(), algo, env_id, log_folder, config=str(config_path(config)),
         hyperparams=hyperparams, seed=0, verbose=0, eval_freq=-1, save_freq=-1,
     )  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):  # rl-zoo3 prints every hyperparameter

@@ -7,13 +7,13 @@ import pytest
 from sb3_memory.experiments.compare import (
     ALGOS,
     CONTROLS,
-    ROOT,
     derived_config,
     steps_to_threshold,
     t_interval,
     welch_p_value,
     write_report,
 )
+from sb3_memory.zoo_configs import config_path
 
 
 @pytest.mark.parametrize("config", ["memory_ppo.yml", "memory_a2c.yml"])
@@ -21,7 +21,7 @@ def test_derived_config_only_updates_policy_kwargs(config, tmp_path):
     import yaml
     from torch import nn
 
-    original_path = ROOT / "zoo_configs" / config
+    original_path = config_path(config)
     overrides = {"memory_init": "random", "critic_memory": "shared"}
     derived_path = derived_config(original_path, tmp_path / "variant.yml", overrides)
     assert derived_path == tmp_path / "variant.yml"
@@ -45,9 +45,9 @@ def test_derived_config_removes_keys_for_the_lstm_control(tmp_path):
 
     _, config, params, overrides = ALGOS["memory_ppo-lstm"]
     assert params == ["policy:'LSTMPolicy'"]
-    original = yaml.load((ROOT / "zoo_configs" / config).read_text(), Loader=yaml.UnsafeLoader)
+    original = yaml.load((config_path(config)).read_text(), Loader=yaml.UnsafeLoader)
     derived = yaml.load(
-        derived_config(ROOT / "zoo_configs" / config, tmp_path / "lstm.yml", overrides).read_text(), Loader=yaml.UnsafeLoader
+        derived_config(config_path(config), tmp_path / "lstm.yml", overrides).read_text(), Loader=yaml.UnsafeLoader
     )
     for env_id, entry in original.items():
         original_kwargs = eval(entry["policy_kwargs"], {"nn": nn})
@@ -181,7 +181,7 @@ def test_every_variant_builds_the_model_it_names(tmp_path, name):
 
     algo, config, params, overrides = ALGOS[name]
     env_id = "sb3_memory/RepeatAfterDelay-v0"
-    derived = derived_config(ROOT / "zoo_configs" / config, tmp_path / "variant.yml", overrides)
+    derived = derived_config(config_path(config), tmp_path / "variant.yml", overrides)
     entry = yaml.load(derived.read_text(), Loader=yaml.UnsafeLoader)[env_id]
     policy_kwargs = eval(entry["policy_kwargs"], {"nn": nn})
     hyperparams = {key: ast.literal_eval(value) for key, value in (param.split(":", 1) for param in params)}

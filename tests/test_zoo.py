@@ -1,4 +1,4 @@
-"""rl-zoo3 integration (sb3_memory.zoo and zoo_configs/): train, enjoy, configs, samplers, distributed tuning."""
+"""rl-zoo3 integration (sb3_memory.zoo and sb3_memory/zoo_configs/): train, enjoy, configs, samplers, distributed tuning."""
 
 import argparse
 import math
@@ -27,11 +27,12 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_memory import DNCPolicy, MemoryA2C, MemoryPPO, NTMPolicy, zoo
 from sb3_memory.common.callbacks import LengthCurriculum
+from sb3_memory.zoo_configs import CONFIG_DIR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "zoo_configs"
+CONFIGS = CONFIG_DIR
 CONFIG_FILES = {algo: CONFIGS / f"{algo}.yml" for algo in ("memory_ppo", "memory_a2c", "ppo_lstm", "ppo")}
 ENV_IDS = [
     "CartPoleNoVel-v1",
@@ -210,7 +211,7 @@ def test_enjoy_threads_memory_state(trained_tmaze, monkeypatch):
 
 
 def test_quickstart_config_solves_its_task(tmp_path):
-    """The README's zoo example as written: train with zoo_configs/quickstart.yml, then enjoy reports >= 90% success."""
+    """The README's zoo example as written: train with quickstart.yml, then enjoy reports >= 90% success."""
     env_id = "sb3_memory/PassiveTMazeJunction-v0"
     common = ["--algo", "memory_ppo", "--env", env_id, "--num-threads", "1"]
     result = zoo_command(

@@ -1,7 +1,7 @@
 """Compare memory agents with RecurrentPPO and memoryless PPO on the same tasks, seeds and budgets.
 
 Every run goes through the zoo entry point (``python -m sb3_memory.zoo train``) with the
-configs in ``zoo_configs/``, rl-zoo3's evaluation callback (deterministic episodes every
+configs in ``sb3_memory/zoo_configs/`` (shipped with the package), rl-zoo3's evaluation callback (deterministic episodes every
 ``--eval-freq`` steps) and the same budget for every algorithm of an env. Runs are resumable: a
 finished run leaves ``result.json`` in its folder and is skipped next time (so a ``--runs`` folder
 holds one budget). The script then writes a Markdown table (final return with a 95% t-interval
@@ -40,8 +40,7 @@ from typing import Any, Optional
 import numpy as np
 
 from sb3_memory.envs.kwargs import env_kwarg_argument, parse_env_kwargs
-
-ROOT = Path(__file__).resolve().parents[2]  # the source checkout: zoo_configs/, runs/, docs/
+from sb3_memory.zoo_configs import config_path
 
 # name -> (zoo algorithm, config file, extra hyperparameters passed with -params, policy_kwargs overrides;
 # an override of None removes the key)
@@ -226,20 +225,20 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
     if result_file.exists():
         return json.loads(result_file.read_text())
     zoo_algo, config, params, policy_overrides = ALGOS[algo]
-    config_path = ROOT / "zoo_configs" / config
+    config_file = config_path(config)
     callbacks = [{"sb3_memory.common.callbacks.StopTrainingOnWallClock": {"seconds": wall_clock}}] if wall_clock else []
     if policy_overrides or callbacks:
         derived_path = root / "configs" / f"{run_label(algo, wall_clock)}.yml"
-        config_path = derived_config(config_path, derived_path, policy_overrides, callbacks)
+        config_file = derived_config(config_file, derived_path, policy_overrides, callbacks)
     command = [
         sys.executable, "-m", "sb3_memory.zoo", "train",
-        "--algo", zoo_algo, "--env", env, "-conf", str(config_path),
+        "--algo", zoo_algo, "--env", env, "-conf", str(config_file),
         "--seed", str(seed), "--log-folder", str(folder / "zoo"),
         "--eval-freq", str(args.eval_freq), "--eval-episodes", str(args.eval_episodes), "--n-eval-envs", "1",
         "--save-freq", "-1", "--verbose", "0",
     ]  # fmt: skip
     if wall_clock:
-        command += ["-n", str(WALL_CLOCK_STEP_CAP * (args.budget or config_budget(ROOT / "zoo_configs" / config, env)))]
+        command += ["-n", str(WALL_CLOCK_STEP_CAP * (args.budget or config_budget(config_path(config), env)))]
     elif args.budget:
         command += ["-n", str(args.budget)]
     if params:
@@ -250,7 +249,7 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     start = time.perf_counter()
     with open(folder / "train.log", "w") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=environment)
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     wall = time.perf_counter() - start
     if completed.returncode != 0:
         raise RuntimeError(f"{algo} on {env} (seed {seed}) failed; see {folder / 'train.log'}")
@@ -273,15 +272,15 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
     return result
 
 
-def config_budget(config_path: Path, env: str) -> int:
+def config_budget(config_file: Path, env: str) -> int:
     """The ``n_timesteps`` of a zoo config's entry for ``env``."""
     import yaml
 
-    return int(float(yaml.safe_load(config_path.read_text())[env]["n_timesteps"]))
+    return int(float(yaml.safe_load(config_file.read_text())[env]["n_timesteps"]))
 
 
 def derived_config(
-    config_path: Path, out_path: Path, policy_overrides: dict[str, Any], callbacks: Optional[list[Any]] = None
+    config_file: Path, out_path: Path, policy_overrides: dict[str, Any], callbacks: Optional[list[Any]] = None
 ) -> Path:
     """
     Write a copy of a zoo config whose ``policy_kwargs`` are updated with ``policy_overrides``
@@ -294,7 +293,7 @@ def derived_config(
     """
     import yaml
 
-    entries = yaml.safe_load(config_path.read_text())
+    entries = yaml.safe_load(config_file.read_text())
     for entry in entries.values():
         if callbacks:
             own = entry.get("callback") or []
@@ -607,8 +606,8 @@ def main() -> None:
         help="train for this many seconds instead of a step budget (at most "
         f"{WALL_CLOCK_STEP_CAP}x the budget): the runs at equal wall clock, named algo@<seconds>s",
     )
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare", help="where runs are kept")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--runs", type=Path, default=Path("runs", "compare"), help="where runs are kept")
+    parser.add_argument("--out", type=Path, default=Path("docs", "results"))
     parser.add_argument(
         "--report-only", action="store_true", help="only rebuild the report from the finished runs of --runs (any difficulty)"
     )

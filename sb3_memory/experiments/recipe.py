@@ -32,7 +32,6 @@ import torch
 
 from sb3_memory.envs.kwargs import env_kwarg_argument, parse_env_kwargs
 
-ROOT = Path(__file__).resolve().parents[2]
 RECIPE: dict[str, Any] = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
 CORE_SHAPE: dict[str, dict[str, Any]] = {
     "NTMPolicy": dict(controller_dim=128, memory_units=32, memory_unit_size=16),
@@ -214,7 +213,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=150_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe")
+    parser.add_argument("--out", type=Path, default=Path("runs", "recipe"))
     parser.add_argument("--table", type=Path, help="also write the table, with this command, to a Markdown file")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
