@@ -395,34 +395,42 @@ inline void shift_backward(const F* RESTRICT wg, const F* RESTRICT shift, const 
 }
 
 // ----------------------------------------------------------------------------------------------
+// Buffer layouts. An Arena hands out consecutive blocks, so a buffer's size is whatever its
+// layout code took: the tape record of a step, and each core's backward scratch, are laid out
+// once, by name, and never recounted.
+
+struct Arena {
+  int64_t size = 0;
+  int64_t take(int64_t n) {
+    const int64_t start = size;
+    size += n;
+    return start;
+  }
+};
+
 // Layout of one step's tape record. Every core starts with the state it read and the controller.
 
 struct ControllerTape {
-  int64_t x, act, hidden, fh, dfh, cell, tanh_cell, out, size;
+  int64_t x, act, hidden, fh, dfh, cell, tanh_cell, out;
 };
 
-ControllerTape controller_tape(const SmemConfig& c, int64_t start) {
+ControllerTape controller_tape(const SmemConfig& c, Arena& a) {
+  const bool gru = c.controller == kGRU, lstm = c.controller == kLSTM;
   ControllerTape t{};
-  int64_t o = start;
-  t.x = o;  // recurrent input: [read vectors, hidden] for an LSTM, read vectors otherwise
-  o += c.K;
-  t.act = o;  // LSTM: i, f, o, g; GRU: r, z, n; MLP: relu output
-  o += c.G;
-  t.hidden = o;  // GRU: the hidden state it multiplied (after any reset), for W_hid's gradient
-  o += (c.controller == kGRU ? c.C : 0);
-  t.fh = o;  // GRU: b_hid + W_hid h
-  o += (c.controller == kGRU ? 3 * c.C : 0);
-  t.dfh = o;  // GRU, written by the backward pass: gradient of fh, for W_hid's and b_hid's
-  o += (c.controller == kGRU ? 3 * c.C : 0);
-  t.cell = o;  // LSTM: new cell
-  o += (c.controller == kLSTM ? c.C : 0);
-  t.tanh_cell = o;
-  o += (c.controller == kLSTM ? c.C : 0);
-  t.out = o;
-  o += c.C;
-  t.size = o - start;
+  t.x = a.take(c.K);                   // recurrent input: [read vectors, hidden] for an LSTM, read vectors otherwise
+  t.act = a.take(c.G);                 // LSTM: i, f, o, g; GRU: r, z, n; MLP: relu output
+  t.hidden = a.take(gru ? c.C : 0);    // GRU: the hidden state it multiplied (after any reset), for W_hid's gradient
+  t.fh = a.take(gru ? 3 * c.C : 0);    // GRU: b_hid + W_hid h
+  t.dfh = a.take(gru ? 3 * c.C : 0);   // GRU, written by the backward pass: gradient of fh, for W_hid's and b_hid's
+  t.cell = a.take(lstm ? c.C : 0);     // LSTM: new cell
+  t.tanh_cell = a.take(lstm ? c.C : 0);
+  t.out = a.take(c.C);
   return t;
 }
+
+// What controller_backward needs as scratch: the gradient of its recurrent input (K). The gate
+// gradients go straight into dprojected.
+inline int64_t controller_scratch_size(const SmemConfig& c) { return c.K; }
 
 struct Tape {
   int64_t state;
@@ -438,15 +446,10 @@ struct Tape {
 
 Tape make_tape(const SmemConfig& c) {
   Tape t{};
-  int64_t o = 0;
-  auto take = [&o](int64_t n) {
-    const int64_t start = o;
-    o += n;
-    return start;
-  };
+  Arena a;
+  auto take = [&a](int64_t n) { return a.take(n); };
   t.state = take(c.D);  // the state entering the step, before any reset: the previous step's output
-  t.ctrl = controller_tape(c, o);
-  o += t.ctrl.size;
+  t.ctrl = controller_tape(c, a);
   const int64_t n = c.N, r = c.R;
   if (c.core == kNTM) {
     const int64_t heads = c.R + c.Hw;
@@ -478,7 +481,7 @@ Tape make_tape(const SmemConfig& c) {
     t.fwd = take(r * n);
     t.bwd = take(r * n);
   }
-  t.size = o;
+  t.size = a.size;
   return t;
 }
 
@@ -596,12 +599,34 @@ void controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, con
     for (int64_t j = 0; j < C; ++j) dgates[j] = act[j] > F(0) ? dout[j] : F(0);
   }
   if (c.K > 0) {
-    F* dx = scratch + 3 * C;
+    F* dx = scratch;
     std::fill(dx, dx + c.K, F(0));
     gemv_cols(dx, wt.w_rec, dgates, c.K, c.G);
     axpy(dreads, dx, F(1), rin);
     if (c.controller == kLSTM) axpy(dhidden, dx + rin, F(1), C);
   }
+}
+
+// The controller as a core runs it: its fields of the flat state s / state_out (the offsets are
+// read here only), fed the read vectors `reads`.
+template <typename F>
+void core_controller_forward(const SmemConfig& c, const Weights<F>& wt, const F* projected, const F* s, const F* reads,
+                             F* tape, const ControllerTape& L, F* state_out) {
+  controller_forward(c, wt, projected, reads, s + c.off_controller_hidden, s + c.off_controller_cell, tape, L,
+                     state_out + c.off_controller_hidden, state_out + c.off_controller_cell);
+}
+
+// Its backward, a core's last stage. out feeds the interface raw = W_if out + b_if, so
+// dL/dout += W_if^T dL/draw (draw null: no interface); then the controller's own backward, which
+// adds into dreads and into dstate_in's controller fields.
+template <typename F>
+void core_controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, const ControllerTape& L, const F* s,
+                              const F* draw, const F* dstate_out, F* dout, F* dprojected, F* dreads, F* dstate_in,
+                              F* scratch) {
+  if (draw) gemv_cols(dout, wt.w_if, draw, c.C, c.P);
+  controller_backward(c, wt, tape, L, s + c.off_controller_hidden, s + c.off_controller_cell, dout,
+                      dstate_out + c.off_controller_cell, dprojected, dreads, dstate_in + c.off_controller_hidden,
+                      dstate_in + c.off_controller_cell, scratch);
 }
 
 // Interface: raw = W_if out + b_if
@@ -724,8 +749,7 @@ struct Ntm {
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     const int64_t n = c.N, w = c.W, R = c.R;
     const F* mem = s + c.off_memory;
-    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_controller_hidden, s + c.off_controller_cell, tape, L.ctrl,
-                       state_out + c.off_controller_hidden, state_out + c.off_controller_cell);
+    core_controller_forward(c, wt, projected, s, s + c.off_read_vectors, tape, L.ctrl, state_out);
     const F* out = tape + L.ctrl.out;
     F* raw = tape + L.raw;
     F* act = tape + L.act;
@@ -759,10 +783,32 @@ struct Ntm {
     std::copy(reads, reads + R * w, features + c.C);
   }
 
-  int64_t scratch_size() const {
-    const int64_t nw = c.N * c.W;
-    return nw + heads * c.N + 7 * c.N + 2 * c.W + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
+  // Backward scratch, by name (see Arena).
+  struct Scratchpad {
+    int64_t dnew_mem, dwsh, dws, dwg, dwc, dmnorm, location, keep, others, dact, dout, dreads, ctrl, size;
+  };
+  static Scratchpad scratchpad(const SmemConfig& c, int64_t heads) {
+    const int64_t n = c.N, w = c.W;
+    Arena a;
+    Scratchpad l{};
+    l.dnew_mem = a.take(n * w);
+    l.dwsh = a.take(heads * n);
+    l.dws = a.take(n);
+    l.dwg = a.take(n);
+    l.dwc = a.take(n);
+    l.dmnorm = a.take(n);
+    l.location = a.take(3 * n);
+    l.keep = a.take(w);  // rows of the multi-head write
+    l.others = a.take(w);
+    l.dact = a.take(c.P);
+    l.dout = a.take(c.C);
+    l.dreads = a.take(c.R * w);
+    l.ctrl = a.take(controller_scratch_size(c));
+    l.size = a.size;
+    return l;
   }
+
+  int64_t scratch_size() const { return scratchpad(c, heads).size; }
 
   // s, next: the states before and after the step; dstate_out: gradient of next; dstate_in
   // (zeroed by the caller) receives the gradient of s.
@@ -774,32 +820,20 @@ struct Ntm {
     const F* act = tape + L.act;
     const F* raw = tape + L.raw;
     const F* mnorm = tape + L.mnorm;
-    int64_t o = 0;
-    F* dnew_mem = sc.at(o);
-    o += nw;
-    F* dwsh = sc.at(o);
-    o += heads * n;
-    F* dws = sc.at(o);
-    o += n;
-    F* dwg = sc.at(o);
-    o += n;
-    F* dwc = sc.at(o);
-    o += n;
-    F* dmnorm = sc.at(o);
-    o += n;
-    F* location = sc.at(o);
-    o += 3 * n;
-    F* keep = sc.at(o);  // rows of the multi-head write
-    o += w;
-    F* others = sc.at(o);
-    o += w;
-    F* dact = sc.at(o);
-    o += c.P;
-    F* dout = sc.at(o);
-    o += C;
-    F* dreads = sc.at(o);
-    o += R * w;
-    F* ctrl_scratch = sc.at(o);
+    const Scratchpad l = scratchpad(c, heads);
+    F* dnew_mem = sc.at(l.dnew_mem);
+    F* dwsh = sc.at(l.dwsh);
+    F* dws = sc.at(l.dws);
+    F* dwg = sc.at(l.dwg);
+    F* dwc = sc.at(l.dwc);
+    F* dmnorm = sc.at(l.dmnorm);
+    F* location = sc.at(l.location);
+    F* keep = sc.at(l.keep);
+    F* others = sc.at(l.others);
+    F* dact = sc.at(l.dact);
+    F* dout = sc.at(l.dout);
+    F* dreads = sc.at(l.dreads);
+    F* ctrl_scratch = sc.at(l.ctrl);
     F* draw = tape + L.draw;
 
     std::copy(dfeatures, dfeatures + C, dout);
@@ -903,10 +937,8 @@ struct Ntm {
     apply_norm_grad(dmem, mem, mnorm, dmnorm, n, w);
 
     activate_backward(raw, act, dact, draw);
-    gemv_cols(dout, wt.w_if, draw, c.C, c.P);
-    controller_backward(c, wt, tape, L.ctrl, s + c.off_controller_hidden, s + c.off_controller_cell, dout, dstate_out + c.off_controller_cell,
-                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_controller_hidden,
-                        dstate_in + c.off_controller_cell, ctrl_scratch);
+    core_controller_backward(c, wt, tape, L.ctrl, s, draw, dstate_out, dout, dprojected, dstate_in + c.off_read_vectors,
+                             dstate_in, ctrl_scratch);
   }
 };
 
@@ -971,8 +1003,7 @@ struct Dnc {
     const F* prev_ww = s + c.off_write_weights;
     const F* usage = s + c.off_usage;
     const F* prec = s + c.off_precedence;
-    controller_forward(c, wt, projected, s + c.off_read_vectors, s + c.off_controller_hidden, s + c.off_controller_cell, tape, L.ctrl,
-                       state_out + c.off_controller_hidden, state_out + c.off_controller_cell);
+    core_controller_forward(c, wt, projected, s, s + c.off_read_vectors, tape, L.ctrl, state_out);
     const F* out = tape + L.ctrl.out;
     F* raw = tape + L.raw;
     F* act = tape + L.act;
@@ -1056,10 +1087,34 @@ struct Dnc {
     std::copy(reads, reads + R * w, features + c.C);
   }
 
-  int64_t scratch_size() const {
-    const int64_t n = c.N;
-    return n * c.W + n * n + 2 * c.R * n + 8 * n + 2 * c.P + c.C + c.R * c.W + 3 * c.C + c.K + 16;
+  // Backward scratch, by name (see Arena).
+  struct Scratchpad {
+    int64_t dnew_mem, dlink, drw, dbwd, dww, dmnorm, dcw, dalloc, dsorted, dusage, tmp, dact, dout, dreads, ctrl, size;
+  };
+  static Scratchpad scratchpad(const SmemConfig& c) {
+    const int64_t n = c.N, R = c.R;
+    Arena a;
+    Scratchpad l{};
+    l.dnew_mem = a.take(n * c.W);
+    l.dlink = a.take(n * n);
+    l.drw = a.take(R * n);
+    l.dbwd = a.take(R * n);
+    l.dww = a.take(n);
+    l.dmnorm = a.take(n);
+    l.dcw = a.take(n);
+    l.dalloc = a.take(n);
+    l.dsorted = a.take(n);
+    l.dusage = a.take(n);
+    l.tmp = a.take(2 * n);
+    l.dact = a.take(c.P);
+    l.dout = a.take(c.C);
+    l.dreads = a.take(R * c.W);
+    l.ctrl = a.take(controller_scratch_size(c));
+    l.size = a.size;
+    return l;
   }
+
+  int64_t scratch_size() const { return scratchpad(c).size; }
 
   void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
                 F* dstate_in, F* dprojected, Scratch<F>& sc) const {
@@ -1085,36 +1140,22 @@ struct Dnc {
     const F* cw = tape + L.cw;
     const F* alloc = tape + L.alloc;
 
-    int64_t o = 0;
-    F* dnew_mem = sc.at(o);
-    o += nw;
-    F* dlink = sc.at(o);
-    o += n * n;
-    F* drw = sc.at(o);
-    o += R * n;
-    F* dbwd = sc.at(o);
-    o += R * n;
-    F* dww = sc.at(o);
-    o += n;
-    F* dmnorm = sc.at(o);
-    o += n;
-    F* dcw = sc.at(o);
-    o += n;
-    F* dalloc = sc.at(o);
-    o += n;
-    F* dsorted = sc.at(o);
-    o += n;
-    F* dusage = sc.at(o);
-    o += n;
-    F* tmp = sc.at(o);
-    o += 2 * n;
-    F* dact = sc.at(o);
-    o += c.P;
-    F* dout = sc.at(o);
-    o += C;
-    F* dreads = sc.at(o);
-    o += R * w;
-    F* ctrl_scratch = sc.at(o);
+    const Scratchpad l = scratchpad(c);
+    F* dnew_mem = sc.at(l.dnew_mem);
+    F* dlink = sc.at(l.dlink);
+    F* drw = sc.at(l.drw);
+    F* dbwd = sc.at(l.dbwd);
+    F* dww = sc.at(l.dww);
+    F* dmnorm = sc.at(l.dmnorm);
+    F* dcw = sc.at(l.dcw);
+    F* dalloc = sc.at(l.dalloc);
+    F* dsorted = sc.at(l.dsorted);
+    F* dusage = sc.at(l.dusage);
+    F* tmp = sc.at(l.tmp);
+    F* dact = sc.at(l.dact);
+    F* dout = sc.at(l.dout);
+    F* dreads = sc.at(l.dreads);
+    F* ctrl_scratch = sc.at(l.ctrl);
     F* draw = tape + L.draw;
 
     std::copy(dfeatures, dfeatures + C, dout);
@@ -1287,10 +1328,8 @@ struct Dnc {
     }
 
     activate_backward(raw, act, dact, draw);
-    gemv_cols(dout, wt.w_if, draw, c.C, c.P);
-    controller_backward(c, wt, tape, L.ctrl, s + c.off_controller_hidden, s + c.off_controller_cell, dout, dstate_out + c.off_controller_cell,
-                        dprojected, dstate_in + c.off_read_vectors, dstate_in + c.off_controller_hidden,
-                        dstate_in + c.off_controller_cell, ctrl_scratch);
+    core_controller_backward(c, wt, tape, L.ctrl, s, draw, dstate_out, dout, dprojected, dstate_in + c.off_read_vectors,
+                             dstate_in, ctrl_scratch);
   }
 };
 
@@ -1304,12 +1343,12 @@ struct Plain {
   Plain(const SmemConfig& config, const Tape& tape) : c(config), L(tape) {}
 
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
-    controller_forward(c, wt, projected, s, s + c.off_controller_hidden, s + c.off_controller_cell, tape, L.ctrl, state_out + c.off_controller_hidden,
-                       state_out + c.off_controller_cell);
+    core_controller_forward(c, wt, projected, s, s, tape, L.ctrl, state_out);  // no read vectors (K = hidden only)
     std::copy(tape + L.ctrl.out, tape + L.ctrl.out + c.C, features);
   }
 
-  int64_t scratch_size() const { return 2 * c.C + 3 * c.C + c.K + 16; }
+  // Backward scratch: the output gradient, then the controller's.
+  int64_t scratch_size() const { return c.C + controller_scratch_size(c); }
 
   void backward(const Weights<F>& wt, const F* s, const F* /*next*/, F* tape, const F* dfeatures,
                 const F* dstate_out, F* dstate_in, F* dprojected, Scratch<F>& sc) const {
@@ -1317,9 +1356,8 @@ struct Plain {
     F* dout = sc.at(0);
     std::copy(dfeatures, dfeatures + C, dout);
     axpy(dout, dstate_out + c.off_controller_hidden, F(1), C);
-    F* unused_dreads = sc.at(C);
-    controller_backward(c, wt, tape, L.ctrl, s + c.off_controller_hidden, s + c.off_controller_cell, dout, dstate_out + c.off_controller_cell,
-                        dprojected, unused_dreads, dstate_in + c.off_controller_hidden, dstate_in + c.off_controller_cell, sc.at(2 * C));
+    // No interface (draw) and no read vectors to feed back (R = 0).
+    core_controller_backward<F>(c, wt, tape, L.ctrl, s, nullptr, dstate_out, dout, dprojected, nullptr, dstate_in, sc.at(C));
   }
 };
 
