@@ -10,17 +10,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-from sb3_memory.a2c.policies import (
-    CnnDNCPolicy,
-    CnnLSTMPolicy,
-    CnnNTMPolicy,
-    DNCPolicy,
-    LSTMPolicy,
-    MultiInputDNCPolicy,
-    MultiInputLSTMPolicy,
-    MultiInputNTMPolicy,
-    NTMPolicy,
-)
+from sb3_memory.a2c.policies import POLICY_ALIASES
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
 from sb3_memory.common.policies import MemoryActorCriticPolicy
 
@@ -42,17 +32,7 @@ class MemoryA2C(MemoryOnPolicyAlgorithm, A2C):
     The other parameters are those of :class:`stable_baselines3.A2C`.
     """
 
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
-        "NTMPolicy": NTMPolicy,
-        "DNCPolicy": DNCPolicy,
-        "LSTMPolicy": LSTMPolicy,
-        "CnnNTMPolicy": CnnNTMPolicy,
-        "CnnDNCPolicy": CnnDNCPolicy,
-        "CnnLSTMPolicy": CnnLSTMPolicy,
-        "MultiInputNTMPolicy": MultiInputNTMPolicy,
-        "MultiInputDNCPolicy": MultiInputDNCPolicy,
-        "MultiInputLSTMPolicy": MultiInputLSTMPolicy,
-    }
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = POLICY_ALIASES
     policy: MemoryActorCriticPolicy
 
     def __init__(

@@ -13,17 +13,7 @@ from torch.nn import functional as F
 
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
 from sb3_memory.common.policies import MemoryActorCriticPolicy
-from sb3_memory.ppo.policies import (
-    CnnDNCPolicy,
-    CnnLSTMPolicy,
-    CnnNTMPolicy,
-    DNCPolicy,
-    LSTMPolicy,
-    MultiInputDNCPolicy,
-    MultiInputLSTMPolicy,
-    MultiInputNTMPolicy,
-    NTMPolicy,
-)
+from sb3_memory.ppo.policies import POLICY_ALIASES
 
 SelfMemoryPPO = TypeVar("SelfMemoryPPO", bound="MemoryPPO")
 
@@ -47,17 +37,7 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
     The other parameters are those of :class:`stable_baselines3.PPO`.
     """
 
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
-        "NTMPolicy": NTMPolicy,
-        "DNCPolicy": DNCPolicy,
-        "LSTMPolicy": LSTMPolicy,
-        "CnnNTMPolicy": CnnNTMPolicy,
-        "CnnDNCPolicy": CnnDNCPolicy,
-        "CnnLSTMPolicy": CnnLSTMPolicy,
-        "MultiInputNTMPolicy": MultiInputNTMPolicy,
-        "MultiInputDNCPolicy": MultiInputDNCPolicy,
-        "MultiInputLSTMPolicy": MultiInputLSTMPolicy,
-    }
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = POLICY_ALIASES
     policy: MemoryActorCriticPolicy
 
     def __init__(

@@ -4,6 +4,8 @@ The policies of :class:`~sb3_memory.MaskableMemoryPPO` (its ``policy_aliases``),
 names ``MemoryPPO`` uses.
 """
 
+from stable_baselines3.common.policies import BasePolicy
+
 from sb3_memory.common.maskable import (
     MaskableCnnDNCPolicy,
     MaskableCnnLSTMPolicy,
@@ -26,7 +28,21 @@ MultiInputNTMPolicy = MaskableMultiInputNTMPolicy
 MultiInputDNCPolicy = MaskableMultiInputDNCPolicy
 MultiInputLSTMPolicy = MaskableMultiInputLSTMPolicy
 
+#: ``MaskableMemoryPPO.policy_aliases``: each name, as ``MaskableMemoryPPO("DNCPolicy", env)`` takes it.
+POLICY_ALIASES: dict[str, type[BasePolicy]] = {
+    "NTMPolicy": NTMPolicy,
+    "DNCPolicy": DNCPolicy,
+    "LSTMPolicy": LSTMPolicy,
+    "CnnNTMPolicy": CnnNTMPolicy,
+    "CnnDNCPolicy": CnnDNCPolicy,
+    "CnnLSTMPolicy": CnnLSTMPolicy,
+    "MultiInputNTMPolicy": MultiInputNTMPolicy,
+    "MultiInputDNCPolicy": MultiInputDNCPolicy,
+    "MultiInputLSTMPolicy": MultiInputLSTMPolicy,
+}
+
 __all__ = [
+    "POLICY_ALIASES",
     "CnnDNCPolicy",
     "CnnLSTMPolicy",
     "CnnNTMPolicy",

@@ -16,17 +16,7 @@ from sb3_memory.common.maskable import (
     check_action_masks,
 )
 from sb3_memory.ppo import MemoryPPO
-from sb3_memory.ppo_mask.policies import (
-    CnnDNCPolicy,
-    CnnLSTMPolicy,
-    CnnNTMPolicy,
-    DNCPolicy,
-    LSTMPolicy,
-    MultiInputDNCPolicy,
-    MultiInputLSTMPolicy,
-    MultiInputNTMPolicy,
-    NTMPolicy,
-)
+from sb3_memory.ppo_mask.policies import POLICY_ALIASES
 
 SelfMaskableMemoryPPO = TypeVar("SelfMaskableMemoryPPO", bound="MaskableMemoryPPO")
 
@@ -45,17 +35,7 @@ class MaskableMemoryPPO(MemoryPPO):
     (``"NTMPolicy"``, ``"DNCPolicy"``, ...) with masking.
     """
 
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
-        "NTMPolicy": NTMPolicy,
-        "DNCPolicy": DNCPolicy,
-        "LSTMPolicy": LSTMPolicy,
-        "CnnNTMPolicy": CnnNTMPolicy,
-        "CnnDNCPolicy": CnnDNCPolicy,
-        "CnnLSTMPolicy": CnnLSTMPolicy,
-        "MultiInputNTMPolicy": MultiInputNTMPolicy,
-        "MultiInputDNCPolicy": MultiInputDNCPolicy,
-        "MultiInputLSTMPolicy": MultiInputLSTMPolicy,
-    }
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = POLICY_ALIASES
     rollout_buffer_classes = (MaskableMemoryRolloutBuffer, MaskableMemoryDictRolloutBuffer)
     policy: MaskableMemoryActorCriticPolicy
 
