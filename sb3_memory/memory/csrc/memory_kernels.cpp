@@ -394,6 +394,99 @@ inline void shift_backward(const F* RESTRICT wg, const F* RESTRICT shift, const 
   }
 }
 
+// addressing.read: r_h = sum_i w_h[i] M_i for each head; weights (heads, N), mem (N, W), reads (heads, W).
+template <typename F>
+inline void read_forward(const F* RESTRICT mem, const F* RESTRICT weights, int64_t heads, int64_t n, int64_t w,
+                         F* RESTRICT reads) {
+  std::fill(reads, reads + heads * w, F(0));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < n; ++i) axpy(reads + h * w, mem + i * w, weights[h * n + i], w);
+}
+
+// Its backward, r_h linear in both: dL/dw_h[i] = dL/dr_h . M_i and dL/dM_i = sum_h w_h[i] dL/dr_h
+// (both added into the outputs).
+template <typename F>
+inline void read_backward(const F* RESTRICT mem, const F* RESTRICT weights, const F* RESTRICT dreads, int64_t heads,
+                          int64_t n, int64_t w, F* RESTRICT dmem, F* RESTRICT dweights) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < n; ++i) {
+      dweights[h * n + i] += dot(dreads + h * w, mem + i * w, w);
+      axpy(dmem + i * w, dreads + h * w, weights[h * n + i], w);
+    }
+}
+
+// addressing.write: M' = M * prod_h (1 - w_h e_h^T) + sum_h w_h a_h^T; ww (heads, N), erase and add
+// (heads, W). The NTM writes with Hw heads, the DNC with one.
+template <typename F>
+void write_forward(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRICT erase, const F* RESTRICT add,
+                   int64_t heads, int64_t n, int64_t w, F* RESTRICT out) {
+  for (int64_t i = 0; i < n; ++i) {
+    F* RESTRICT o = out + i * w;
+    const F* RESTRICT m = mem + i * w;
+    if (heads == 1) {
+      const F wi = ww[i];
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) o[j] = m[j] * (F(1) - wi * erase[j]) + wi * add[j];
+      continue;
+    }
+    std::fill(o, o + w, F(1));
+    for (int64_t h = 0; h < heads; ++h) {
+      const F wi = ww[h * n + i];
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) o[j] *= F(1) - wi * erase[h * w + j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < w; ++j) o[j] *= m[j];
+    for (int64_t h = 0; h < heads; ++h) axpy(o, add + h * w, ww[h * n + i], w);
+  }
+}
+
+// Its backward, from g = dL/dM'. With keep_ij = prod_h (1 - w_h[i] e_hj) and others_hij the same
+// product without head h: dL/dM_ij = g_ij keep_ij; dL/dw_h[i] = sum_j g_ij (a_hj - M_ij others_hij e_hj);
+// dL/de_hj = -sum_i g_ij M_ij others_hij w_h[i]; dL/da_hj = sum_i g_ij w_h[i] (all added into the
+// outputs). keep and others: scratch of W each (unused with one head, where others = 1).
+template <typename F>
+void write_backward(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRICT erase, const F* RESTRICT add,
+                    const F* RESTRICT dnew, int64_t heads, int64_t n, int64_t w, F* RESTRICT dmem, F* RESTRICT dww,
+                    F* RESTRICT derase, F* RESTRICT dadd, F* RESTRICT keep, F* RESTRICT others) {
+  for (int64_t i = 0; i < n; ++i) {
+    const F* RESTRICT g = dnew + i * w;
+    const F* RESTRICT m = mem + i * w;
+    F* RESTRICT dm = dmem + i * w;
+    if (heads == 1) {
+      const F wi = ww[i];
+      F dwi = 0;
+#pragma omp simd reduction(+ : dwi)
+      for (int64_t j = 0; j < w; ++j) {
+        dm[j] += g[j] * (F(1) - wi * erase[j]);
+        dwi += g[j] * (add[j] - m[j] * erase[j]);
+        derase[j] -= g[j] * m[j] * wi;
+        dadd[j] += g[j] * wi;
+      }
+      dww[i] += dwi;
+      continue;
+    }
+    std::fill(keep, keep + w, F(1));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t j = 0; j < w; ++j) keep[j] *= F(1) - ww[h * n + i] * erase[h * w + j];
+    for (int64_t j = 0; j < w; ++j) dm[j] += g[j] * keep[j];
+    for (int64_t h = 0; h < heads; ++h) {
+      std::fill(others, others + w, F(1));
+      for (int64_t q = 0; q < heads; ++q)
+        if (q != h)
+          for (int64_t j = 0; j < w; ++j) others[j] *= F(1) - ww[q * n + i] * erase[q * w + j];
+      const F wi = ww[h * n + i];
+      F dwi = 0;
+      for (int64_t j = 0; j < w; ++j) {
+        dwi += g[j] * (add[h * w + j] - m[j] * others[j] * erase[h * w + j]);
+        derase[h * w + j] -= g[j] * m[j] * others[j] * wi;
+        dadd[h * w + j] += g[j] * wi;
+      }
+      dww[h * n + i] += dwi;
+    }
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Buffer layouts. An Arena hands out consecutive blocks, so a buffer's size is whatever its
 // layout code took: the tape record of a step, and each core's backward scratch, are laid out
@@ -719,32 +812,6 @@ struct Ntm {
     return h < c.R ? state + c.off_read_weights + h * c.N : state + c.off_write_weights + (h - c.R) * c.N;
   }
 
-  // addressing.write: M' = M * prod_h (1 - w_h e_h^T) + sum_h w_h a_h^T, ww: (Hw, N)
-  void write(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRICT act, F* RESTRICT out) const {
-    const int64_t n = c.N, w = c.W, hw = c.Hw;
-    const F* RESTRICT erase = act + heads * hp;
-    const F* RESTRICT add = erase + hw * w;
-    for (int64_t i = 0; i < n; ++i) {
-      F* RESTRICT o = out + i * w;
-      const F* RESTRICT m = mem + i * w;
-      if (hw == 1) {
-        const F wi = ww[i];
-#pragma omp simd
-        for (int64_t j = 0; j < w; ++j) o[j] = m[j] * (F(1) - wi * erase[j]) + wi * add[j];
-        continue;
-      }
-      std::fill(o, o + w, F(1));
-      for (int64_t h = 0; h < hw; ++h) {
-        const F wi = ww[h * n + i];
-#pragma omp simd
-        for (int64_t j = 0; j < w; ++j) o[j] *= F(1) - wi * erase[h * w + j];
-      }
-#pragma omp simd
-      for (int64_t j = 0; j < w; ++j) o[j] *= m[j];
-      for (int64_t h = 0; h < hw; ++h) axpy(o, add + h * w, ww[h * n + i], w);
-    }
-  }
-
   // s: the state the step starts from; state_out: where its new state goes
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     const int64_t n = c.N, w = c.W, R = c.R;
@@ -773,12 +840,10 @@ struct Ntm {
       softmax(wsh, wsh, n);
     }
     F* new_mem = state_out + c.off_memory;
-    write(mem, state_out + c.off_write_weights, act, new_mem);
-    const F* rw = state_out + c.off_read_weights;
+    const F* erase = act + heads * hp;
+    write_forward(mem, state_out + c.off_write_weights, erase, erase + c.Hw * w, c.Hw, n, w, new_mem);
     F* reads = state_out + c.off_read_vectors;
-    std::fill(reads, reads + R * w, F(0));
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t i = 0; i < n; ++i) axpy(reads + r * w, new_mem + i * w, rw[r * n + i], w);
+    read_forward(new_mem, state_out + c.off_read_weights, R, n, w, reads);
     std::copy(out, out + c.C, features);
     std::copy(reads, reads + R * w, features + c.C);
   }
@@ -845,57 +910,13 @@ struct Ntm {
     std::fill(dact, dact + c.P, F(0));
     std::fill(dmnorm, dmnorm + n, F(0));
 
-    // reads: r_r = sum_i wsh_r[i] M'_i
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t i = 0; i < n; ++i) {
-        dwsh[r * n + i] += dot(dreads + r * w, new_mem + i * w, w);
-        axpy(dnew_mem + i * w, dreads + r * w, next[c.off_read_weights + r * n + i], w);
-      }
-
-    // write
-    F* RESTRICT dmem = dstate_in + c.off_memory;
-    const F* RESTRICT erase = act + heads * hp;
-    const F* RESTRICT add = erase + c.Hw * w;
-    F* RESTRICT derase = dact + heads * hp;
-    F* RESTRICT dadd = derase + c.Hw * w;
-    const F* RESTRICT ww = next + c.off_write_weights;
-    F* RESTRICT dww = dwsh + R * n;
-    for (int64_t i = 0; i < n; ++i) {
-      const F* RESTRICT g = dnew_mem + i * w;
-      const F* RESTRICT m = mem + i * w;
-      F* RESTRICT dm = dmem + i * w;
-      if (c.Hw == 1) {
-        const F wi = ww[i];
-        F dwi = 0;
-#pragma omp simd reduction(+ : dwi)
-        for (int64_t j = 0; j < w; ++j) {
-          dm[j] += g[j] * (F(1) - wi * erase[j]);
-          dwi += g[j] * (add[j] - m[j] * erase[j]);
-          derase[j] -= g[j] * m[j] * wi;
-          dadd[j] += g[j] * wi;
-        }
-        dww[i] += dwi;
-        continue;
-      }
-      std::fill(keep, keep + w, F(1));
-      for (int64_t h = 0; h < c.Hw; ++h)
-        for (int64_t j = 0; j < w; ++j) keep[j] *= F(1) - ww[h * n + i] * erase[h * w + j];
-      for (int64_t j = 0; j < w; ++j) dm[j] += g[j] * keep[j];
-      for (int64_t h = 0; h < c.Hw; ++h) {
-        std::fill(others, others + w, F(1));
-        for (int64_t q = 0; q < c.Hw; ++q)
-          if (q != h)
-            for (int64_t j = 0; j < w; ++j) others[j] *= F(1) - ww[q * n + i] * erase[q * w + j];
-        const F wi = ww[h * n + i];
-        F dwi = 0;
-        for (int64_t j = 0; j < w; ++j) {
-          dwi += g[j] * (add[h * w + j] - m[j] * others[j] * erase[h * w + j]);
-          derase[h * w + j] -= g[j] * m[j] * others[j] * wi;
-          dadd[h * w + j] += g[j] * wi;
-        }
-        dww[h * n + i] += dwi;
-      }
-    }
+    // reads from the written memory, then the write
+    read_backward(new_mem, next + c.off_read_weights, dreads, R, n, w, dnew_mem, dwsh);
+    const F* erase = act + heads * hp;
+    F* derase = dact + heads * hp;
+    F* dmem = dstate_in + c.off_memory;
+    write_backward(mem, next + c.off_write_weights, erase, erase + c.Hw * w, dnew_mem, c.Hw, n, w, dmem, dwsh + R * n,
+                   derase, derase + c.Hw * w, keep, others);
 
     // addressing, head by head
     for (int64_t h = 0; h < heads; ++h) {
@@ -975,17 +996,6 @@ struct Dnc {
       softmax_backward(draw + modes + 3 * r, act + modes + 3 * r, dact + modes + 3 * r, 3);
   }
 
-  // M' = M * (1 - ww e^T) + ww v^T
-  void write(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRICT erase, const F* RESTRICT vec,
-             F* RESTRICT out) const {
-    const int64_t n = c.N, w = c.W;
-    for (int64_t i = 0; i < n; ++i) {
-      const F wi = ww[i];
-#pragma omp simd
-      for (int64_t j = 0; j < w; ++j) out[i * w + j] = mem[i * w + j] * (F(1) - wi * erase[j]) + wi * vec[j];
-    }
-  }
-
   // row i of L' = ((1 - ww_i) - ww_j) L[i, j] + ww_i p_j, zero diagonal
   void link_row(const F* RESTRICT lnk, const F* RESTRICT ww, const F* RESTRICT prec, int64_t i,
                 F* RESTRICT out) const {
@@ -1054,7 +1064,7 @@ struct Dnc {
     F* ww = state_out + c.off_write_weights;  // the new weightings are part of the new state
     for (int64_t i = 0; i < n; ++i) ww[i] = write_gate * lerp(cw[i], alloc[i], alloc_gate);
     F* new_mem = state_out + c.off_memory;
-    write(mem, ww, erase, write_vec, new_mem);
+    write_forward(mem, ww, erase, write_vec, 1, n, w, new_mem);
     F* new_link = state_out + c.off_link;
     for (int64_t i = 0; i < n; ++i) link_row(s + c.off_link, ww, prec, i, new_link + i * n);
     F wsum = 0;
@@ -1081,8 +1091,8 @@ struct Dnc {
                       tape + L.rcos + r * n, rc);
       const F* m = act + modes + 3 * r;
       for (int64_t i = 0; i < n; ++i) rw[r * n + i] = m[0] * bwd[r * n + i] + m[1] * rc[i] + m[2] * fwd[r * n + i];
-      for (int64_t i = 0; i < n; ++i) axpy(reads + r * w, new_mem + i * w, rw[r * n + i], w);
     }
+    read_forward(new_mem, rw, R, n, w, reads);
     std::copy(out, out + c.C, features);
     std::copy(reads, reads + R * w, features + c.C);
   }
@@ -1176,11 +1186,7 @@ struct Dnc {
     F* dfree = derase + w;
 
     // reads from the written memory
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t i = 0; i < n; ++i) {
-        drw[r * n + i] += dot(dreads + r * w, new_mem + i * w, w);
-        axpy(dnew_mem + i * w, dreads + r * w, rw[r * n + i], w);
-      }
+    read_backward(new_mem, rw, dreads, R, n, w, dnew_mem, drw);
     // read weightings: modes mix backward, content and forward
     const F* mnorm2 = tape + L.mnorm2;
     std::fill(dmnorm, dmnorm + n, F(0));
@@ -1252,27 +1258,9 @@ struct Dnc {
       }
       axpy(dww, dww_cols, F(1), n);
     }
-    // write
-    {
-      F* RESTRICT dmem = dstate_in + c.off_memory;
-      F* RESTRICT derase_r = derase;
-      F* RESTRICT dvec = dwrite_vec;
-      for (int64_t i = 0; i < n; ++i) {
-        const F* RESTRICT g = dnew_mem + i * w;
-        const F* RESTRICT m = mem + i * w;
-        F* RESTRICT dm = dmem + i * w;
-        const F wi = ww[i];
-        F dwi = 0;
-#pragma omp simd reduction(+ : dwi)
-        for (int64_t j = 0; j < w; ++j) {
-          dm[j] += g[j] * (F(1) - wi * erase[j]);
-          dwi += g[j] * (write_vec[j] - m[j] * erase[j]);
-          derase_r[j] -= g[j] * m[j] * wi;
-          dvec[j] += g[j] * wi;
-        }
-        dww[i] += dwi;
-      }
-    }
+    // write (one head: write_backward needs no keep/others scratch)
+    write_backward(mem, ww, erase, write_vec, dnew_mem, 1, n, w, dstate_in + c.off_memory, dww, derase, dwrite_vec,
+                   static_cast<F*>(nullptr), static_cast<F*>(nullptr));
     F* dmem = dstate_in + c.off_memory;
     // ww = write_gate * lerp(cw, alloc, alloc_gate)
     F dwrite_gate = 0, dalloc_gate = 0;
