@@ -487,6 +487,113 @@ void write_backward(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRI
   }
 }
 
+// DNC temporal-link primitives (addressing.py: directional_weights, update_precedence,
+// update_link, allocation_weights, update_usage): forward in Dnc::forward, backward here.
+
+// Directional weightings f_h[i] = <L'_i, w_h> and b_h[j] = sum_i w_h[i] L'[i, j], for R heads with
+// weights w (heads, N). Backward: dL'_i += df_h[i] w_h + w_h[i] db_h, dw_h += L'^T df_h + L' db_h;
+// the link's diagonal is held at zero, so its gradient is zeroed.
+template <typename F>
+void directional_backward(const F* RESTRICT link, const F* RESTRICT weights, const F* RESTRICT dfwd,
+                          const F* RESTRICT dbwd, int64_t heads, int64_t n, F* RESTRICT dlink, F* RESTRICT dweights) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < n; ++i) axpy(dlink + i * n, weights + h * n, dfwd[h * n + i], n);
+  for (int64_t h = 0; h < heads; ++h) gemv_cols(dweights + h * n, link, dfwd + h * n, n, n);
+  for (int64_t i = 0; i < n; ++i) {
+    const F* link_i = link + i * n;
+    for (int64_t h = 0; h < heads; ++h) {
+      dweights[h * n + i] += dot(dbwd + h * n, link_i, n);
+      axpy(dlink + i * n, dbwd + h * n, weights[h * n + i], n);
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) dlink[i * n + i] = F(0);
+}
+
+// Precedence p' = (1 - sum_i ww_i) p + ww. Backward: dp += (1 - sum ww) dp', dww_i += dp'_i - dp'.p.
+template <typename F>
+void precedence_backward(const F* RESTRICT ww, const F* RESTRICT prec, const F* RESTRICT dprec_out, int64_t n,
+                         F* RESTRICT dprec, F* RESTRICT dww) {
+  F wsum = 0;
+  for (int64_t i = 0; i < n; ++i) wsum += ww[i];
+  const F dsum = -dot(dprec_out, prec, n);
+  for (int64_t i = 0; i < n; ++i) {
+    dprec[i] += dprec_out[i] * (F(1) - wsum);
+    dww[i] += dprec_out[i] + dsum;
+  }
+}
+
+// Link L'[i, j] = ((1 - ww_i) - ww_j) L[i, j] + ww_i p_j (diagonal zero). Backward from g = dL/dL':
+// dL[i, j] += g_ij (1 - ww_i - ww_j), dww_i += sum_j g_ij (p_j - L_ij), dww_j -= sum_i g_ij L_ij,
+// dp_j += sum_i g_ij ww_i. dww_cols: scratch of N.
+template <typename F>
+void link_backward(const F* RESTRICT link, const F* RESTRICT ww, const F* RESTRICT prec, const F* RESTRICT dlink_out,
+                   int64_t n, F* RESTRICT dlink, F* RESTRICT dww, F* RESTRICT dprec, F* RESTRICT dww_cols) {
+  std::fill(dww_cols, dww_cols + n, F(0));
+  for (int64_t i = 0; i < n; ++i) {
+    const F* RESTRICT g = dlink_out + i * n;
+    const F* RESTRICT l = link + i * n;
+    F* RESTRICT dl = dlink + i * n;
+    const F wi = ww[i];
+    F dwi = 0;
+#pragma omp simd reduction(+ : dwi)
+    for (int64_t j = 0; j < n; ++j) {
+      dl[j] += g[j] * ((F(1) - wi) - ww[j]);
+      dwi += g[j] * (prec[j] - l[j]);
+      dww_cols[j] -= g[j] * l[j];
+      dprec[j] += g[j] * wi;
+    }
+    dww[i] += dwi;
+  }
+  axpy(dww, dww_cols, F(1), n);
+}
+
+// Allocation a[order[j]] = (1 - s_j) prod_{k<j} s_k, s the usages sorted ascending (order: their
+// slots, as floats; before_j = prod_{k<j} s_k). Backward: ds_j = -da_j before_j + sum_{m>j} da_m
+// (1 - s_m) before_m / s_j, accumulated right to left without dividing; the usage's gradient is
+// ds scattered back through order, times the (1 - eps) of the clamp u = eps + (1 - eps) u'.
+// dsorted, dbefore: scratch of N each.
+template <typename F>
+void allocation_backward(const F* RESTRICT sorted, const F* RESTRICT order, const F* RESTRICT before,
+                         const F* RESTRICT dalloc, int64_t n, F* RESTRICT dusage, F* RESTRICT dsorted,
+                         F* RESTRICT dbefore) {
+  for (int64_t j = 0; j < n; ++j) {
+    const F da = dalloc[int64_t(order[j])];
+    dsorted[j] = -da * before[j];
+    dbefore[j] = da * (F(1) - sorted[j]);
+  }
+  F tail = 0;  // sum_{j>i} dbefore_j prod_{i<k<j} s_k
+  for (int64_t i = n - 2; i >= 0; --i) {
+    tail = dbefore[i + 1] + sorted[i + 1] * tail;
+    dsorted[i] += before[i] * tail;
+  }
+  for (int64_t j = 0; j < n; ++j) dusage[int64_t(order[j])] += dsorted[j] * (F(1) - F(kUsageEps));
+}
+
+// Usage u' = (u + ww - u ww) * psi, psi_i = prod_h (1 - f_h w_h[i]) (retention; usage1 = the first
+// factor, both from the tape), with the previous write weights ww and read weights w (heads, N).
+// Backward: du += du' psi (1 - ww), dww += du' psi (1 - u), and through psi
+// df_h -= sum_i dq_hi w_h[i], dw_h[i] -= dq_hi f_h with dq_hi = du'_i usage1_i prod_{q != h} (1 - f_q w_q[i]).
+template <typename F>
+void usage_backward(const F* RESTRICT usage, const F* RESTRICT prev_ww, const F* RESTRICT prev_rw,
+                    const F* RESTRICT free_gates, const F* RESTRICT usage1, const F* RESTRICT retention,
+                    const F* RESTRICT dusage_out, int64_t heads, int64_t n, F* RESTRICT dusage, F* RESTRICT dprev_ww,
+                    F* RESTRICT dprev_rw, F* RESTRICT dfree) {
+  for (int64_t i = 0; i < n; ++i) {
+    const F du1 = dusage_out[i] * retention[i];
+    const F dret = dusage_out[i] * usage1[i];
+    dusage[i] += du1 * (F(1) - prev_ww[i]);
+    dprev_ww[i] += du1 * (F(1) - usage[i]);
+    for (int64_t r = 0; r < heads; ++r) {
+      F others = F(1);
+      for (int64_t q = 0; q < heads; ++q)
+        if (q != r) others *= F(1) - free_gates[q] * prev_rw[q * n + i];
+      const F dq = dret * others;
+      dfree[r] -= dq * prev_rw[r * n + i];
+      dprev_rw[r * n + i] -= dq * free_gates[r];
+    }
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Buffer layouts. An Arena hands out consecutive blocks, so a buffer's size is whatever its
 // layout code took: the tape record of a step, and each core's backward scratch, are laid out
@@ -1207,57 +1314,15 @@ struct Dnc {
       }
       content_backward(new_mem, mnorm2, read_keys + r * w, tape[L.rknorm + r], act[strengths + r],
                        tape + L.rcos + r * n, rc, drc, n, w, dnew_mem, dmnorm, dread_keys + r * w, dstrengths + r);
-      // forward weighting f_r[i] = <L'_i, prev_rw_r>
-      for (int64_t i = 0; i < n; ++i) axpy(dlink + i * n, prev_rw + r * n, dfwd[i], n);
       std::copy(dfwd, dfwd + n, drw + r * n);  // drw_r is spent: keep dfwd_r there
     }
     apply_norm_grad(dnew_mem, new_mem, mnorm2, dmnorm, n, w);
     F* dprev_rw = dstate_in + c.off_read_weights;
-    // forward: dprev_rw_r += L'^T dfwd_r (dfwd_r is in drw_r)
-    for (int64_t r = 0; r < R; ++r) gemv_cols(dprev_rw + r * n, new_link, drw + r * n, n, n);
-    for (int64_t i = 0; i < n; ++i) {
-      const F* link_i = new_link + i * n;
-      for (int64_t r = 0; r < R; ++r) {
-        // backward weighting b_r[j] = sum_i prev_rw_r[i] L'[i, j]
-        dprev_rw[r * n + i] += dot(dbwd + r * n, link_i, n);
-        axpy(dlink + i * n, dbwd + r * n, prev_rw[r * n + i], n);
-      }
-    }
-    for (int64_t i = 0; i < n; ++i) dlink[i * n + i] = F(0);  // the diagonal was zeroed in place
-
-    // precedence p' = (1 - sum ww) p + ww
-    const F* dprec_out = dstate_out + c.off_precedence;
+    directional_backward(new_link, prev_rw, drw, dbwd, R, n, dlink, dprev_rw);
     F* dprec = dstate_in + c.off_precedence;
-    F wsum = 0;
-    for (int64_t i = 0; i < n; ++i) wsum += ww[i];
-    const F dsum = -dot(dprec_out, prec, n);
-    for (int64_t i = 0; i < n; ++i) {
-      dprec[i] += dprec_out[i] * (F(1) - wsum);
-      dww[i] += dprec_out[i] + dsum;
-    }
-    // link L'[i, j] = ((1 - ww_i) - ww_j) L[i, j] + ww_i p_j
-    {
-      F* RESTRICT dlink_in = dstate_in + c.off_link;
-      F* RESTRICT dww_cols = dalloc;  // scratch: dalloc is written from scratch below
-      F* RESTRICT dprec_r = dprec;
-      std::fill(dww_cols, dww_cols + n, F(0));
-      for (int64_t i = 0; i < n; ++i) {
-        const F* RESTRICT g = dlink + i * n;
-        const F* RESTRICT l = lnk + i * n;
-        F* RESTRICT dl = dlink_in + i * n;
-        const F wi = ww[i];
-        F dwi = 0;
-#pragma omp simd reduction(+ : dwi)
-        for (int64_t j = 0; j < n; ++j) {
-          dl[j] += g[j] * ((F(1) - wi) - ww[j]);
-          dwi += g[j] * (prec[j] - l[j]);
-          dww_cols[j] -= g[j] * l[j];
-          dprec_r[j] += g[j] * wi;
-        }
-        dww[i] += dwi;
-      }
-      axpy(dww, dww_cols, F(1), n);
-    }
+    precedence_backward(ww, prec, dstate_out + c.off_precedence, n, dprec, dww);
+    // dalloc serves as link_backward's scratch: it is written from scratch below
+    link_backward(lnk, ww, prec, dlink, n, dstate_in + c.off_link, dww, dprec, dalloc);
     // write (one head: write_backward needs no keep/others scratch)
     write_backward(mem, ww, erase, write_vec, dnew_mem, 1, n, w, dstate_in + c.off_memory, dww, derase, dwrite_vec,
                    static_cast<F*>(nullptr), static_cast<F*>(nullptr));
@@ -1273,47 +1338,15 @@ struct Dnc {
     }
     dfree[R] += dalloc_gate;
     dfree[R + 1] += dwrite_gate;
-    // allocation: a[order[j]] = (1 - s_j) prod_{k<j} s_k
-    const F* sorted = tape + L.sorted;
-    const F* order_f = tape + L.order;
-    const F* before = tape + L.before;
-    F* dbefore = tmp;
-    for (int64_t j = 0; j < n; ++j) {
-      const F da = dalloc[int64_t(order_f[j])];
-      dsorted[j] = -da * before[j];
-      dbefore[j] = da * (F(1) - sorted[j]);
-    }
-    F tail = 0;  // sum_{j>i} dbefore_j prod_{i<k<j} s_k
-    for (int64_t i = n - 2; i >= 0; --i) {
-      tail = dbefore[i + 1] + sorted[i + 1] * tail;
-      dsorted[i] += before[i] * tail;
-    }
-    for (int64_t j = 0; j < n; ++j) dusage[int64_t(order_f[j])] += dsorted[j] * (F(1) - F(kUsageEps));
+    allocation_backward(tape + L.sorted, tape + L.order, tape + L.before, dalloc, n, dusage, dsorted, tmp);
     // write content weighting
     const F* mnorm = tape + L.mnorm;
     std::fill(dmnorm, dmnorm + n, F(0));
     content_backward(mem, mnorm, write_key, tape[L.wknorm], act[strengths + R], tape + L.wcos, cw, dcw, n, w, dmem,
                      dmnorm, dwrite_key, dstrengths + R);
     apply_norm_grad(dmem, mem, mnorm, dmnorm, n, w);
-    // usage: u' = (u + ww_prev - u ww_prev) * prod_r (1 - f_r rw_prev_r)
-    const F* usage1 = tape + L.usage1;
-    const F* retention = tape + L.retention;
-    F* dusage_in = dstate_in + c.off_usage;
-    F* dprev_ww = dstate_in + c.off_write_weights;
-    for (int64_t i = 0; i < n; ++i) {
-      const F du1 = dusage[i] * retention[i];
-      const F dret = dusage[i] * usage1[i];
-      dusage_in[i] += du1 * (F(1) - prev_ww[i]);
-      dprev_ww[i] += du1 * (F(1) - usage[i]);
-      for (int64_t r = 0; r < R; ++r) {
-        F others = F(1);
-        for (int64_t q = 0; q < R; ++q)
-          if (q != r) others *= F(1) - free_gates[q] * prev_rw[q * n + i];
-        const F dq = dret * others;
-        dfree[r] -= dq * prev_rw[r * n + i];
-        dprev_rw[r * n + i] -= dq * free_gates[r];
-      }
-    }
+    usage_backward(usage, prev_ww, prev_rw, free_gates, tape + L.usage1, tape + L.retention, dusage, R, n,
+                   dstate_in + c.off_usage, dstate_in + c.off_write_weights, dprev_rw, dfree);
 
     activate_backward(raw, act, dact, draw);
     core_controller_backward(c, wt, tape, L.ctrl, s, draw, dstate_out, dout, dprojected, dstate_in + c.off_read_vectors,
