@@ -490,6 +490,17 @@ void write_backward(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRI
 // DNC temporal-link primitives (addressing.py: directional_weights, update_precedence,
 // update_link, allocation_weights, update_usage): forward in Dnc::forward, backward here.
 
+template <typename F>
+void directional_forward(const F* RESTRICT link, const F* RESTRICT weights, int64_t heads, int64_t n, F* RESTRICT fwd,
+                         F* RESTRICT bwd) {
+  std::fill(bwd, bwd + heads * n, F(0));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < n; ++i) {
+      fwd[h * n + i] = dot(link + i * n, weights + h * n, n);
+      axpy(bwd + h * n, link + i * n, weights[h * n + i], n);
+    }
+}
+
 // Directional weightings f_h[i] = <L'_i, w_h> and b_h[j] = sum_i w_h[i] L'[i, j], for R heads with
 // weights w (heads, N). Backward: dL'_i += df_h[i] w_h + w_h[i] db_h, dw_h += L'^T df_h + L' db_h;
 // the link's diagonal is held at zero, so its gradient is zeroed.
@@ -509,6 +520,13 @@ void directional_backward(const F* RESTRICT link, const F* RESTRICT weights, con
   for (int64_t i = 0; i < n; ++i) dlink[i * n + i] = F(0);
 }
 
+template <typename F>
+void precedence_forward(const F* RESTRICT ww, const F* RESTRICT prec, int64_t n, F* RESTRICT out) {
+  F wsum = 0;
+  for (int64_t i = 0; i < n; ++i) wsum += ww[i];
+  for (int64_t i = 0; i < n; ++i) out[i] = (F(1) - wsum) * prec[i] + ww[i];
+}
+
 // Precedence p' = (1 - sum_i ww_i) p + ww. Backward: dp += (1 - sum ww) dp', dww_i += dp'_i - dp'.p.
 template <typename F>
 void precedence_backward(const F* RESTRICT ww, const F* RESTRICT prec, const F* RESTRICT dprec_out, int64_t n,
@@ -519,6 +537,17 @@ void precedence_backward(const F* RESTRICT ww, const F* RESTRICT prec, const F* 
   for (int64_t i = 0; i < n; ++i) {
     dprec[i] += dprec_out[i] * (F(1) - wsum);
     dww[i] += dprec_out[i] + dsum;
+  }
+}
+
+template <typename F>
+void link_forward(const F* RESTRICT link, const F* RESTRICT ww, const F* RESTRICT prec, int64_t n, F* RESTRICT out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const F wi = ww[i];
+    F* RESTRICT o = out + i * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) o[j] = ((F(1) - wi) - ww[j]) * link[i * n + j] + wi * prec[j];
+    o[i] = F(0);
   }
 }
 
@@ -547,6 +576,26 @@ void link_backward(const F* RESTRICT link, const F* RESTRICT ww, const F* RESTRI
   axpy(dww, dww_cols, F(1), n);
 }
 
+// Records sorted, order (as floats) and before on the tape for the backward; stable, as
+// torch.sort(stable=True), so tied usages keep the order of their slots.
+template <typename F>
+void allocation_forward(const F* RESTRICT usage, int64_t n, F* RESTRICT sorted, F* RESTRICT order_f,
+                        F* RESTRICT before, F* RESTRICT alloc) {
+  thread_local std::vector<int64_t> order;
+  order.resize(n);
+  std::iota(order.begin(), order.end(), int64_t(0));
+  F* eased = alloc;  // reuse as scratch before it is written
+  for (int64_t i = 0; i < n; ++i) eased[i] = F(kUsageEps) + (F(1) - F(kUsageEps)) * usage[i];
+  std::stable_sort(order.begin(), order.end(), [eased](int64_t a, int64_t b) { return eased[a] < eased[b]; });
+  for (int64_t j = 0; j < n; ++j) {
+    sorted[j] = eased[order[j]];
+    order_f[j] = F(order[j]);
+  }
+  before[0] = F(1);
+  for (int64_t j = 1; j < n; ++j) before[j] = before[j - 1] * sorted[j - 1];
+  for (int64_t j = 0; j < n; ++j) alloc[order[j]] = (F(1) - sorted[j]) * before[j];
+}
+
 // Allocation a[order[j]] = (1 - s_j) prod_{k<j} s_k, s the usages sorted ascending (order: their
 // slots, as floats; before_j = prod_{k<j} s_k). Backward: ds_j = -da_j before_j + sum_{m>j} da_m
 // (1 - s_m) before_m / s_j, accumulated right to left without dividing; the usage's gradient is
@@ -567,6 +616,19 @@ void allocation_backward(const F* RESTRICT sorted, const F* RESTRICT order, cons
     dsorted[i] += before[i] * tail;
   }
   for (int64_t j = 0; j < n; ++j) dusage[int64_t(order[j])] += dsorted[j] * (F(1) - F(kUsageEps));
+}
+
+template <typename F>
+void usage_forward(const F* RESTRICT usage, const F* RESTRICT prev_ww, const F* RESTRICT prev_rw,
+                   const F* RESTRICT free_gates, int64_t heads, int64_t n, F* RESTRICT usage1, F* RESTRICT retention,
+                   F* RESTRICT out) {
+  for (int64_t i = 0; i < n; ++i) {
+    usage1[i] = usage[i] + prev_ww[i] - usage[i] * prev_ww[i];
+    F keep = F(1);
+    for (int64_t r = 0; r < heads; ++r) keep *= F(1) - free_gates[r] * prev_rw[r * n + i];
+    retention[i] = keep;
+    out[i] = usage1[i] * keep;
+  }
 }
 
 // Usage u' = (u + ww - u ww) * psi, psi_i = prod_h (1 - f_h w_h[i]) (retention; usage1 = the first
@@ -1103,16 +1165,6 @@ struct Dnc {
       softmax_backward(draw + modes + 3 * r, act + modes + 3 * r, dact + modes + 3 * r, 3);
   }
 
-  // row i of L' = ((1 - ww_i) - ww_j) L[i, j] + ww_i p_j, zero diagonal
-  void link_row(const F* RESTRICT lnk, const F* RESTRICT ww, const F* RESTRICT prec, int64_t i,
-                F* RESTRICT out) const {
-    const int64_t n = c.N;
-    const F wi = ww[i];
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) out[j] = ((F(1) - wi) - ww[j]) * lnk[i * n + j] + wi * prec[j];
-    out[i] = F(0);
-  }
-
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     const int64_t n = c.N, w = c.W, R = c.R;
     const F* mem = s + c.off_memory;
@@ -1133,60 +1185,27 @@ struct Dnc {
     const F* free_gates = erase + w;
     const F alloc_gate = free_gates[R], write_gate = free_gates[R + 1];
 
-    // usage
-    F* usage1 = tape + L.usage1;
-    F* retention = tape + L.retention;
     F* new_usage = state_out + c.off_usage;
-    for (int64_t i = 0; i < n; ++i) {
-      usage1[i] = usage[i] + prev_ww[i] - usage[i] * prev_ww[i];
-      F keep = F(1);
-      for (int64_t r = 0; r < R; ++r) keep *= F(1) - free_gates[r] * prev_rw[r * n + i];
-      retention[i] = keep;
-      new_usage[i] = usage1[i] * keep;
-    }
+    usage_forward(usage, prev_ww, prev_rw, free_gates, R, n, tape + L.usage1, tape + L.retention, new_usage);
     // write content weighting on the memory before the write
     F* mnorm = tape + L.mnorm;
     row_norms(mnorm, mem, n, w);
     F* cw = tape + L.cw;
     content_forward(mem, mnorm, write_key, act[strengths + R], n, w, tape + L.wknorm, tape + L.wcos, cw);
-    // allocation: slots sorted by usage (stable, as torch.sort(stable=True)); exclusive cumprod
-    F* sorted = tape + L.sorted;
-    F* order_f = tape + L.order;
-    F* before = tape + L.before;
     F* alloc = tape + L.alloc;
-    thread_local std::vector<int64_t> order;
-    order.resize(n);
-    std::iota(order.begin(), order.end(), int64_t(0));
-    F* eased = alloc;  // reuse as scratch before it is written
-    for (int64_t i = 0; i < n; ++i) eased[i] = F(kUsageEps) + (F(1) - F(kUsageEps)) * new_usage[i];
-    std::stable_sort(order.begin(), order.end(), [eased](int64_t a, int64_t b) { return eased[a] < eased[b]; });
-    for (int64_t j = 0; j < n; ++j) {
-      sorted[j] = eased[order[j]];
-      order_f[j] = F(order[j]);
-    }
-    before[0] = F(1);
-    for (int64_t j = 1; j < n; ++j) before[j] = before[j - 1] * sorted[j - 1];
-    for (int64_t j = 0; j < n; ++j) alloc[order[j]] = (F(1) - sorted[j]) * before[j];
+    allocation_forward(new_usage, n, tape + L.sorted, tape + L.order, tape + L.before, alloc);
     // write weighting, memory, link, precedence
     F* ww = state_out + c.off_write_weights;  // the new weightings are part of the new state
     for (int64_t i = 0; i < n; ++i) ww[i] = write_gate * lerp(cw[i], alloc[i], alloc_gate);
     F* new_mem = state_out + c.off_memory;
     write_forward(mem, ww, erase, write_vec, 1, n, w, new_mem);
     F* new_link = state_out + c.off_link;
-    for (int64_t i = 0; i < n; ++i) link_row(s + c.off_link, ww, prec, i, new_link + i * n);
-    F wsum = 0;
-    for (int64_t i = 0; i < n; ++i) wsum += ww[i];
-    F* new_prec = state_out + c.off_precedence;
-    for (int64_t i = 0; i < n; ++i) new_prec[i] = (F(1) - wsum) * prec[i] + ww[i];
+    link_forward(s + c.off_link, ww, prec, n, new_link);
+    precedence_forward(ww, prec, n, state_out + c.off_precedence);
     // reads
     F* fwd = tape + L.fwd;
     F* bwd = tape + L.bwd;
-    std::fill(bwd, bwd + R * n, F(0));
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t i = 0; i < n; ++i) {
-        fwd[r * n + i] = dot(new_link + i * n, prev_rw + r * n, n);
-        axpy(bwd + r * n, new_link + i * n, prev_rw[r * n + i], n);
-      }
+    directional_forward(new_link, prev_rw, R, n, fwd, bwd);
     F* mnorm2 = tape + L.mnorm2;
     row_norms(mnorm2, new_mem, n, w);
     F* rw = state_out + c.off_read_weights;
