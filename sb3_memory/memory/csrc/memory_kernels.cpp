@@ -490,6 +490,53 @@ void write_backward(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRI
 // DNC temporal-link primitives (addressing.py: directional_weights, update_precedence,
 // update_link, allocation_weights, update_usage): forward in Dnc::forward, backward here.
 
+// Write weighting ww = g_w (g_a a + (1 - g_a) c) (addressing.write_weights: allocation a, content c,
+// allocation gate g_a, write gate g_w). Backward: dc = g_w (1 - g_a) dww, da = g_w g_a dww,
+// dg_a = g_w dww.(a - c), dg_w = dww.ww / g_w.
+template <typename F>
+void write_weights_forward(const F* RESTRICT content, const F* RESTRICT alloc, F alloc_gate, F write_gate, int64_t n,
+                           F* RESTRICT ww) {
+  for (int64_t i = 0; i < n; ++i) ww[i] = write_gate * lerp(content[i], alloc[i], alloc_gate);
+}
+
+template <typename F>
+void write_weights_backward(const F* RESTRICT content, const F* RESTRICT alloc, F alloc_gate, F write_gate,
+                            const F* RESTRICT dww, int64_t n, F* RESTRICT dcontent, F* RESTRICT dalloc,
+                            F* RESTRICT dalloc_gate, F* RESTRICT dwrite_gate) {
+  F dw = 0, da = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    dw += dww[i] * lerp(content[i], alloc[i], alloc_gate);
+    const F dl = dww[i] * write_gate;
+    dcontent[i] = dl * (F(1) - alloc_gate);
+    dalloc[i] = dl * alloc_gate;
+    da += dl * (alloc[i] - content[i]);
+  }
+  *dalloc_gate += da;
+  *dwrite_gate += dw;
+}
+
+// Read weighting of one head, w = m_b b + m_c c + m_f f (addressing.read_weights: the read modes m
+// mix the backward, content and forward weightings). Backward: dm_x = dw.x, dx = m_x dw.
+template <typename F>
+void read_modes_forward(const F* RESTRICT modes, const F* RESTRICT bwd, const F* RESTRICT content,
+                        const F* RESTRICT fwd, int64_t n, F* RESTRICT w) {
+  for (int64_t i = 0; i < n; ++i) w[i] = modes[0] * bwd[i] + modes[1] * content[i] + modes[2] * fwd[i];
+}
+
+template <typename F>
+void read_modes_backward(const F* RESTRICT modes, const F* RESTRICT bwd, const F* RESTRICT content,
+                         const F* RESTRICT fwd, const F* RESTRICT dw, int64_t n, F* RESTRICT dmodes, F* RESTRICT dbwd,
+                         F* RESTRICT dcontent, F* RESTRICT dfwd) {
+  dmodes[0] += dot(dw, bwd, n);
+  dmodes[1] += dot(dw, content, n);
+  dmodes[2] += dot(dw, fwd, n);
+  for (int64_t i = 0; i < n; ++i) {
+    dbwd[i] = modes[0] * dw[i];
+    dcontent[i] = modes[1] * dw[i];
+    dfwd[i] = modes[2] * dw[i];
+  }
+}
+
 template <typename F>
 void directional_forward(const F* RESTRICT link, const F* RESTRICT weights, int64_t heads, int64_t n, F* RESTRICT fwd,
                          F* RESTRICT bwd) {
@@ -869,6 +916,15 @@ void controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, con
   }
 }
 
+// A core's features are [controller output, read vectors], and both are also carried in the state
+// (hidden = output for an LSTM or GRU, the read vectors fed back): their gradients are the sums.
+template <typename F>
+void features_backward(const SmemConfig& c, const F* dfeatures, const F* dstate_out, F* dout, F* dreads) {
+  std::copy(dfeatures, dfeatures + c.C, dout);
+  if (c.hidden_size) axpy(dout, dstate_out + c.off_controller_hidden, F(1), c.C);
+  for (int64_t j = 0; j < c.R * c.W; ++j) dreads[j] = dfeatures[c.C + j] + dstate_out[c.off_read_vectors + j];
+}
+
 // The controller as a core runs it: its fields of the flat state s / state_out (the offsets are
 // read here only), fed the read vectors `reads`.
 template <typename F>
@@ -1048,7 +1104,7 @@ struct Ntm {
   // (zeroed by the caller) receives the gradient of s.
   void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
                 F* dstate_in, F* dprojected, Scratch<F>& sc) const {
-    const int64_t n = c.N, w = c.W, R = c.R, C = c.C, nw = n * w;
+    const int64_t n = c.N, w = c.W, R = c.R, nw = n * w;
     const F* mem = s + c.off_memory;
     const F* new_mem = next + c.off_memory;
     const F* act = tape + L.act;
@@ -1070,9 +1126,7 @@ struct Ntm {
     F* ctrl_scratch = sc.at(l.ctrl);
     F* draw = tape + L.draw;
 
-    std::copy(dfeatures, dfeatures + C, dout);
-    if (c.hidden_size) axpy(dout, dstate_out + c.off_controller_hidden, F(1), C);
-    for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
+    features_backward(c, dfeatures, dstate_out, dout, dreads);
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
     std::copy(dstate_out + c.off_read_weights, dstate_out + c.off_read_weights + R * n, dwsh);
     std::copy(dstate_out + c.off_write_weights, dstate_out + c.off_write_weights + c.Hw * n, dwsh + R * n);
@@ -1196,7 +1250,7 @@ struct Dnc {
     allocation_forward(new_usage, n, tape + L.sorted, tape + L.order, tape + L.before, alloc);
     // write weighting, memory, link, precedence
     F* ww = state_out + c.off_write_weights;  // the new weightings are part of the new state
-    for (int64_t i = 0; i < n; ++i) ww[i] = write_gate * lerp(cw[i], alloc[i], alloc_gate);
+    write_weights_forward(cw, alloc, alloc_gate, write_gate, n, ww);
     F* new_mem = state_out + c.off_memory;
     write_forward(mem, ww, erase, write_vec, 1, n, w, new_mem);
     F* new_link = state_out + c.off_link;
@@ -1216,7 +1270,7 @@ struct Dnc {
       content_forward(new_mem, mnorm2, read_keys + r * w, act[strengths + r], n, w, tape + L.rknorm + r,
                       tape + L.rcos + r * n, rc);
       const F* m = act + modes + 3 * r;
-      for (int64_t i = 0; i < n; ++i) rw[r * n + i] = m[0] * bwd[r * n + i] + m[1] * rc[i] + m[2] * fwd[r * n + i];
+      read_modes_forward(m, bwd + r * n, rc, fwd + r * n, n, rw + r * n);
     }
     read_forward(new_mem, rw, R, n, w, reads);
     std::copy(out, out + c.C, features);
@@ -1254,7 +1308,7 @@ struct Dnc {
 
   void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
                 F* dstate_in, F* dprojected, Scratch<F>& sc) const {
-    const int64_t n = c.N, w = c.W, R = c.R, C = c.C, nw = n * w;
+    const int64_t n = c.N, w = c.W, R = c.R, nw = n * w;
     const F* mem = s + c.off_memory;
     const F* new_mem = next + c.off_memory;
     const F* new_link = next + c.off_link;
@@ -1294,9 +1348,7 @@ struct Dnc {
     F* ctrl_scratch = sc.at(l.ctrl);
     F* draw = tape + L.draw;
 
-    std::copy(dfeatures, dfeatures + C, dout);
-    if (c.hidden_size) axpy(dout, dstate_out + c.off_controller_hidden, F(1), C);
-    for (int64_t j = 0; j < R * w; ++j) dreads[j] = dfeatures[C + j] + dstate_out[c.off_read_vectors + j];
+    features_backward(c, dfeatures, dstate_out, dout, dreads);
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
     std::copy(dstate_out + c.off_read_weights, dstate_out + c.off_read_weights + R * n, drw);
     std::copy(dstate_out + c.off_link, dstate_out + c.off_link + n * n, dlink);
@@ -1317,20 +1369,11 @@ struct Dnc {
     const F* mnorm2 = tape + L.mnorm2;
     std::fill(dmnorm, dmnorm + n, F(0));
     for (int64_t r = 0; r < R; ++r) {
-      const F* m = act + modes + 3 * r;
-      F* dm = dact + modes + 3 * r;
-      const F* d = drw + r * n;
       const F* rc = tape + L.rc + r * n;
-      dm[0] += dot(d, tape + L.bwd + r * n, n);
-      dm[1] += dot(d, rc, n);
-      dm[2] += dot(d, tape + L.fwd + r * n, n);
       F* dfwd = tmp;  // reused per head
       F* drc = tmp + n;
-      for (int64_t i = 0; i < n; ++i) {
-        dbwd[r * n + i] = m[0] * d[i];
-        drc[i] = m[1] * d[i];
-        dfwd[i] = m[2] * d[i];
-      }
+      read_modes_backward(act + modes + 3 * r, tape + L.bwd + r * n, rc, tape + L.fwd + r * n, drw + r * n, n,
+                          dact + modes + 3 * r, dbwd + r * n, drc, dfwd);
       content_backward(new_mem, mnorm2, read_keys + r * w, tape[L.rknorm + r], act[strengths + r],
                        tape + L.rcos + r * n, rc, drc, n, w, dnew_mem, dmnorm, dread_keys + r * w, dstrengths + r);
       std::copy(dfwd, dfwd + n, drw + r * n);  // drw_r is spent: keep dfwd_r there
@@ -1346,17 +1389,7 @@ struct Dnc {
     write_backward(mem, ww, erase, write_vec, dnew_mem, 1, n, w, dstate_in + c.off_memory, dww, derase, dwrite_vec,
                    static_cast<F*>(nullptr), static_cast<F*>(nullptr));
     F* dmem = dstate_in + c.off_memory;
-    // ww = write_gate * lerp(cw, alloc, alloc_gate)
-    F dwrite_gate = 0, dalloc_gate = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      dwrite_gate += dww[i] * lerp(cw[i], alloc[i], alloc_gate);
-      const F dl = dww[i] * write_gate;
-      dcw[i] = dl * (F(1) - alloc_gate);
-      dalloc[i] = dl * alloc_gate;
-      dalloc_gate += dl * (alloc[i] - cw[i]);
-    }
-    dfree[R] += dalloc_gate;
-    dfree[R + 1] += dwrite_gate;
+    write_weights_backward(cw, alloc, alloc_gate, write_gate, dww, n, dcw, dalloc, dfree + R, dfree + R + 1);
     allocation_backward(tape + L.sorted, tape + L.order, tape + L.before, dalloc, n, dusage, dsorted, tmp);
     // write content weighting
     const F* mnorm = tape + L.mnorm;
