@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from sb3_memory.memory import DNCCell, LSTMCore, MemoryCore, NTMCell, core, native
+from sb3_memory.memory import DNCCell, LSTMCore, MemoryCore, NTMCell, addressing, core, native
 
 # Configurations: every core, every controller, one and several read/write heads.
 CONFIGS = [
@@ -356,3 +356,149 @@ def test_each_core_reports_its_own_state_layout_to_the_kernels():
         assert list(offsets.values()) == [sum(sizes[:i]) for i in range(len(sizes))] and sum(sizes) == core_.state_size
     assert "off_usage" in make_core("dnc", "gru").native_config()
     assert "off_usage" not in make_core("ntm", "gru").native_config()
+
+
+# --- each kernel primitive on its own, against addressing.py (forward) and autograd (backward) ---
+
+_H, _N, _W = 3, 7, 5
+
+
+def _uniform(generator: torch.Generator, *shape: int, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+    return torch.rand(*shape, dtype=torch.float64, generator=generator) * (high - low) + low
+
+
+def _simplex(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.softmax(2 * _uniform(generator, *shape), dim=-1)
+
+
+def _run_primitive(name: str, backward: bool, sizes, inputs, outputs) -> None:
+    library = native.load_library(torch.float64)
+    function = library.smem_primitive
+    function.restype = ctypes.c_int
+    pointers = ctypes.POINTER(ctypes.c_void_p)
+    function.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64), pointers, pointers]
+    inputs = [tensor.detach().contiguous() for tensor in inputs]
+    status = function(
+        name.encode(),
+        int(backward),
+        (ctypes.c_int64 * len(sizes))(*sizes),
+        (ctypes.c_void_p * len(inputs))(*[tensor.data_ptr() for tensor in inputs]),
+        (ctypes.c_void_p * len(outputs))(*[tensor.data_ptr() for tensor in outputs]),
+    )
+    assert status == native._interfaces[torch.float64].statuses["ok"], status
+
+
+# name -> sizes, inputs (generator -> tensors), reference (addressing.py on a batch of one), and
+# where the kernel's calling convention differs from "inputs in, outputs out, gradients of every
+# input in input order": extra forward outputs (the tape) and which of them the reference gives,
+# what the backward takes besides the upstream gradients, the order of its gradients, its scratch.
+PRIMITIVES = {
+    "content": dict(
+        sizes=(_N, _W),
+        inputs=lambda g: [_uniform(g, _N, _W), _uniform(g, _W), _uniform(g, 1, low=1.0, high=5.0)],
+        reference=lambda mem, key, beta: [addressing.content_weights(mem[None], key[None, None], beta[None])[0, 0]],
+        tape=[(_N,), (1,), (_N,)],  # the memory's row norms, the key's norm, the cosines; then the weights
+        backward_inputs=lambda inputs, tape: [*inputs, *tape, "output"],
+        scratch=[(_N,)],
+    ),
+    "shift": dict(
+        sizes=(_N, 3),
+        inputs=lambda g: [_simplex(g, _N), _simplex(g, 3)],
+        reference=lambda w, shift: [addressing.circular_shift(w[None, None], shift[None, None])[0, 0]],
+    ),
+    "read": dict(
+        sizes=(_H, _N, _W),
+        inputs=lambda g: [_uniform(g, _N, _W), _simplex(g, _H, _N)],
+        reference=lambda mem, w: [addressing.read(mem[None], w[None])[0]],
+    ),
+    "write": dict(
+        sizes=(_H, _N, _W),
+        inputs=lambda g: [_uniform(g, _N, _W), _simplex(g, _H, _N), _uniform(g, _H, _W, low=0.0), _uniform(g, _H, _W)],
+        reference=lambda mem, ww, erase, add: [addressing.write(mem[None], ww[None], erase[None], add[None])[0]],
+        scratch=[(_W,), (_W,)],
+    ),
+    "write_weights": dict(
+        sizes=(_N,),
+        inputs=lambda g: [_simplex(g, _N), _simplex(g, _N), _uniform(g, 1, low=0.0), _uniform(g, 1, low=0.0)],
+        reference=lambda content, alloc, ga, gw: [addressing.write_weights(alloc[None], content[None], ga, gw)[0]],
+    ),
+    "read_modes": dict(
+        sizes=(_N,),
+        inputs=lambda g: [_simplex(g, 3), _simplex(g, _N), _simplex(g, _N), _simplex(g, _N)],
+        reference=lambda m, b, c, f: [
+            addressing.read_weights(b[None, None], c[None, None], f[None, None], m[None, None])[0, 0]
+        ],
+    ),
+    "directional": dict(
+        sizes=(_H, _N),
+        inputs=lambda g: [_uniform(g, _N, _N, low=0.0) * (1 - torch.eye(_N, dtype=torch.float64)), _simplex(g, _H, _N)],
+        reference=lambda link, w: [x[0] for x in addressing.directional_weights(link[None], w[None])],
+        zero_diagonal=0,  # the link's diagonal is held at zero: no gradient reaches it
+    ),
+    "precedence": dict(
+        sizes=(_N,),
+        inputs=lambda g: [0.9 * _simplex(g, _N), _simplex(g, _N)],
+        reference=lambda ww, prec: [addressing.update_precedence(prec[None], ww[None])[0]],
+        gradient_order=[1, 0],
+    ),
+    "link": dict(
+        sizes=(_N,),
+        inputs=lambda g: [_uniform(g, _N, _N, low=0.0), 0.9 * _simplex(g, _N), _simplex(g, _N)],
+        reference=lambda link, ww, prec: [addressing.update_link(link[None], prec[None], ww[None])[0]],
+        scratch=[(_N,)],
+        zero_upstream_diagonal=True,  # the kernel's callers hand it a gradient with the diagonal zeroed
+    ),
+    "allocation": dict(
+        sizes=(_N,),
+        inputs=lambda g: [_uniform(g, _N, low=0.0)],
+        reference=lambda usage: [addressing.allocation_weights(usage[None])[0]],
+        tape=[(_N,), (_N,), (_N,)],  # sorted usages, their slots, exclusive products; then the allocation
+        backward_inputs=lambda inputs, tape: tape,
+        scratch=[(_N,), (_N,)],
+    ),
+    "usage": dict(
+        sizes=(_H, _N),
+        inputs=lambda g: [_uniform(g, _N, low=0.0), 0.9 * _simplex(g, _N), _simplex(g, _H, _N), _uniform(g, _H, low=0.0)],
+        reference=lambda u, ww, rw, f: [addressing.update_usage(u[None], ww[None], f[None], rw[None])[0]],
+        tape=[(_N,), (_N,)],  # the usage before retention, and the retention
+        backward_inputs=lambda inputs, tape: [*inputs, *tape],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PRIMITIVES))
+def test_each_kernel_primitive_matches_addressing_and_autograd(name):
+    case = PRIMITIVES[name]
+    generator = torch.Generator().manual_seed(0)
+    inputs = case["inputs"](generator)
+    leaves = [tensor.clone().requires_grad_(True) for tensor in inputs]
+    expected = case["reference"](*leaves)
+    tape = [torch.zeros(shape, dtype=torch.float64) for shape in case.get("tape", [])]
+    outputs = [torch.zeros(y.shape, dtype=torch.float64) for y in expected]
+    _run_primitive(name, False, case["sizes"], inputs, [*tape, *outputs])
+    for got, want in zip(outputs, expected):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+
+    upstream = [_uniform(generator, *y.shape) for y in expected]
+    if case.get("zero_upstream_diagonal"):
+        upstream = [u.fill_diagonal_(0.0) for u in upstream]
+    wanted = torch.autograd.grad(expected, leaves, upstream)
+    order = case.get("gradient_order", list(range(len(leaves))))
+    gradients = [torch.zeros(leaves[k].shape, dtype=torch.float64) for k in order]
+    scratch = [torch.zeros(shape, dtype=torch.float64) for shape in case.get("scratch", [])]
+    given = case.get("backward_inputs", lambda inputs, tape: inputs)(inputs, tape)
+    given = [outputs[0] if isinstance(tensor, str) else tensor for tensor in given]  # "output": the forward's result
+    _run_primitive(name, True, case["sizes"], [*given, *upstream], [*gradients, *scratch])
+    for k, got in zip(order, gradients):
+        want = wanted[k].clone()
+        if case.get("zero_diagonal") == k:
+            want.fill_diagonal_(0.0)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=_labelled(f"d{name}[{k}]"))
+    assert all(w.abs().sum() > 0 for w in wanted)  # the check is not vacuous
+
+
+def test_an_unknown_primitive_is_a_named_status():
+    library = native.load_library(torch.float64)
+    library.smem_primitive.restype = ctypes.c_int
+    status = library.smem_primitive(b"sort", 0, None, None, None)
+    assert native._interfaces[torch.float64].status_names[status] == "unknown_primitive"
