@@ -1100,7 +1100,9 @@ struct Ntm {
     return l;
   }
 
-  int64_t scratch_size() const { return scratchpad(c, heads).size; }
+  const Scratchpad pad = scratchpad(c, heads);  // laid out once per call, not per step
+
+  int64_t scratch_size() const { return pad.size; }
 
   // s, next: the states before and after the step; dstate_out: gradient of next; dstate_in
   // (zeroed by the caller) receives the gradient of s.
@@ -1112,7 +1114,7 @@ struct Ntm {
     const F* act = tape + L.act;
     const F* raw = tape + L.raw;
     const F* mnorm = tape + L.mnorm;
-    const Scratchpad l = scratchpad(c, heads);
+    const Scratchpad& l = pad;
     F* dnew_mem = sc.at(l.dnew_mem);
     F* dwsh = sc.at(l.dwsh);
     F* dws = sc.at(l.dws);
@@ -1306,7 +1308,9 @@ struct Dnc {
     return l;
   }
 
-  int64_t scratch_size() const { return scratchpad(c).size; }
+  const Scratchpad pad = scratchpad(c);  // laid out once per call, not per step
+
+  int64_t scratch_size() const { return pad.size; }
 
   void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
                 F* dstate_in, F* dprojected, Scratch<F>& sc) const {
@@ -1332,7 +1336,7 @@ struct Dnc {
     const F* cw = tape + L.cw;
     const F* alloc = tape + L.alloc;
 
-    const Scratchpad l = scratchpad(c);
+    const Scratchpad& l = pad;
     F* dnew_mem = sc.at(l.dnew_mem);
     F* dlink = sc.at(l.dlink);
     F* drw = sc.at(l.drw);
