@@ -301,3 +301,32 @@ def test_report_of_wall_clock_runs_alone(tmp_path):
     table = (tmp_path / "comparison.md").read_text()
     assert "| memory_ppo-lstm@100s | 2 | 200 | 0.650 ±" in table
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_keeps_its_runs_and_rebuilds_from_them(tmp_path):
+    """runs.jsonl holds every counted run; a report made from it alone is the same report."""
+    from sb3_memory.experiments.compare import RESULTS_FILE, merge_results, read_results, run_key
+
+    def run(algo, seed, final, wall_clock=None):
+        return dict(
+            algo=algo, env="sb3_memory/BinaryCopy-v0", env_kwargs=[], seed=seed, timesteps=[100, 200],
+            mean_returns=[1.0, final], wall_seconds=100.0 + seed, steps_per_second=2.0, wall_clock=wall_clock,
+            scores={"trained": final / 10, "2x": 0.5, "4x": 0.5},
+        )  # fmt: skip
+
+    results = [run("memory_ppo-dnc", s, 9.0 + s) for s in (0, 1)] + [run("memory_ppo-lstm", s, 6.0 + s) for s in (0, 1)]
+    write_report(results, tmp_path / "first", "first")
+    kept = read_results([tmp_path / "first" / RESULTS_FILE])
+    assert sorted(kept, key=run_key) == sorted(results, key=run_key)
+    write_report(kept, tmp_path / "again", "first")
+    assert (tmp_path / "again" / "comparison.md").read_text() == (tmp_path / "first" / "comparison.md").read_text()
+    # A new seed joins the kept ones; a rerun of a kept run replaces it instead of counting twice.
+    merged = merge_results(kept, [run("memory_ppo-lstm", 2, 8.0), run("memory_ppo-lstm", 1, 5.0)])
+    assert sorted((r["algo"], r["seed"], r["mean_returns"][-1]) for r in merged) == [
+        ("memory_ppo-dnc", 0, 9.0), ("memory_ppo-dnc", 1, 10.0),
+        ("memory_ppo-lstm", 0, 6.0), ("memory_ppo-lstm", 1, 5.0), ("memory_ppo-lstm", 2, 8.0),
+    ]  # fmt: skip
+    # The same algorithm and seed at equal wall clock is another run.
+    assert len(merge_results(kept, [run("memory_ppo-lstm", 0, 6.5, wall_clock=100.0)])) == len(kept) + 1
+    with pytest.raises(FileNotFoundError, match=RESULTS_FILE):
+        read_results([tmp_path / "missing.jsonl"])

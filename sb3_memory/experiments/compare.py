@@ -20,8 +20,13 @@ Usage (``scripts/compare.py`` runs :func:`main`):
         --env-kwargs corridor_length:10 --budget 100000
     python scripts/compare.py --algos memory_ppo-lstm ppo_lstm --envs sb3_memory/BinaryCopy-v0 --wall-clock 900
     python scripts/compare.py --report-only   # rebuild the table and figure from every finished run in --runs
+    python scripts/compare.py --report-only --results docs/results/capacity_3m/runs.jsonl --runs runs/new
     python scripts/compare.py --workers 2     # two runs at a time, as tasks of a local Ray instance
     python scripts/compare.py --ray-address auto --runs /shared/runs   # on a Ray cluster
+
+Beside its table and figure, a report keeps every run it counted in ``runs.jsonl`` (one result a
+line: curves, scores, wall time), so a committed report can be rebuilt, or extended with new seeds,
+after the ``--runs`` folder is gone (``--results``).
 
 On a cluster every node runs its tasks in the same checkout path and writes to ``--runs``, which
 must be a file system all nodes share; the report reads the runs back from there.
@@ -390,6 +395,30 @@ def score_row(
     )
 
 
+RESULTS_FILE = "runs.jsonl"  # beside each report: the runs it counted
+
+
+def run_key(result: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two results the same run: algorithm, env, difficulty, seed and wall-clock budget."""
+    return result["algo"], result["env"], tuple(result.get("env_kwargs") or []), result["seed"], result.get("wall_clock")
+
+
+def read_results(paths: list[Path]) -> list[dict[str, Any]]:
+    """The results kept in ``runs.jsonl`` files (written by :func:`write_report`)."""
+    results = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such results file (a report's {RESULTS_FILE})")
+        results += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return results
+
+
+def merge_results(*groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results of every group, one per run (:func:`run_key`); a later group's copy of a run wins."""
+    merged = {run_key(result): result for group in groups for result in group}
+    return list(merged.values())
+
+
 def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None:
     import matplotlib
 
@@ -509,6 +538,8 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     fig.savefig(out / "comparison.png", dpi=100)
     plt.close(fig)
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    kept = sorted(results, key=lambda r: (task_of(r), order(label_of(r)), r["seed"]))
+    (out / RESULTS_FILE).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
 class Progress:
@@ -611,6 +642,13 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="only rebuild the report from the finished runs of --runs (any difficulty)"
     )
+    parser.add_argument(
+        "--results",
+        nargs="+",
+        type=Path,
+        default=[],
+        help=f"{RESULTS_FILE} files of earlier reports whose runs join this report (a run in --runs too counts once)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="runs at a time, as tasks of a local Ray instance (> 1)")
     parser.add_argument("--ray-address", help="run on an existing Ray cluster (e.g. auto, or ray://head:10001)")
     args = parser.parse_args()
@@ -621,6 +659,8 @@ def main() -> None:
         results = [r for r in found if (r["algo"], r["env"], r["seed"]) in set(jobs)]
     else:
         results = run_all(jobs, args)
+    kept = [r for r in read_results(args.results) if (r["algo"], r["env"], r["seed"]) in set(jobs)]
+    results = merge_results(kept, results)
     if not results:
         sys.exit("no finished runs to report")
     write_report(results, args.out, "python scripts/compare.py " + " ".join(sys.argv[1:]))

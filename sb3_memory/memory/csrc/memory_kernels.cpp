@@ -1114,21 +1114,10 @@ struct Ntm {
     const F* act = tape + L.act;
     const F* raw = tape + L.raw;
     const F* mnorm = tape + L.mnorm;
-    const Scratchpad& l = pad;
-    F* dnew_mem = sc.at(l.dnew_mem);
-    F* dwsh = sc.at(l.dwsh);
-    F* dws = sc.at(l.dws);
-    F* dwg = sc.at(l.dwg);
-    F* dwc = sc.at(l.dwc);
-    F* dmnorm = sc.at(l.dmnorm);
-    F* location = sc.at(l.location);
-    F* keep = sc.at(l.keep);
-    F* others = sc.at(l.others);
-    F* dact = sc.at(l.dact);
-    F* dout = sc.at(l.dout);
-    F* dreads = sc.at(l.dreads);
-    F* ctrl_scratch = sc.at(l.ctrl);
-    F* draw = tape + L.draw;
+    F *dnew_mem = sc.at(pad.dnew_mem), *dwsh = sc.at(pad.dwsh), *dws = sc.at(pad.dws), *dwg = sc.at(pad.dwg);
+    F *dwc = sc.at(pad.dwc), *dmnorm = sc.at(pad.dmnorm), *location = sc.at(pad.location), *keep = sc.at(pad.keep);
+    F *others = sc.at(pad.others), *dact = sc.at(pad.dact), *dout = sc.at(pad.dout), *dreads = sc.at(pad.dreads);
+    F *ctrl_scratch = sc.at(pad.ctrl), *draw = tape + L.draw;
 
     features_backward(c, dfeatures, dstate_out, dout, dreads);
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
@@ -1312,6 +1301,29 @@ struct Dnc {
 
   int64_t scratch_size() const { return pad.size; }
 
+  // The read weightings' backward, head by head: the read modes mix the backward, content and
+  // forward weightings (read_modes_backward); the content weighting looks up the written memory
+  // (content_backward). On return drw holds each head's forward-weighting gradient and dbwd its
+  // backward-weighting gradient, as directional_backward takes them; dnew_mem has the lookups' share.
+  void read_weights_backward(const F* tape, const F* new_mem, F* drw, F* dact, F* dnew_mem, F* dbwd, F* dmnorm,
+                             F* tmp) const {
+    const int64_t n = c.N, w = c.W;
+    const F* act = tape + L.act;
+    const F* mnorm2 = tape + L.mnorm2;
+    std::fill(dmnorm, dmnorm + n, F(0));
+    for (int64_t r = 0; r < c.R; ++r) {
+      const F* rc = tape + L.rc + r * n;
+      F* dfwd = tmp;  // reused per head
+      F* drc = tmp + n;
+      read_modes_backward(act + modes + 3 * r, tape + L.bwd + r * n, rc, tape + L.fwd + r * n, drw + r * n, n,
+                          dact + modes + 3 * r, dbwd + r * n, drc, dfwd);
+      content_backward(new_mem, mnorm2, act + r * w, tape[L.rknorm + r], act[strengths + r], tape + L.rcos + r * n, rc,
+                       drc, n, w, dnew_mem, dmnorm, dact + r * w, dact + strengths + r);
+      std::copy(dfwd, dfwd + n, drw + r * n);  // drw_r is spent: keep dfwd_r there
+    }
+    apply_norm_grad(dnew_mem, new_mem, mnorm2, dmnorm, n, w);
+  }
+
   void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
                 F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t n = c.N, w = c.W, R = c.R, nw = n * w;
@@ -1325,7 +1337,6 @@ struct Dnc {
     const F* lnk = s + c.off_link;
     const F* act = tape + L.act;
     const F* raw = tape + L.raw;
-    const F* read_keys = act;
     const F* write_key = act + R * w;
     const F* write_vec = write_key + w;
     const F* erase = act + gates;
@@ -1336,23 +1347,10 @@ struct Dnc {
     const F* cw = tape + L.cw;
     const F* alloc = tape + L.alloc;
 
-    const Scratchpad& l = pad;
-    F* dnew_mem = sc.at(l.dnew_mem);
-    F* dlink = sc.at(l.dlink);
-    F* drw = sc.at(l.drw);
-    F* dbwd = sc.at(l.dbwd);
-    F* dww = sc.at(l.dww);
-    F* dmnorm = sc.at(l.dmnorm);
-    F* dcw = sc.at(l.dcw);
-    F* dalloc = sc.at(l.dalloc);
-    F* dsorted = sc.at(l.dsorted);
-    F* dusage = sc.at(l.dusage);
-    F* tmp = sc.at(l.tmp);
-    F* dact = sc.at(l.dact);
-    F* dout = sc.at(l.dout);
-    F* dreads = sc.at(l.dreads);
-    F* ctrl_scratch = sc.at(l.ctrl);
-    F* draw = tape + L.draw;
+    F *dnew_mem = sc.at(pad.dnew_mem), *dlink = sc.at(pad.dlink), *drw = sc.at(pad.drw), *dbwd = sc.at(pad.dbwd);
+    F *dww = sc.at(pad.dww), *dmnorm = sc.at(pad.dmnorm), *dcw = sc.at(pad.dcw), *dalloc = sc.at(pad.dalloc);
+    F *dsorted = sc.at(pad.dsorted), *dusage = sc.at(pad.dusage), *tmp = sc.at(pad.tmp), *dact = sc.at(pad.dact);
+    F *dout = sc.at(pad.dout), *dreads = sc.at(pad.dreads), *ctrl_scratch = sc.at(pad.ctrl), *draw = tape + L.draw;
 
     features_backward(c, dfeatures, dstate_out, dout, dreads);
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
@@ -1362,29 +1360,15 @@ struct Dnc {
     std::copy(dstate_out + c.off_usage, dstate_out + c.off_usage + n, dusage);
     std::fill(dact, dact + c.P, F(0));
 
-    F* dread_keys = dact;
     F* dwrite_key = dact + R * w;
     F* dwrite_vec = dwrite_key + w;
     F* dstrengths = dact + strengths;
     F* derase = dact + gates;
     F* dfree = derase + w;
 
-    // reads from the written memory
+    // reads from the written memory, then the read weightings
     read_backward(new_mem, rw, dreads, R, n, w, dnew_mem, drw);
-    // read weightings: modes mix backward, content and forward
-    const F* mnorm2 = tape + L.mnorm2;
-    std::fill(dmnorm, dmnorm + n, F(0));
-    for (int64_t r = 0; r < R; ++r) {
-      const F* rc = tape + L.rc + r * n;
-      F* dfwd = tmp;  // reused per head
-      F* drc = tmp + n;
-      read_modes_backward(act + modes + 3 * r, tape + L.bwd + r * n, rc, tape + L.fwd + r * n, drw + r * n, n,
-                          dact + modes + 3 * r, dbwd + r * n, drc, dfwd);
-      content_backward(new_mem, mnorm2, read_keys + r * w, tape[L.rknorm + r], act[strengths + r],
-                       tape + L.rcos + r * n, rc, drc, n, w, dnew_mem, dmnorm, dread_keys + r * w, dstrengths + r);
-      std::copy(dfwd, dfwd + n, drw + r * n);  // drw_r is spent: keep dfwd_r there
-    }
-    apply_norm_grad(dnew_mem, new_mem, mnorm2, dmnorm, n, w);
+    read_weights_backward(tape, new_mem, drw, dact, dnew_mem, dbwd, dmnorm, tmp);
     F* dprev_rw = dstate_in + c.off_read_weights;
     directional_backward(new_link, prev_rw, drw, dbwd, R, n, dlink, dprev_rw);
     F* dprec = dstate_in + c.off_precedence;
