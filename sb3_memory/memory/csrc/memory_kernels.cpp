@@ -956,6 +956,17 @@ void interface_forward(const SmemConfig& c, const Weights<F>& wt, const F* out, 
   gemv_cols(raw, wt.t_if.data(), out, c.P, c.C);
 }
 
+// A memory core's first stage, the mirror of core_controller_backward: the controller steps on
+// the previous read vectors, emits the interface raw = W_if out + b_if, and the core activates it.
+template <typename F, typename Core>
+void core_interface_forward(const Core& core, const Weights<F>& wt, const F* projected, const F* s, F* tape,
+                            F* state_out) {
+  const SmemConfig& c = core.c;
+  core_controller_forward(c, wt, projected, s, s + c.off_read_vectors, tape, core.L.ctrl, state_out);
+  interface_forward(c, wt, tape + core.L.ctrl.out, tape + core.L.raw);
+  core.activate(tape + core.L.raw, tape + core.L.act);
+}
+
 // Per-row scratch of the backward pass, sized for the largest core.
 template <typename F>
 struct Scratch {
@@ -967,16 +978,20 @@ struct Scratch {
 // NTM (ntm.py). Interface: per head [key (W), strength, gate, shift (S), gamma], then erase and
 // add (Hw * W each). Heads 0..R-1 read, R..R+Hw-1 write.
 
-template <typename F>
-struct Ntm {
+// What every core reads: the configuration and the tape layout made from it.
+struct CoreView {
   const SmemConfig& c;
   const Tape& L;
+};
+
+template <typename F>
+struct Ntm : CoreView {
   int64_t heads, hp;
 
   mutable std::vector<F> scratch;  // forward pass: location addressing of one head
 
   Ntm(const SmemConfig& config, const Tape& tape)
-      : c(config), L(tape), heads(config.R + config.Hw), hp(config.W + 3 + config.S), scratch(3 * config.N) {}
+      : CoreView{config, tape}, heads(config.R + config.Hw), hp(config.W + 3 + config.S), scratch(3 * config.N) {}
 
   void activate(const F* raw, F* act) const {
     const int64_t w = c.W, s = c.S;
@@ -1043,12 +1058,9 @@ struct Ntm {
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     const int64_t n = c.N, w = c.W, R = c.R;
     const F* mem = s + c.off_memory;
-    core_controller_forward(c, wt, projected, s, s + c.off_read_vectors, tape, L.ctrl, state_out);
+    core_interface_forward(*this, wt, projected, s, tape, state_out);
     const F* out = tape + L.ctrl.out;
-    F* raw = tape + L.raw;
-    F* act = tape + L.act;
-    interface_forward(c, wt, out, raw);
-    activate(raw, act);
+    const F* act = tape + L.act;
 
     F* mnorm = tape + L.mnorm;
     row_norms(mnorm, mem, n, w);
@@ -1109,15 +1121,12 @@ struct Ntm {
   void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
                 F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t n = c.N, w = c.W, R = c.R, nw = n * w;
-    const F* mem = s + c.off_memory;
-    const F* new_mem = next + c.off_memory;
-    const F* act = tape + L.act;
-    const F* raw = tape + L.raw;
-    const F* mnorm = tape + L.mnorm;
     F *dnew_mem = sc.at(pad.dnew_mem), *dwsh = sc.at(pad.dwsh), *dws = sc.at(pad.dws), *dwg = sc.at(pad.dwg);
     F *dwc = sc.at(pad.dwc), *dmnorm = sc.at(pad.dmnorm), *location = sc.at(pad.location), *keep = sc.at(pad.keep);
     F *others = sc.at(pad.others), *dact = sc.at(pad.dact), *dout = sc.at(pad.dout), *dreads = sc.at(pad.dreads);
     F *ctrl_scratch = sc.at(pad.ctrl), *draw = tape + L.draw;
+    const F *mem = s + c.off_memory, *new_mem = next + c.off_memory;
+    const F *act = tape + L.act, *raw = tape + L.raw, *mnorm = tape + L.mnorm;
 
     features_backward(c, dfeatures, dstate_out, dout, dreads);
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
@@ -1185,12 +1194,10 @@ struct Ntm {
 // write gate] sigmoid | read modes (R x 3: backward, content, forward) softmax.
 
 template <typename F>
-struct Dnc {
-  const SmemConfig& c;
-  const Tape& L;
+struct Dnc : CoreView {
   int64_t strengths, gates, modes;  // offsets of the interface groups
 
-  Dnc(const SmemConfig& config, const Tape& tape) : c(config), L(tape) {
+  Dnc(const SmemConfig& config, const Tape& tape) : CoreView{config, tape} {
     strengths = config.R * config.W + 2 * config.W;
     gates = strengths + config.R + 1;
     modes = gates + config.W + config.R + 2;
@@ -1219,12 +1226,9 @@ struct Dnc {
     const F* prev_ww = s + c.off_write_weights;
     const F* usage = s + c.off_usage;
     const F* prec = s + c.off_precedence;
-    core_controller_forward(c, wt, projected, s, s + c.off_read_vectors, tape, L.ctrl, state_out);
+    core_interface_forward(*this, wt, projected, s, tape, state_out);
     const F* out = tape + L.ctrl.out;
-    F* raw = tape + L.raw;
-    F* act = tape + L.act;
-    interface_forward(c, wt, out, raw);
-    activate(raw, act);
+    const F* act = tape + L.act;
     const F* read_keys = act;
     const F* write_key = act + R * w;
     const F* write_vec = write_key + w;
@@ -1400,10 +1404,8 @@ struct Dnc {
 // Plain recurrent core (lstm.py): the controller alone.
 
 template <typename F>
-struct Plain {
-  const SmemConfig& c;
-  const Tape& L;
-  Plain(const SmemConfig& config, const Tape& tape) : c(config), L(tape) {}
+struct Plain : CoreView {
+  Plain(const SmemConfig& config, const Tape& tape) : CoreView{config, tape} {}
 
   void forward(const Weights<F>& wt, const F* projected, const F* s, F* tape, F* state_out, F* features) const {
     core_controller_forward(c, wt, projected, s, s, tape, L.ctrl, state_out);  // no read vectors (K = hidden only)
