@@ -22,6 +22,18 @@ def test_table_averages_seeds_and_marks_missing_cells():
     assert recipe.table(small, ["fast"], ["NTMPolicy"]).splitlines()[2] == "| fast | 0.12 (0.50, -0.25) |"
 
 
+def test_table_gives_memory_cores_a_welch_p_against_the_control():
+    from scipy import stats
+
+    dnc, lstm, rppo = [8.0, 9.0, 7.5], [4.0, 5.0, 4.5], [6.0, 3.0]
+    results = [dict(setting="s", policy=p, mean=m) for p, ms in (("DNCPolicy", dnc), ("LSTMPolicy", lstm)) for m in ms]
+    results += [dict(setting="library", policy="RecurrentPPO", mean=m) for m in rppo]
+    row = recipe.table(results, ["s", "library"], ["DNCPolicy", "LSTMPolicy", "RecurrentPPO"]).splitlines()[2:]
+    p_value = stats.ttest_ind(dnc, lstm, equal_var=False).pvalue
+    assert row[0] == f"| s | 8.17 (8.00, 9.00, 7.50) p={p_value:.3f} | 4.50 (4.00, 5.00, 4.50) | - |"
+    assert row[1] == "| library | - | - | 4.50 (6.00, 3.00) |"  # no control in its setting: no p
+
+
 def test_settings_are_named_or_written_as_key_value_pairs():
     named = recipe.setting_overrides("a2c+n_steps=32+adam")
     assert named == recipe.SETTINGS["a2c+n_steps=32+adam"]

@@ -4,7 +4,8 @@ A new user does not tune: they run a generic recipe. This runs the one from the 
 (8 envs, n_steps 64, batch 256, 10 epochs, lr 3e-4, ent_coef 0.01, a 128-unit controller,
 N=32, W=16) on an env for every setting, core and seed, two runs at a time (one torch thread
 each), and scores each run by the mean return of 100 deterministic episodes. Results go to a
-JSON file per run (resumable) and a Markdown table.
+JSON file per run (resumable) and a Markdown table, where a memory core's cell ends with the
+Welch p-value against the ``LSTMPolicy`` control of the same setting (when both have 2+ seeds).
 
 Settings are overrides of the recipe: a name of :data:`SETTINGS` (``critic=separate``, ``fast``;
 ``library`` is the package's current defaults), or any ``key=value`` pairs joined by ``+`` (see
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from sb3_memory.envs.kwargs import env_kwarg_argument, parse_env_kwargs
+from sb3_memory.experiments.compare import welch_p_value
 
 RECIPE: dict[str, Any] = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
 CORE_SHAPE: dict[str, dict[str, Any]] = {
@@ -38,6 +40,8 @@ CORE_SHAPE: dict[str, dict[str, Any]] = {
     "DNCPolicy": dict(controller_dim=128, memory_units=32, memory_unit_size=16),
     "LSTMPolicy": dict(controller_dim=128),
 }
+# The same framework without the external memory: what a memory core's p-value is against.
+CONTROL = "LSTMPolicy"
 # Baselines run with the same recipe (settings do not apply to them): sb3-contrib's RecurrentPPO
 # with its defaults (a 128-unit LSTM, and one of its own for the critic) and memoryless PPO.
 BASELINES = ("RecurrentPPO", "PPO")
@@ -181,11 +185,14 @@ def table(results: list[dict[str, Any]], settings: list[str], policies: list[str
     lines = ["| setting | " + " | ".join(policies) + " |", "|---|" + "---|" * len(policies)]
     for setting in settings:
         cells = []
+        control = [r["mean"] for r in results if r["setting"] == setting and r["policy"] == CONTROL]
         for policy in policies:
             scores = [r["mean"] for r in results if r["setting"] == setting and r["policy"] == policy]
-            cells.append(
-                f"{np.mean(scores):.{mean_digits}f} ({', '.join(f'{s:.{seed_digits}f}' for s in scores)})" if scores else "-"
-            )
+            seeds = ", ".join(f"{s:.{seed_digits}f}" for s in scores)
+            cell = f"{np.mean(scores):.{mean_digits}f} ({seeds})" if scores else "-"
+            # The memory cores against the control of the same setting, when both have seeds to compare.
+            p_value = welch_p_value(scores, control) if policy in CORE_SHAPE and policy != CONTROL else math.nan
+            cells.append(cell if math.isnan(p_value) else f"{cell} p={p_value:.3f}")
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
