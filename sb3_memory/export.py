@@ -54,6 +54,13 @@ class PolicyStep(nn.Module):
                 "ONNX export of squashed actions (gSDE with squash_output=True) is not supported yet; "
                 "gSDE without squash_output exports"
             )
+        if policy.core_kwargs.get("sparse_top_k") is not None:
+            # Measured: ONNX's TopK breaks the ties of a fresh memory (every slot alike) otherwise
+            # than torch.topk, and the sparse DNC's allocation needs a stable sort, which ONNX lacks.
+            raise ValueError(
+                "ONNX export of sparse cores (sparse_top_k) is not supported yet: the graph would choose other "
+                "slots than predict where similarities tie; export a dense model (sparse_top_k=None)"
+            )
         # Rebuilt as SB3 loads a policy (a deep copy would trip over the distribution SB3 keeps),
         # with cores that trace to graph operations: the reference step, and for the DNC the
         # sort-free allocation (the same weights: neither setting owns parameters).

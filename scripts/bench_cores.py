@@ -1,13 +1,17 @@
 """Time forward + backward of the memory cores over a sequence (the hot loop of training).
 
 Usage: python scripts/bench_cores.py [--repeats 7] [--threads 1] [--reference] [--compile]
+       python scripts/bench_cores.py --cores dnc ntm --memory-units 32 128 1024 --sparse-top-k 8
 
 Configurations follow the public NTM/DNC implementations' defaults so the numbers compare:
 DNC with a 64-unit LSTM controller, N=64, W=32, R=4, input 16; NTM with a 100-unit LSTM
 controller, N=128, W=20, one read and one write head, input 9; T=50 steps at batch 16.
 Rows: the default path (the native kernels), and on request the PyTorch reference path, eager
-(``--reference``) and with ``compile_step=True`` (``--compile``). The paths alternate repeat by
-repeat, so machine noise hits them alike.
+(``--reference``) and with ``compile_step=True`` (``--compile``), and sparse reads and writes
+(``--sparse-top-k K``, the cores' ``sparse_top_k``; today on the reference path). ``--memory-units``
+makes the memory size an axis (NTM and DNC). The paths alternate repeat by repeat, so machine
+noise hits them alike. Each row also gives the bytes of one environment's state (float32), what a
+rollout buffer stores per chunk.
 """
 
 import argparse
@@ -24,14 +28,18 @@ CONFIGS = {
     "ntm": (NTMCell, dict(input_dim=9, controller_dim=100, memory_units=128, memory_unit_size=20)),
     "lstm": (LSTMCore, dict(input_dim=16, controller_dim=64)),
 }
-PATHS = {
+PATHS: dict[str, dict[str, Any]] = {
     "default": {},
     "reference": dict(backend="reference"),
     "reference+compile": dict(backend="reference", compile_step=True),
 }
 
 
-def time_once(core: torch.nn.Module, x: torch.Tensor, starts: torch.Tensor) -> float:
+# A state this large (the DNC's N x N link at N >= 8192) is not timed: it does not fit.
+MAX_STATE_BYTES = 2**30
+
+
+def time_once(core: Any, x: torch.Tensor, starts: torch.Tensor) -> float:
     core.zero_grad(set_to_none=True)
     start = time.perf_counter()
     features, _ = core.forward_sequence(x, core.initial_state(x.shape[1]), starts)
@@ -48,26 +56,48 @@ def main() -> None:
     parser.add_argument("--cores", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--reference", action="store_true", help="also time the eager reference path")
     parser.add_argument("--compile", action="store_true", help="also time the reference path with compile_step=True")
+    parser.add_argument("--memory-units", type=int, nargs="+", help="N for the NTM and the DNC (default: their configs')")
+    parser.add_argument("--sparse-top-k", type=int, help="also time sparse_top_k=K (reads and writes touch K slots)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = ["default"] + ["reference"] * args.reference + ["reference+compile"] * args.compile
+    if args.sparse_top_k is not None:
+        PATHS[f"sparse K={args.sparse_top_k}"] = dict(sparse_top_k=args.sparse_top_k, backend="reference")
+        paths.append(f"sparse K={args.sparse_top_k}")
     print(f"T={args.steps} batch={args.batch} threads={args.threads}, forward+backward, median of {args.repeats}")
     for name in args.cores:
-        cls, kwargs = CONFIGS[name]
-        torch.manual_seed(0)
-        cores: dict[str, Any] = {path: cls(**kwargs, **PATHS[path]) for path in paths}
-        x = torch.randn(args.steps, args.batch, kwargs["input_dim"])
-        starts = torch.zeros(args.steps, args.batch, dtype=torch.bool)
-        times: dict[str, list[float]] = {path: [] for path in paths}
-        for path in paths:  # first call: builds or compiles, warms caches
-            time_once(cores[path], x, starts)
-        for _ in range(args.repeats):
-            for path in paths:
-                times[path].append(time_once(cores[path], x, starts))
-        params = sum(p.numel() for p in cores["default"].parameters())
-        for path in paths:
-            median, best = statistics.median(times[path]) * 1000, min(times[path]) * 1000
-            print(f"{name:5s} {path:18s} params={params:7d}  median={median:7.1f} ms  min={best:7.1f} ms")
+        cls, base = CONFIGS[name]
+        sizes = [base.get("memory_units")] if name == "lstm" or not args.memory_units else args.memory_units
+        for units in sizes:
+            kwargs = dict(base) if units is None else {**base, "memory_units": units}
+            bench(name, cls, kwargs, [p for p in paths if name != "lstm" or not p.startswith("sparse")], args)
+
+
+def bench(name: str, cls: type, kwargs: dict[str, Any], paths: list[str], args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    label = name if "memory_units" not in kwargs else f"{name} N={kwargs['memory_units']}"
+    cores: dict[str, Any] = {}
+    for path in paths:
+        core = cls(**kwargs, **PATHS[path])
+        state_bytes = core.state_size * 4
+        if state_bytes * args.batch > MAX_STATE_BYTES:
+            print(f"{label:12s} {path:18s} state={state_bytes / 1024:11.1f} kB/env  not timed (a batch's state exceeds 1 GB)")
+            continue
+        cores[path] = core
+    x = torch.randn(args.steps, args.batch, kwargs["input_dim"])
+    starts = torch.zeros(args.steps, args.batch, dtype=torch.bool)
+    times: dict[str, list[float]] = {path: [] for path in cores}
+    for path in cores:  # first call: builds or compiles, warms caches
+        time_once(cores[path], x, starts)
+    for _ in range(args.repeats):
+        for path in cores:
+            times[path].append(time_once(cores[path], x, starts))
+    for path, core in cores.items():
+        params = sum(p.numel() for p in core.parameters())
+        median, best = statistics.median(times[path]) * 1000, min(times[path]) * 1000
+        state_kb = core.state_size * 4 / 1024
+        timing = f"median={median:9.1f} ms  min={best:9.1f} ms"
+        print(f"{label:12s} {path:18s} params={params:7d}  {timing}  state={state_kb:11.1f} kB/env")
 
 
 if __name__ == "__main__":

@@ -489,6 +489,8 @@ REPLAY_CASES = [
     ("LSTMPolicy", dict(critic_memory="separate", controller="gru"), short_episode_env),
     ("NTMPolicy", dict(controller="mlp", num_read_heads=2), short_episode_env),
     ("DNCPolicy", dict(critic_memory="separate"), short_continuous_env),
+    ("NTMPolicy", dict(sparse_top_k=3, backend="reference"), short_episode_env),
+    ("DNCPolicy", dict(sparse_top_k=3, backend="reference"), short_episode_env),
 ]
 
 
@@ -723,6 +725,7 @@ def test_memory_diagnostics_logged(algo, policy, tmp_path):
         (MemoryPPO, "NTMPolicy", dict(critic_memory="separate")),
         (MemoryA2C, "DNCPolicy", dict(critic_memory="none")),
         (MemoryPPO, "LSTMPolicy", dict(controller="gru")),
+        (MemoryPPO, "DNCPolicy", dict(sparse_top_k=3, backend="reference")),
     ],
 )
 def test_save_load(algo, policy, policy_kwargs, tmp_path):

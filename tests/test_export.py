@@ -115,6 +115,16 @@ def test_unsupported_policies_are_named(tmp_path):
         export_onnx(object(), tmp_path / "policy.onnx")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy"])
+def test_sparse_cores_are_refused_before_tracing(policy, tmp_path):
+    env = make_vec_env(lambda: EpisodesEnv(OBSERVATIONS["box"][0], spaces.Discrete(2)), n_envs=1)
+    kwargs = dict(CORES[policy[:3]], sparse_top_k=2, backend="reference")
+    model = MemoryPPO(policy, env, n_steps=8, batch_size=8, policy_kwargs=kwargs)
+    with pytest.raises(ValueError, match=r"sparse cores \(sparse_top_k\) is not supported yet"):
+        export_onnx(model, tmp_path / "policy.onnx")
+    assert not (tmp_path / "policy.onnx").exists()
+
+
 def test_gsde_exports_unless_squashed(tmp_path, monkeypatch):
     """Unsquashed gSDE exports and matches predict; squash_output is refused before any tracing."""
     env = make_vec_env(lambda: EpisodesEnv(OBSERVATIONS["box"][0], spaces.Box(-1, 1, (2,), np.float32)), n_envs=2, seed=0)

@@ -33,19 +33,38 @@ def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = 1e-6) -> Tensor
     return dot / (norms + eps)
 
 
-def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor) -> Tensor:
+def top_k_softmax(logits: Tensor, k: Optional[int] = None) -> Tensor:
+    """
+    Softmax over the ``k`` largest logits of each row, 0 elsewhere: SAM's sparse content weighting
+    (Rae et al., 2016). The same values as the renormalised top ``k`` of the full softmax, but the
+    gradient reaches the ``k`` chosen logits only, exactly. ``k`` of ``None`` or ``>= N``: the softmax.
+
+    :param logits: (..., N)
+    :param k: logits kept per row
+    :return: (..., N), at most ``k`` non-zeros per row (ties: any of the tied logits may be kept)
+    """
+    if k is None or k >= logits.shape[-1]:
+        return torch.softmax(logits, dim=-1)
+    values, index = torch.topk(logits, k, dim=-1, sorted=False)
+    return torch.zeros_like(logits).scatter(-1, index, torch.softmax(values, dim=-1))
+
+
+def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, top_k: Optional[int] = None) -> Tensor:
     """
     Content-based addressing: softmax over slots of ``strength * cosine(key, row)``.
 
     :param memory: (B, N, W)
     :param keys: (B, H, W)
     :param strengths: (B, H), already positive
+    :param top_k: over the ``top_k`` most similar slots only (:func:`top_k_softmax`); ``None``: all
     :return: (B, H, N)
     """
-    return torch.softmax(strengths.unsqueeze(-1) * cosine_similarity(memory, keys), dim=-1)
+    return top_k_softmax(strengths.unsqueeze(-1) * cosine_similarity(memory, keys), top_k)
 
 
-def masked_content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, masks: Tensor, eps: float = 1e-6) -> Tensor:
+def masked_content_weights(
+    memory: Tensor, keys: Tensor, strengths: Tensor, masks: Tensor, eps: float = 1e-6, top_k: Optional[int] = None
+) -> Tensor:
     """
     Masked content addressing (Csordás and Schmidhuber, 2019): softmax over slots of
     ``strength * cosine(key * mask, row * mask)``. The mask lets a head look up by part of a word
@@ -56,13 +75,37 @@ def masked_content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, mask
     :param strengths: (B, H)
     :param masks: (B, H, W) in [0, 1]; all ones gives :func:`content_weights`
     :param eps: as in :func:`cosine_similarity`
+    :param top_k: as in :func:`content_weights`
     :return: (B, H, N)
     """
     masked_keys = keys * masks
     masked_memory = memory.unsqueeze(1) * masks.unsqueeze(2)  # (B, H, N, W)
     dot = (masked_memory * masked_keys.unsqueeze(2)).sum(-1)
     norms = masked_keys.norm(dim=-1).unsqueeze(-1) * masked_memory.norm(dim=-1)
-    return torch.softmax(strengths.unsqueeze(-1) * dot / (norms + eps), dim=-1)
+    return top_k_softmax(strengths.unsqueeze(-1) * dot / (norms + eps), top_k)
+
+
+def top_k_weights(weights: Tensor, k: int, renormalise: bool = False, eps: float = 1e-12) -> Tensor:
+    """
+    Sparse weighting (Rae et al., 2016): the ``k`` largest entries of each row kept, the others set
+    to 0, so that a read or write touches ``k`` slots. With ``renormalise`` the kept entries are
+    rescaled to sum to 1, for weightings that are distributions (of a softmax, prefer
+    :func:`top_k_softmax`: the same values, and no gradient through the dropped entries). With
+    ``k >= N`` the weights are returned unchanged: the dense model is the sparse one with every
+    slot kept.
+
+    :param weights: (..., N), non-negative
+    :param k: entries kept per row
+    :param renormalise: rescale the kept entries of each row to sum to 1 (for distributions)
+    :param eps: guards the rescaling of a row whose kept entries are all 0
+    :return: (..., N), at most ``k`` non-zeros per row (ties: any of the tied entries may be kept)
+    """
+    if k >= weights.shape[-1]:
+        return weights
+    values, index = torch.topk(weights, k, dim=-1, sorted=False)
+    if renormalise:
+        values = values / values.sum(dim=-1, keepdim=True).clamp_min(eps)
+    return torch.zeros_like(weights).scatter(-1, index, values)
 
 
 def interpolate(content_w: Tensor, prev_w: Tensor, gate: Tensor) -> Tensor:
@@ -217,6 +260,29 @@ def allocation_weights_by_rank(usage: Tensor) -> Tensor:
     earlier = (theirs < mine) | ((theirs == mine) & (index.unsqueeze(0) < index.unsqueeze(1)))  # j before i
     before = torch.where(earlier, theirs, torch.ones_like(theirs)).prod(dim=-1)
     return (1.0 - usage) * before
+
+
+def sparse_allocation_weights(usage: Tensor, k: int) -> Tensor:
+    """
+    :func:`allocation_weights` over the ``k`` least used slots only (Rae et al., 2016): they get
+    the dense formula's shares, ``(1 - u[phi_j]) * prod_{i<j} u[phi_i]`` for ``j < k``, every other
+    slot gets 0. With ``k >= N`` it is :func:`allocation_weights`. The slots dropped would get at most
+    the product of the ``k`` smallest usages, so little is lost while the least used slots are free.
+
+    :param usage: (B, N) in [0, 1]
+    :param k: number of slots that can be allocated
+    :return: (B, N), at most ``k`` non-zeros per row
+    """
+    if k >= usage.shape[-1]:
+        return allocation_weights(usage)
+    usage = USAGE_EPS + (1.0 - USAGE_EPS) * usage
+    # The reference takes the first k of the stable sort, so that ties (every slot free at an
+    # episode start) go in slot order as in the dense model; a kernel can select them instead.
+    sorted_usage, order = torch.sort(usage, dim=-1, stable=True)
+    sorted_usage, order = sorted_usage[:, :k], order[:, :k]
+    ones = torch.ones_like(sorted_usage[:, :1])
+    before = torch.cumprod(torch.cat([ones, sorted_usage[:, :-1]], dim=-1), dim=-1)
+    return torch.zeros_like(usage).scatter(-1, order, (1.0 - sorted_usage) * before)
 
 
 def write_weights(allocation: Tensor, content: Tensor, alloc_gate: Tensor, write_gate: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from sb3_memory.memory import native
+from sb3_memory.memory import addressing, native
 from sb3_memory.memory.checks import check_float, check_int
 from sb3_memory.memory.controller import Controller
 
@@ -369,7 +369,14 @@ class ExternalMemoryCore(MemoryCore):
     :param memory_unit_size: W, size of each slot
     :param num_read_heads: R
     :param memory_init: constant value of every memory cell at an episode start
+    :param sparse_top_k: K, sparse reads and writes (Rae et al., 2016): every weighting keeps
+        its K largest entries (:func:`~sb3_memory.memory.addressing.top_k_weights`), so a step
+        touches K slots and the gradient flows through them only; ``None`` for the dense model.
+        Runs on the reference path (the native kernels are dense)
     """
+
+    # A class default as well, so that models pickled before sparse addressing existed load dense.
+    sparse_top_k: Optional[int] = None
 
     def __init__(
         self,
@@ -382,12 +389,30 @@ class ExternalMemoryCore(MemoryCore):
         memory_init: float,
         compile_step: bool,
         backend: str,
+        sparse_top_k: Optional[int] = None,
     ) -> None:
         self.memory_units = check_int("memory_units", memory_units)
         self.memory_unit_size = check_int("memory_unit_size", memory_unit_size)
         self.num_read_heads = check_int("num_read_heads", num_read_heads)
         self.memory_init = check_float("memory_init", memory_init)
+        self.sparse_top_k = None
+        if sparse_top_k is not None:
+            note = "slots touched per step, at most memory_units; None is dense"
+            self.sparse_top_k = check_int("sparse_top_k", sparse_top_k, 1, self.memory_units, note)
+            if backend == "native":
+                raise ValueError("the native kernels are dense: sparse_top_k needs backend='reference' or 'auto'")
         super().__init__(input_dim, controller_dim, controller, num_read_heads * memory_unit_size, compile_step, backend)
+
+    def sparse(self, weights: Tensor, renormalise: bool = False) -> Tensor:
+        """``weights`` with their top ``sparse_top_k`` entries per row kept (unchanged when dense)."""
+        if self.sparse_top_k is None:
+            return weights
+        return addressing.top_k_weights(weights, self.sparse_top_k, renormalise)
+
+    def _native_unsupported(self) -> Optional[str]:
+        if self.sparse_top_k is not None:
+            return "the native kernels are dense; sparse_top_k runs on the reference path"
+        return None
 
     @property
     def output_dim(self) -> int:

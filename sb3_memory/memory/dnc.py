@@ -63,7 +63,12 @@ class DNCCell(ExternalMemoryCore):
     :param compile_step: compile the reference step with ``torch.compile`` (see :class:`MemoryCore`)
     :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`); the
         native kernels implement the paper's DNC (``allocation="sort"``), so any of the four
-        options above, or ``allocation="rank"``, runs on the reference path
+        options above, ``allocation="rank"`` or ``sparse_top_k``, runs on the reference path
+    :param sparse_top_k: K, the sparse DNC (Rae et al., 2016; see :class:`ExternalMemoryCore`):
+        content weightings are softmaxes over the K most similar slots, allocation goes to the K
+        least used slots (:func:`~sb3_memory.memory.addressing.sparse_allocation_weights`), and the
+        write weighting, the read weightings, the precedence and every row of the link matrix keep
+        their K largest entries; ``None`` (default) for the dense DNC
     """
 
     state_type = DNCState
@@ -86,9 +91,15 @@ class DNCCell(ExternalMemoryCore):
         allocation: str = "sort",
         compile_step: bool = False,
         backend: str = "auto",
+        sparse_top_k: Optional[int] = None,
     ) -> None:
         if allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {sorted(ALLOCATIONS)}, got {allocation!r}")
+        if sparse_top_k is not None and allocation != "sort":
+            raise ValueError(
+                f"sparse_top_k allocates over the K least used slots, its own ranking: leave allocation='sort' "
+                f"(got allocation={allocation!r})"
+            )
         self.allocation = allocation
         self._allocation_weights = ALLOCATIONS[allocation]
         self.options = {
@@ -114,6 +125,7 @@ class DNCCell(ExternalMemoryCore):
             memory_init,
             compile_step,
             backend,
+            sparse_top_k,
         )
         r, w = self.num_read_heads, self.memory_unit_size
         # Built once, not at every step; not saved (it follows from the sizes).
@@ -155,7 +167,9 @@ class DNCCell(ExternalMemoryCore):
 
     def _native_unsupported(self) -> Optional[str]:
         enabled = self._reference_only()
-        return f"the native kernels implement the paper's DNC; {enabled} run on the reference path" if enabled else None
+        if enabled:
+            return f"the native kernels implement the paper's DNC; {enabled} run on the reference path"
+        return super()._native_unsupported()
 
     def step(self, projected_input: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
         batch = projected_input.shape[0]
@@ -175,28 +189,34 @@ class DNCCell(ExternalMemoryCore):
 
         def content(memory: Tensor, keys: Tensor, key_strengths: Tensor, mask_slice: slice) -> Tensor:
             if not self.options["content_masks"]:
-                return addressing.content_weights(memory, keys, key_strengths)
+                return addressing.content_weights(memory, keys, key_strengths, self.sparse_top_k)
             masks = gates[:, w + r + 2 :][:, mask_slice].reshape(keys.shape)
-            return addressing.masked_content_weights(memory, keys, key_strengths, masks)
+            return addressing.masked_content_weights(memory, keys, key_strengths, masks, top_k=self.sparse_top_k)
 
         prev_write = state.write_weights[:, 0]
         usage = addressing.update_usage(state.usage, prev_write, free_gates, state.read_weights)
         write_content = content(state.memory, write_key.unsqueeze(1), strengths[:, r : r + 1], slice(r * w, None))[:, 0]
-        allocation = self._allocation_weights(usage)
-        write_weights = addressing.write_weights(allocation, write_content, allocation_gate[:, 0], write_gate[:, 0])
+        if self.sparse_top_k is None:
+            allocation = self._allocation_weights(usage)
+        else:
+            allocation = addressing.sparse_allocation_weights(usage, self.sparse_top_k)
+        # K allocated and K content slots: the write keeps the K largest of up to 2K.
+        write_weights = self.sparse(
+            addressing.write_weights(allocation, write_content, allocation_gate[:, 0], write_gate[:, 0])
+        )
         retention = addressing.memory_retention(free_gates, state.read_weights) if self.options["deallocate"] else None
         memory = addressing.write(
             state.memory, write_weights.unsqueeze(1), erase.unsqueeze(1), write_vector.unsqueeze(1), retention
         )
-        link = addressing.update_link(state.link, state.precedence, write_weights, self.off_diagonal)
-        precedence = addressing.update_precedence(state.precedence, write_weights)
+        link = self.sparse(addressing.update_link(state.link, state.precedence, write_weights, self.off_diagonal))
+        precedence = self.sparse(addressing.update_precedence(state.precedence, write_weights))
 
         forward, backward = addressing.directional_weights(link, state.read_weights)
         if self.options["link_sharpness"]:
             forward = addressing.sharpen_links(forward, strengths[:, r + 1 : 2 * r + 1])
             backward = addressing.sharpen_links(backward, strengths[:, 2 * r + 1 :])
         read_content = content(memory, read_keys, strengths[:, :r], slice(0, r * w))
-        read_weights = addressing.read_weights(backward, read_content, forward, modes)
+        read_weights = self.sparse(addressing.read_weights(backward, read_content, forward, modes))
         read_vectors = addressing.read(memory, read_weights)
         features = torch.cat([output, read_vectors.reshape(batch, -1)], dim=1)
         new_state = DNCState(

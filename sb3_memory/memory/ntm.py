@@ -1,6 +1,6 @@
 """Neural Turing Machine core (Graves, Wayne and Danihelka, 2014)."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,9 @@ class NTMCell(ExternalMemoryCore):
     :param memory_init: constant value of every memory cell at an episode start
     :param compile_step: compile the reference step with ``torch.compile`` (see :class:`MemoryCore`)
     :param backend: ``"auto"``, ``"native"`` or ``"reference"`` (see :class:`MemoryCore`)
+    :param sparse_top_k: K, sparse addressing (see :class:`ExternalMemoryCore`): the content
+        weighting is a softmax over the K most similar slots, and each head's final weighting keeps
+        its K largest entries, renormalised; ``None`` (default) for the dense NTM
     """
 
     state_type = NTMState
@@ -66,6 +69,7 @@ class NTMCell(ExternalMemoryCore):
         memory_init: float = 1e-6,
         compile_step: bool = False,
         backend: str = "auto",
+        sparse_top_k: Optional[int] = None,
     ) -> None:
         self.num_write_heads = check_int("num_write_heads", num_write_heads)
         self.shift_range = check_int("shift_range", shift_range, 0)
@@ -79,6 +83,7 @@ class NTMCell(ExternalMemoryCore):
             memory_init,
             compile_step,
             backend,
+            sparse_top_k,
         )
         n, w, k = self.memory_units, self.memory_unit_size, self.shift_range
         if 2 * k + 1 > n:
@@ -146,10 +151,12 @@ class NTMCell(ExternalMemoryCore):
         add = torch.tanh(add).view(batch, writes, w)
 
         previous = torch.cat([state.read_weights, state.write_weights], dim=1)
-        weights = addressing.content_weights(state.memory, keys, strengths)
+        weights = addressing.content_weights(state.memory, keys, strengths, self.sparse_top_k)
         weights = addressing.interpolate(weights, previous, gates)
         weights = addressing.circular_shift(weights, shifts, self.shift_index)
-        weights = addressing.sharpen(weights, gammas)
+        # Sharpening lifts every zero to eps ** gamma, and a shift spreads K slots over more: the
+        # final weighting is made sparse again.
+        weights = self.sparse(addressing.sharpen(weights, gammas), renormalise=True)
         read_weights, write_weights = torch.split(weights, [reads, writes], dim=1)
 
         memory = addressing.write(state.memory, write_weights, erase, add)

@@ -1,0 +1,188 @@
+"""Sparse reads and writes (Rae et al., 2016): the top-K primitives and the cores' ``sparse_top_k``.
+
+The sparse reference path is checked three ways: the primitives against hand-worked values and
+loop-by-loop references, the cores at K = N against the dense cores (the oracle), and the cores
+at K < N by what sparsity promises (at most K slots per weighting, gradients that reach only the
+touched slots).
+"""
+
+import pytest
+import torch
+
+from sb3_memory.memory import DNCCell, NTMCell, addressing
+
+INPUT_DIM = 5
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons in float64, restored afterwards for the other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def make_cell(cls, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    return cls(INPUT_DIM, controller_dim=12, memory_units=kwargs.pop("memory_units", 16), memory_unit_size=6, **kwargs)
+
+
+# --- primitives ---------------------------------------------------------------------------------
+
+
+def test_hand_top_k_weights():
+    weights = torch.tensor([[0.1, 0.5, 0.3, 0.1], [0.4, 0.0, 0.2, 0.4]])
+    kept = addressing.top_k_weights(weights, 2)
+    torch.testing.assert_close(kept, torch.tensor([[0.0, 0.5, 0.3, 0.0], [0.4, 0.0, 0.0, 0.4]]))
+    renormalised = addressing.top_k_weights(weights, 2, renormalise=True)
+    torch.testing.assert_close(renormalised, torch.tensor([[0.0, 0.625, 0.375, 0.0], [0.5, 0.0, 0.0, 0.5]]))
+
+
+def test_top_k_weights_matches_loop_reference():
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.rand(4, 3, 20, generator=generator)  # continuous values: no ties
+    kept = addressing.top_k_weights(weights, 5)
+    expected = torch.zeros_like(weights)
+    for index in torch.cartesian_prod(torch.arange(4), torch.arange(3)).tolist():
+        row = weights[tuple(index)]
+        for slot in sorted(range(20), key=lambda j: -float(row[j]))[:5]:
+            expected[tuple(index)][slot] = row[slot]
+    torch.testing.assert_close(kept, expected, rtol=0, atol=0)
+
+
+def test_top_k_of_dense_size_is_the_dense_weighting():
+    weights = torch.rand(3, 8)
+    assert addressing.top_k_weights(weights, 8, renormalise=True) is weights
+    assert addressing.top_k_weights(weights, 50) is weights
+
+
+def test_top_k_softmax_is_the_renormalised_top_k_of_the_softmax_and_its_gradient_stays_there():
+    logits = torch.randn(2, 12, requires_grad=True)
+    sparse = addressing.top_k_softmax(logits, 3)
+    top = logits.detach().topk(3, dim=-1).indices
+    expected = torch.zeros(2, 12).scatter(-1, top, torch.softmax(logits.detach().gather(-1, top), dim=-1))
+    torch.testing.assert_close(sparse, expected)
+    torch.testing.assert_close(sparse, addressing.top_k_weights(torch.softmax(logits, dim=-1), 3, renormalise=True))
+    (sparse * torch.randn(2, 12)).sum().backward()
+    outside = torch.ones(2, 12, dtype=torch.bool).scatter(-1, top, False)
+    assert bool((logits.grad[outside] == 0).all())
+    assert logits.grad[~outside].abs().min() > 0
+    torch.testing.assert_close(addressing.top_k_softmax(logits, 12), torch.softmax(logits, dim=-1), rtol=0, atol=0)
+
+
+def test_hand_sparse_allocation():
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.3]])
+    allocation = addressing.sparse_allocation_weights(usage, 2)
+    eps = addressing.USAGE_EPS
+    u1, u3 = eps + (1 - eps) * 0.1, eps + (1 - eps) * 0.3
+    torch.testing.assert_close(allocation, torch.tensor([[0.0, 1 - u1, 0.0, (1 - u3) * u1]]))
+
+
+def test_sparse_allocation_is_the_dense_allocation_on_the_least_used_slots():
+    usage = torch.rand(5, 30)
+    dense = addressing.allocation_weights(usage)
+    sparse = addressing.sparse_allocation_weights(usage, 4)
+    least_used = usage.argsort(dim=-1)[:, :4]
+    torch.testing.assert_close(sparse.gather(-1, least_used), dense.gather(-1, least_used), rtol=0, atol=0)
+    assert int((sparse > 0).sum(-1).max()) == 4
+    # What the dense model gives the other slots is bounded by the product of the 4 smallest usages.
+    dropped = dense - sparse
+    bound = usage.gather(-1, least_used).prod(-1, keepdim=True)
+    assert bool((dropped <= bound + 1e-12).all())
+    torch.testing.assert_close(addressing.sparse_allocation_weights(usage, 30), dense, rtol=0, atol=0)
+
+
+def test_sparse_allocation_breaks_ties_in_slot_order_as_the_dense_model():
+    usage = torch.zeros(1, 10)  # an episode start: every slot free
+    sparse = addressing.sparse_allocation_weights(usage, 3)
+    dense = addressing.allocation_weights(usage)
+    torch.testing.assert_close(sparse[:, :3], dense[:, :3], rtol=0, atol=0)
+    assert bool((sparse[:, 3:] == 0).all())
+
+
+# --- the cores ----------------------------------------------------------------------------------
+
+
+def run(cell, steps: int = 9, batch: int = 3, seed: int = 5):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, batch, INPUT_DIM, generator=generator)
+    starts = torch.zeros(steps, batch, dtype=torch.bool)
+    starts[4, 1] = True
+    return cell.forward_sequence(x, cell.initial_state(batch), starts)
+
+
+@pytest.mark.parametrize("cls", [NTMCell, DNCCell])
+def test_k_equal_to_memory_units_is_the_dense_core_with_its_gradients(cls):
+    dense, sparse = make_cell(cls), make_cell(cls, sparse_top_k=16, backend="reference")
+    features_dense, state_dense = run(dense)
+    features_sparse, state_sparse = run(sparse)
+    torch.testing.assert_close(features_sparse, features_dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(sparse.flatten_state(state_sparse), dense.flatten_state(state_dense), rtol=0, atol=1e-12)
+    features_dense.square().sum().backward()
+    features_sparse.square().sum().backward()
+    for (name, p_dense), p_sparse in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(p_sparse.grad, p_dense.grad, rtol=0, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("cls", [NTMCell, DNCCell])
+def test_sparse_core_differs_from_dense_and_keeps_k_slots_per_weighting(cls):
+    dense, sparse = make_cell(cls), make_cell(cls, sparse_top_k=3)
+    features_sparse, state = run(sparse, steps=20)
+    assert not torch.allclose(features_sparse, run(dense, steps=20)[0], atol=1e-3)
+    assert int((state.read_weights > 0).sum(-1).max()) <= 3
+    assert int((state.write_weights > 0).sum(-1).max()) <= 3
+    if cls is DNCCell:
+        assert int((state.precedence > 0).sum(-1).max()) <= 3
+        assert int((state.link > 0).sum(-1).max()) <= 3  # K entries per row of the link
+    else:
+        # An NTM head's weighting stays a distribution over its K slots.
+        torch.testing.assert_close(state.read_weights.sum(-1), torch.ones(3, 1))
+
+
+def test_sparse_ntm_with_k_1_reads_one_slot_exactly():
+    cell = make_cell(NTMCell, sparse_top_k=1, shift_range=0)
+    _, state = run(cell, steps=6)
+    slot = state.read_weights[:, 0].argmax(-1)
+    torch.testing.assert_close(state.read_vectors[:, 0], state.memory[torch.arange(3), slot], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls, heads", [(NTMCell, 2), (DNCCell, 3)])
+def test_gradient_reaches_only_the_slots_a_step_touches(cls, heads):
+    """One step from a random memory: its features depend on the K slots each head looks up and reads."""
+    n, k = 64, 2
+    cell = make_cell(cls, memory_units=n, sparse_top_k=k)
+    state = cell.initial_state(2)
+    memory = torch.randn(2, n, 6, requires_grad=True)
+    features, _ = cell.forward_sequence(torch.randn(1, 2, INPUT_DIM), state._replace(memory=memory))
+    features.sum().backward()
+    touched = (memory.grad.abs().sum(-1) > 0).sum(-1)
+    # Content lookups of every head (NTM: 1 read + 1 write; DNC: 2 reads + 1 write) and the reads.
+    assert int(touched.max()) <= heads * k + cell.num_read_heads * k
+    assert int(touched.min()) >= 1
+    dense = make_cell(cls, memory_units=n)
+    memory.grad = None
+    dense.forward_sequence(torch.randn(1, 2, INPUT_DIM), state._replace(memory=memory))[0].sum().backward()
+    assert int((memory.grad.abs().sum(-1) > 0).sum(-1).min()) == n  # the dense core touches every slot
+
+
+@pytest.mark.parametrize("cls", [NTMCell, DNCCell])
+def test_sparse_top_k_errors_name_the_fix(cls):
+    with pytest.raises(ValueError, match="sparse_top_k must be an integer in \\[1, 16\\]"):
+        make_cell(cls, sparse_top_k=17)
+    with pytest.raises(ValueError, match="sparse_top_k"):
+        make_cell(cls, sparse_top_k=0)
+    with pytest.raises(ValueError, match="backend='reference' or 'auto'"):
+        make_cell(cls, sparse_top_k=4, backend="native")
+
+
+def test_sparse_dnc_refuses_rank_allocation():
+    with pytest.raises(ValueError, match="leave allocation='sort'"):
+        make_cell(DNCCell, sparse_top_k=4, allocation="rank")
+
+
+@pytest.mark.parametrize("cls", [NTMCell, DNCCell])
+def test_auto_backend_runs_sparse_cores_on_the_reference_path(cls):
+    cell = make_cell(cls, sparse_top_k=4)
+    assert cell._native_unsupported() is not None
+    assert cell._native_for(torch.zeros(1, 1, INPUT_DIM)) is None
