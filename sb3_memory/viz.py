@@ -16,6 +16,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 import sb3_memory.envs  # noqa: F401  (registers the sb3_memory/... environments)
 from sb3_memory.common.policies import MemoryActorCriticPolicy
+from sb3_memory.memory.addressing import dense_link
 
 
 def record_episode(
@@ -57,6 +58,9 @@ def record_episode(
                 trace.setdefault(name, []).append(fields[name][0].numpy())
         if "link" in fields:
             trace["link"] = [fields["link"][0].numpy()]
+        elif "link_values" in fields:  # the sparse DNC's K entries per row
+            link = dense_link(fields["link_values"], fields["link_index"].long())
+            trace["link"] = [link[0].numpy()]
     result = {name: np.stack(values) for name, values in trace.items()}
     if "link" in result:
         result["link"] = result["link"][0]

@@ -101,6 +101,83 @@ def test_sparse_allocation_breaks_ties_in_slot_order_as_the_dense_model():
     assert bool((sparse[:, 3:] == 0).all())
 
 
+def random_sparse_write(generator, batch: int, n: int, k: int) -> torch.Tensor:
+    logits = 3 * torch.randn(batch, n, generator=generator)
+    gate = torch.rand(batch, 1, generator=generator)
+    return addressing.top_k_weights(torch.softmax(logits, -1) * gate, k)
+
+
+def test_sparse_link_is_the_dense_link_with_k_entries_per_row():
+    """Over a sequence of sparse writes, the compact link equals the dense update with each row cut to its top k."""
+    generator = torch.Generator().manual_seed(4)
+    batch, n, k = 3, 12, 3
+    values, index = torch.zeros(batch, n, k), addressing.initial_link_index(batch, n, k)
+    dense, precedence = torch.zeros(batch, n, n), torch.zeros(batch, n)
+    for _ in range(15):
+        write = random_sparse_write(generator, batch, n, k)
+        values, index = addressing.sparse_update_link(values, index, precedence, write, k)
+        dense = addressing.top_k_weights(addressing.update_link(dense, precedence, write), k)
+        precedence = addressing.top_k_weights(addressing.update_precedence(precedence, write), k)
+        torch.testing.assert_close(addressing.dense_link(values, index), dense, rtol=0, atol=1e-12)
+        # Each row holds k distinct columns: an entry is never counted twice.
+        assert bool((index.sort(-1).values.diff(dim=-1) > 0).all())
+    assert int((dense > 0).sum(-1).min()) == k  # the rows are full: the cut mattered
+    read = torch.rand(batch, 2, n, generator=generator)
+    for sparse, full in zip(
+        addressing.sparse_directional_weights(values, index, read), addressing.directional_weights(dense, read)
+    ):
+        torch.testing.assert_close(sparse, full, rtol=0, atol=1e-12)
+
+
+def test_hand_sparse_link():
+    """Slots 0, 1, 2 written one after another, k = 1: row 1 links back to 0, row 2 to 1."""
+    values, index = torch.zeros(1, 4, 1), addressing.initial_link_index(1, 4, 1)
+    precedence = torch.zeros(1, 4)
+    for slot in range(3):
+        write = torch.zeros(1, 4)
+        write[0, slot] = 1.0
+        values, index = addressing.sparse_update_link(values, index, precedence, write, 1)
+        precedence = addressing.update_precedence(precedence, write)
+    expected = torch.zeros(1, 4, 4)
+    expected[0, 1, 0] = expected[0, 2, 1] = 1.0
+    torch.testing.assert_close(addressing.dense_link(values, index), expected, rtol=0, atol=0)
+    forward, backward = addressing.sparse_directional_weights(values, index, torch.tensor([[[0.0, 1.0, 0.0, 0.0]]]))
+    torch.testing.assert_close(forward, torch.tensor([[[0.0, 0.0, 1.0, 0.0]]]))  # L w: the slot written next
+    torch.testing.assert_close(backward, torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]))  # L^T w: the one before
+
+
+def test_sparse_link_gradients_match_the_dense_link():
+    generator = torch.Generator().manual_seed(8)
+    batch, n, k = 2, 10, 3
+    # Positive entries off the diagonal: every row keeps k entries above 0, so no tie at 0 leaves
+    # the choice of kept entry (and so the subgradient) to the order in which topk sees them.
+    values = (0.1 + torch.rand(batch, n, k, generator=generator)).requires_grad_()
+    rows = torch.arange(n).repeat(batch)
+    others = torch.stack([torch.randperm(n - 1, generator=generator)[:k] for _ in range(batch * n)])
+    index = (others + (others >= rows.unsqueeze(-1)).long()).view(batch, n, k)
+    # The write and precedence are cut to k entries from dense leaves, as in the core: the sparse
+    # link has no path to a zero entry of the precedence, the dense one has (w_i p_j), and the
+    # top-k cut before it drops that gradient, so the two agree on the leaves.
+    write_leaf = (torch.rand(batch, n, generator=generator) / n).requires_grad_()
+    precedence_leaf = (torch.rand(batch, n, generator=generator) / n).requires_grad_()
+    read = torch.rand(batch, 2, n, generator=generator)
+    weights = torch.rand(batch, 2, n, generator=generator)
+    leaves = (values, write_leaf, precedence_leaf)
+
+    write, precedence = addressing.top_k_weights(write_leaf, k), addressing.top_k_weights(precedence_leaf, k)
+    new_values, new_index = addressing.sparse_update_link(values, index, precedence, write, k)
+    forward, backward = addressing.sparse_directional_weights(new_values, new_index, read)
+    sparse_grads = torch.autograd.grad(((forward + backward) * weights).sum(), leaves)
+    write, precedence = addressing.top_k_weights(write_leaf, k), addressing.top_k_weights(precedence_leaf, k)
+    dense = addressing.dense_link(values, index)
+    full = addressing.top_k_weights(addressing.update_link(dense, precedence, write), k)
+    forward, backward = addressing.directional_weights(full, read)
+    dense_grads = torch.autograd.grad(((forward + backward) * weights).sum(), leaves)
+    assert all(float(grad.abs().sum()) > 0 for grad in dense_grads)
+    for sparse_grad, dense_grad in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(sparse_grad, dense_grad, rtol=0, atol=1e-12)
+
+
 # --- the cores ----------------------------------------------------------------------------------
 
 
@@ -118,7 +195,12 @@ def test_k_equal_to_memory_units_is_the_dense_core_with_its_gradients(cls):
     features_dense, state_dense = run(dense)
     features_sparse, state_sparse = run(sparse)
     torch.testing.assert_close(features_sparse, features_dense, rtol=0, atol=1e-12)
-    torch.testing.assert_close(sparse.flatten_state(state_sparse), dense.flatten_state(state_dense), rtol=0, atol=1e-12)
+    fields_dense, fields_sparse = state_dense._asdict(), state_sparse._asdict()
+    if cls is DNCCell:  # the same link, held as N entries per row
+        fields_sparse["link"] = addressing.dense_link(fields_sparse.pop("link_values"), fields_sparse.pop("link_index").long())
+    assert fields_sparse.keys() == fields_dense.keys()
+    for name, value in fields_dense.items():
+        torch.testing.assert_close(fields_sparse[name], value, rtol=0, atol=1e-12, msg=name)
     features_dense.square().sum().backward()
     features_sparse.square().sum().backward()
     for (name, p_dense), p_sparse in zip(dense.named_parameters(), sparse.parameters()):
@@ -134,7 +216,9 @@ def test_sparse_core_differs_from_dense_and_keeps_k_slots_per_weighting(cls):
     assert int((state.write_weights > 0).sum(-1).max()) <= 3
     if cls is DNCCell:
         assert int((state.precedence > 0).sum(-1).max()) <= 3
-        assert int((state.link > 0).sum(-1).max()) <= 3  # K entries per row of the link
+        assert state.link_values.shape == (3, 16, 3)  # K entries per row of the link, not N
+        link = addressing.dense_link(state.link_values, state.link_index.long())
+        assert float(link.detach().sum()) > 0 and float(link.detach().diagonal(dim1=1, dim2=2).abs().max()) == 0
     else:
         # An NTM head's weighting stays a distribution over its K slots.
         torch.testing.assert_close(state.read_weights.sum(-1), torch.ones(3, 1))
@@ -162,7 +246,8 @@ def test_gradient_reaches_only_the_slots_a_step_touches(cls, heads):
     assert int(touched.min()) >= 1
     dense = make_cell(cls, memory_units=n)
     memory.grad = None
-    dense.forward_sequence(torch.randn(1, 2, INPUT_DIM), state._replace(memory=memory))[0].sum().backward()
+    dense_state = dense.initial_state(2)._replace(memory=memory)
+    dense.forward_sequence(torch.randn(1, 2, INPUT_DIM), dense_state)[0].sum().backward()
     assert int((memory.grad.abs().sum(-1) > 0).sum(-1).min()) == n  # the dense core touches every slot
 
 

@@ -340,6 +340,72 @@ def directional_weights(link: Tensor, prev_read_weights: Tensor) -> tuple[Tensor
     return forward, backward
 
 
+def sparse_update_link(
+    values: Tensor, index: Tensor, prev_precedence: Tensor, write_weights: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """
+    :func:`update_link` on a link that keeps ``k`` entries per row (the sparse DNC, Rae et al.,
+    2016), held as their values and column indices: row ``i`` has ``L[i, index[i, m]] = values[i, m]``
+    and 0 elsewhere. The same equation, ``(1 - w_i - w_j) L[i, j] + w_i p_j`` with a zero diagonal,
+    then each row's ``k`` largest entries kept, in O(N k^2) instead of O(N^2). ``write_weights``
+    and ``prev_precedence`` must have at most ``k`` non-zeros per row; the indices of a row must be
+    distinct (:func:`initial_link_index` starts them so, and this keeps them so).
+
+    :param values: (B, N, k)
+    :param index: (B, N, k) integer column indices
+    :param prev_precedence: (B, N) precedence before this step's write
+    :param write_weights: (B, N)
+    :param k: entries per row
+    :return: the new values and index, each (B, N, k)
+    """
+    rows = torch.arange(values.shape[1], device=values.device).view(1, -1, 1)
+    kept = values * ((1.0 - write_weights).unsqueeze(-1) - write_weights.gather(-1, index.flatten(1)).view_as(values))
+    kept = torch.where(index == rows, torch.zeros_like(kept), kept)  # the zero diagonal, as the dense link's mask
+    precedence, columns = torch.topk(prev_precedence, k, dim=-1, sorted=False)  # its non-zeros, at most k
+    columns = columns.unsqueeze(1).expand_as(index)
+    added = write_weights.unsqueeze(-1) * precedence.unsqueeze(1)
+    added = torch.where(columns == rows, torch.zeros_like(added), added)  # no self-link
+    # A column already in the row gets its addition there (the indices of a row are distinct)...
+    same = (columns.unsqueeze(-1) == index.unsqueeze(-2)).to(values.dtype)  # (B, N, new k, old k)
+    kept = kept + (added.unsqueeze(-1) * same).sum(-2)
+    # ...and a new column competes for the row's k places. A column already there drops out (-1:
+    # below every entry, so that a row with few links cannot hold one column twice).
+    added = torch.where(same.sum(-1) > 0, torch.full_like(added, -1.0), added)
+    candidates, candidate_index = torch.cat([kept, added], -1), torch.cat([index, columns], -1)
+    new_values, chosen = torch.topk(candidates, k, dim=-1, sorted=False)
+    return new_values, candidate_index.gather(-1, chosen)
+
+
+def initial_link_index(batch: int, n: int, k: int, device: Optional[torch.device] = None) -> Tensor:
+    """Column indices of an empty sparse link: ``0..k-1`` in every row (distinct, as :func:`sparse_update_link` needs)."""
+    return torch.arange(k, device=device).expand(batch, n, k)
+
+
+def sparse_directional_weights(values: Tensor, index: Tensor, prev_read_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """
+    :func:`directional_weights` of a sparse link (see :func:`sparse_update_link`), in O(R N k):
+    ``f_i = sum_m L[i, index[i, m]] w[index[i, m]]`` gathers, ``b_j = sum_i w_i L[i, j]`` scatters.
+
+    :param values: (B, N, k)
+    :param index: (B, N, k) integer column indices
+    :param prev_read_weights: (B, R, N)
+    :return: forward, backward, each (B, R, N)
+    """
+    batch, heads, n = prev_read_weights.shape
+    flat_index = index.flatten(1).unsqueeze(1).expand(batch, heads, -1)  # (B, R, N k)
+    gathered = prev_read_weights.gather(-1, flat_index).view(batch, heads, n, -1)
+    forward = (gathered * values.unsqueeze(1)).sum(-1)
+    spread = (prev_read_weights.unsqueeze(-1) * values.unsqueeze(1)).flatten(2)
+    backward = torch.zeros_like(prev_read_weights).scatter_add(-1, flat_index, spread)
+    return forward, backward
+
+
+def dense_link(values: Tensor, index: Tensor) -> Tensor:
+    """The (B, N, N) matrix of a sparse link (see :func:`sparse_update_link`), for pictures and tests."""
+    n = values.shape[1]
+    return torch.zeros(*values.shape[:2], n, dtype=values.dtype, device=values.device).scatter_add(-1, index, values)
+
+
 def sharpen_links(weights: Tensor, sharpness: Tensor, eps: float = 1e-6) -> Tensor:
     """
     Link sharpness enhancement (Csordás and Schmidhuber, 2019): forward or backward weightings

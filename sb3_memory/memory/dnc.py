@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sb3_memory.memory import addressing
-from sb3_memory.memory.core import ExternalMemoryCore, weighting_entropy
+from sb3_memory.memory.core import ExternalMemoryCore, State, weighting_entropy
 
 
 class DNCState(NamedTuple):
@@ -20,6 +20,21 @@ class DNCState(NamedTuple):
     usage: Tensor  # (B, N)
     precedence: Tensor  # (B, N)
     link: Tensor  # (B, N, N)
+    controller_hidden: Tensor  # (B, C), (B, 0) for an mlp controller
+    controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
+
+
+class SparseDNCState(NamedTuple):
+    """State of a sparse :class:`DNCCell` (``sparse_top_k=K``): the link as K entries per row."""
+
+    memory: Tensor  # (B, N, W)
+    read_vectors: Tensor  # (B, R, W)
+    read_weights: Tensor  # (B, R, N), at most K non-zeros per head
+    write_weights: Tensor  # (B, 1, N), at most K non-zeros
+    usage: Tensor  # (B, N)
+    precedence: Tensor  # (B, N), at most K non-zeros
+    link_values: Tensor  # (B, N, K): L[i, link_index[i, m]] = link_values[i, m], 0 elsewhere
+    link_index: Tensor  # (B, N, K) column indices, held as floats (exact below 2^24 slots in float32)
     controller_hidden: Tensor  # (B, C), (B, 0) for an mlp controller
     controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
 
@@ -68,10 +83,12 @@ class DNCCell(ExternalMemoryCore):
         content weightings are softmaxes over the K most similar slots, allocation goes to the K
         least used slots (:func:`~sb3_memory.memory.addressing.sparse_allocation_weights`), and the
         write weighting, the read weightings, the precedence and every row of the link matrix keep
-        their K largest entries; ``None`` (default) for the dense DNC
+        their K largest entries. The link is then held as K values and column indices per row
+        (:class:`SparseDNCState`), O(N K) in the state and per step instead of O(N^2); ``None``
+        (default) for the dense DNC
     """
 
-    state_type = DNCState
+    state_type: type = DNCState  # SparseDNCState with sparse_top_k
     native_core = "dnc"
     off_diagonal: Tensor  # 1 - I, (N, N), a buffer
 
@@ -127,6 +144,8 @@ class DNCCell(ExternalMemoryCore):
             backend,
             sparse_top_k,
         )
+        if self.sparse_top_k is not None:
+            self.state_type = SparseDNCState
         r, w = self.num_read_heads, self.memory_unit_size
         # Built once, not at every step; not saved (it follows from the sizes).
         self.register_buffer("off_diagonal", 1.0 - torch.eye(self.memory_units), persistent=False)
@@ -144,7 +163,8 @@ class DNCCell(ExternalMemoryCore):
         self.interface = nn.Linear(self.controller_dim, sum(self._sizes))
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        n, w, r = self.memory_units, self.memory_unit_size, self.num_read_heads
+        n, w, r, k = self.memory_units, self.memory_unit_size, self.num_read_heads, self.sparse_top_k
+        link: dict[str, tuple[int, ...]] = {"link": (n, n)} if k is None else {"link_values": (n, k), "link_index": (n, k)}
         return {
             "memory": (n, w),
             "read_vectors": (r, w),
@@ -152,10 +172,17 @@ class DNCCell(ExternalMemoryCore):
             "write_weights": (1, n),
             "usage": (n,),
             "precedence": (n,),
-            "link": (n, n),
+            **link,
             "controller_hidden": (self.controller.hidden_size,),
             "controller_cell": (self.controller.cell_size,),
         }
+
+    def initial_row(self, device: torch.device, dtype: torch.dtype) -> State:
+        row = super().initial_row(device, dtype)
+        if self.sparse_top_k is None:
+            return row
+        index = addressing.initial_link_index(1, self.memory_units, self.sparse_top_k, device)
+        return row._replace(link_index=index.to(dtype))
 
     def _native_config(self) -> dict[str, int]:
         return dict(N=self.memory_units, W=self.memory_unit_size, R=self.num_read_heads, Hw=1, P=self.interface.out_features)
@@ -171,7 +198,7 @@ class DNCCell(ExternalMemoryCore):
             return f"the native kernels implement the paper's DNC; {enabled} run on the reference path"
         return super()._native_unsupported()
 
-    def step(self, projected_input: Tensor, state: DNCState) -> tuple[Tensor, DNCState]:
+    def step(self, projected_input: Tensor, state: State) -> tuple[Tensor, State]:
         batch = projected_input.shape[0]
         r, w = self.num_read_heads, self.memory_unit_size
         output, hidden, cell = self.controller.step(
@@ -208,10 +235,18 @@ class DNCCell(ExternalMemoryCore):
         memory = addressing.write(
             state.memory, write_weights.unsqueeze(1), erase.unsqueeze(1), write_vector.unsqueeze(1), retention
         )
-        link = self.sparse(addressing.update_link(state.link, state.precedence, write_weights, self.off_diagonal))
+        if self.sparse_top_k is None:
+            link = addressing.update_link(state.link, state.precedence, write_weights, self.off_diagonal)
+            forward, backward = addressing.directional_weights(link, state.read_weights)
+            link_fields: tuple[Tensor, ...] = (link,)
+        else:
+            link_values, link_index = addressing.sparse_update_link(
+                state.link_values, state.link_index.long(), state.precedence, write_weights, self.sparse_top_k
+            )
+            forward, backward = addressing.sparse_directional_weights(link_values, link_index, state.read_weights)
+            link_fields = (link_values, link_index.to(link_values.dtype))
         precedence = self.sparse(addressing.update_precedence(state.precedence, write_weights))
 
-        forward, backward = addressing.directional_weights(link, state.read_weights)
         if self.options["link_sharpness"]:
             forward = addressing.sharpen_links(forward, strengths[:, r + 1 : 2 * r + 1])
             backward = addressing.sharpen_links(backward, strengths[:, 2 * r + 1 :])
@@ -219,12 +254,12 @@ class DNCCell(ExternalMemoryCore):
         read_weights = self.sparse(addressing.read_weights(backward, read_content, forward, modes))
         read_vectors = addressing.read(memory, read_weights)
         features = torch.cat([output, read_vectors.reshape(batch, -1)], dim=1)
-        new_state = DNCState(
-            memory, read_vectors, read_weights, write_weights.unsqueeze(1), usage, precedence, link, hidden, cell
+        new_state = self.state_type(
+            memory, read_vectors, read_weights, write_weights.unsqueeze(1), usage, precedence, *link_fields, hidden, cell
         )
         return features, new_state
 
-    def diagnostics(self, state: DNCState) -> dict[str, float]:
+    def diagnostics(self, state: State) -> dict[str, float]:
         return {
             "usage_mean": float(state.usage.mean()),
             "write_weight_sum": float(state.write_weights.sum(-1).mean()),
