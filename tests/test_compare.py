@@ -128,8 +128,8 @@ def test_report_rows(tmp_path):
     results += [run("memory_ppo-lstm", 0, [50.0, 30.0]), run("memory_ppo-lstm", 1, [50.0, 50.0])]
     write_report(results, tmp_path, "python scripts/compare.py --test")
     table = (tmp_path / "comparison.md").read_text()
-    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | - | 450 | 200 | 15 | 20 |" in table
-    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | - | -450.00 (p=nan) | 450 | - (0/1) | 10 | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo_lstm | 2 | 200 | 470.00 ± 127.06 | - | - | 450 | 200 | 15 | - | 20 |" in table
+    assert "| CartPoleNoVel-v1 | ppo | 1 | 200 | 20.00 ± nan | - | -450.00 (p=nan) | 450 | - (0/1) | 10 | - | 20 |" in table
     # Welch with equal variances and two seeds each has df = 2, where p = 1 - t / sqrt(2 + t^2),
     # t = difference / sqrt(200).
     p_control, p_baseline = (1 - t / (2 + t * t) ** 0.5 for t in (40 / 200**0.5, 390 / 200**0.5))
@@ -258,6 +258,23 @@ def test_stop_training_on_wall_clock():
     assert not callback._on_step()
     with pytest.raises(ValueError, match="seconds"):
         StopTrainingOnWallClock(seconds=-1.0)
+    with pytest.raises(ValueError, match="clock must be one of"):
+        StopTrainingOnWallClock(seconds=1.0, clock="gpu")
+
+
+def test_stop_training_on_cpu_clock_counts_only_this_process_work():
+    import time
+
+    from sb3_memory.common.callbacks import StopTrainingOnWallClock
+
+    callback = StopTrainingOnWallClock(seconds=0.2, clock="cpu")
+    callback._on_training_start()
+    time.sleep(0.3)  # waiting (for a shared core, say) uses no CPU time
+    assert callback._on_step()
+    start = time.process_time()
+    while time.process_time() - start < 0.25:
+        pass
+    assert not callback._on_step()
 
 
 def test_report_scores_generalisation_and_equal_time(tmp_path):
@@ -279,6 +296,28 @@ def test_report_scores_generalisation_and_equal_time(tmp_path):
     assert f"| +0.38 (p={p_steps:.3f}) |" in dnc_row and "| 0.890 | 0.790 |" in dnc_row
     assert dnc_row.endswith(f"memory_ppo-lstm@100s: +0.34 (p={p_time:.3f}) |")
     assert "| memory_ppo-lstm@100s | 2 | 200 | 0.650 ±" in table
+
+
+def test_report_matches_cpu_clock_runs_by_cpu_seconds(tmp_path):
+    """Runs timed on the CPU clock are matched with the memory agent's CPU time, not its wall time."""
+
+    def run(algo, seed, score, wall_clock=None, cpu_seconds=100.0):
+        return dict(
+            algo=algo, env="sb3_memory/BinaryCopy-v0", seed=seed, timesteps=[100, 200], mean_returns=[1.0, 10 * score],
+            wall_seconds=300.0, cpu_seconds=cpu_seconds, steps_per_second=2.0, wall_clock=wall_clock,
+            clock="cpu", scores={"trained": score, "2x": score, "4x": score},
+        )  # fmt: skip
+
+    results = [run("memory_ppo-dnc", seed, 1.0 - 0.01 * seed) for seed in (0, 1)]
+    # Wall time 300 s would pick the 300 s runs; the DNC's CPU time (100 s) must pick the 100 s ones.
+    results += [run("memory_ppo-lstm", seed, 0.6 + 0.01 * seed, 100.0) for seed in (0, 1)]
+    results += [run("memory_ppo-lstm", seed, 0.9 + 0.01 * seed, 300.0, cpu_seconds=300.0) for seed in (0, 1)]
+    write_report(results, tmp_path, "python scripts/compare.py --test")
+    table = (tmp_path / "comparison.md").read_text()
+    dnc_row = next(line for line in table.splitlines() if "| memory_ppo-dnc | 2 | 200 | 0.995 ±" in line)
+    assert "memory_ppo-lstm@100s-cpu: +0.39" in dnc_row
+    assert "| memory_ppo-lstm@300s-cpu | 2 |" in table
+    assert "| 300 | 100 | 2 |" in table  # wall and CPU seconds side by side
 
 
 def test_report_of_wall_clock_runs_alone(tmp_path):

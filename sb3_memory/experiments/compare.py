@@ -141,20 +141,38 @@ def threshold_for(env: str, env_kwargs: Optional[list[str]] = None) -> Optional[
     return threshold
 
 
-def run_label(algo: str, wall_clock: Optional[float] = None) -> str:
-    """An algorithm's name, with ``@<seconds>s`` for its runs at equal wall clock."""
-    return algo if not wall_clock else f"{algo}@{wall_clock:g}s"
+def run_label(algo: str, wall_clock: Optional[float] = None, clock: str = "wall") -> str:
+    """An algorithm's name, with ``@<seconds>s`` for its runs at equal time (``@<seconds>s-cpu`` on the CPU clock)."""
+    if not wall_clock:
+        return algo
+    return f"{algo}@{wall_clock:g}s" + ("-cpu" if clock == "cpu" else "")
 
 
 def label_of(result: dict[str, Any]) -> str:
-    return run_label(result["algo"], result.get("wall_clock"))
+    return run_label(result["algo"], result.get("wall_clock"), result.get("clock", "wall"))
 
 
 def run_dir(
-    root: Path, algo: str, env: str, seed: int, env_kwargs: Optional[list[str]] = None, wall_clock: Optional[float] = None
+    root: Path,
+    algo: str,
+    env: str,
+    seed: int,
+    env_kwargs: Optional[list[str]] = None,
+    wall_clock: Optional[float] = None,
+    clock: str = "wall",
 ) -> Path:
     task = task_name(env, env_kwargs).replace("/", "__").replace(" ", "-")
-    return root / run_label(algo, wall_clock) / task / f"seed_{seed}"
+    return root / run_label(algo, wall_clock, clock) / task / f"seed_{seed}"
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (user + system), where the platform keeps it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return math.nan
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def length_settings(env: str, env_kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -224,16 +242,17 @@ def score_final_model(folder: Path, zoo_algo: str, env: str, env_kwargs: dict[st
 
 def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one (algo, env, seed) through the zoo, unless it already finished; return its result."""
-    wall_clock = getattr(args, "wall_clock", None)
-    folder = run_dir(root, algo, env, seed, args.env_kwargs, wall_clock)
+    wall_clock, clock = getattr(args, "wall_clock", None), getattr(args, "clock", "wall")
+    folder = run_dir(root, algo, env, seed, args.env_kwargs, wall_clock, clock)
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     zoo_algo, config, params, policy_overrides = ALGOS[algo]
     config_file = config_path(config)
-    callbacks = [{"sb3_memory.common.callbacks.StopTrainingOnWallClock": {"seconds": wall_clock}}] if wall_clock else []
+    stop = {"seconds": wall_clock, "clock": clock}
+    callbacks = [{"sb3_memory.common.callbacks.StopTrainingOnWallClock": stop}] if wall_clock else []
     if policy_overrides or callbacks:
-        derived_path = root / "configs" / f"{run_label(algo, wall_clock)}.yml"
+        derived_path = root / "configs" / f"{run_label(algo, wall_clock, clock)}.yml"
         config_file = derived_config(config_file, derived_path, policy_overrides, callbacks)
     command = [
         sys.executable, "-m", "sb3_memory.zoo", "train",
@@ -252,10 +271,10 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
         command += ["--env-kwargs", *args.env_kwargs]
     folder.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), children_cpu_seconds()
     with open(folder / "train.log", "w") as log:
         completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu_start
     if completed.returncode != 0:
         raise RuntimeError(f"{algo} on {env} (seed {seed}) failed; see {folder / 'train.log'}")
     evaluations = np.load(next((folder / "zoo").glob("*/*/evaluations.npz")))
@@ -269,8 +288,10 @@ def run_one(root: Path, algo: str, env: str, seed: int, args: argparse.Namespace
         timesteps=timesteps.tolist(),
         mean_returns=evaluations["results"].mean(axis=1).tolist(),
         wall_seconds=wall,
+        cpu_seconds=cpu,
         steps_per_second=float(timesteps[-1]) / wall if len(timesteps) else math.nan,
         wall_clock=wall_clock,
+        clock=clock,
         scores=score_final_model(folder, zoo_algo, env, parse_env_kwargs(args.env_kwargs), args.score_episodes),
     )
     result_file.write_text(json.dumps(result))
@@ -355,7 +376,14 @@ def versus(finals: list[float], other: list[float]) -> str:
 
 
 def _time_of(label: str) -> float:
-    return float(label.partition("@")[2].rstrip("s") or 0)
+    """The seconds of an equal-time label (``algo@900s`` or ``algo@900s-cpu``), 0 for a step budget."""
+    return float(label.partition("@")[2].removesuffix("-cpu").rstrip("s") or 0)
+
+
+def _median_seconds(runs: list[dict[str, Any]], clock: str) -> float:
+    """The runs' median time on ``clock`` (``nan`` where runs did not record it)."""
+    key = "cpu_seconds" if clock == "cpu" else "wall_seconds"
+    return float(np.median([r.get(key, math.nan) for r in runs])) if runs else math.nan
 
 
 def score_row(
@@ -364,7 +392,6 @@ def score_row(
     task_results: list[dict[str, Any]],
     control: Optional[str],
     baseline: Optional[str],
-    wall: float,
     last_steps: int,
 ) -> Optional[str]:
     """The row of the scores table for one algorithm on one task (``None`` for runs without scores)."""
@@ -380,10 +407,18 @@ def score_row(
     generalisation = " | ".join(
         f"{np.mean(scores_of(label, f'{k}x')):.3f}" if scores_of(label, f"{k}x") else "-" for k in GENERALISATION_FACTORS
     )
-    # A step-budget memory agent against the control and RecurrentPPO given its wall time, where they ran.
+    # A step-budget memory agent against the control and RecurrentPPO given its time, where they ran:
+    # its median wall or CPU seconds, on the clock those runs were timed by.
     at_time = []
     if "@" not in label and algo.startswith(MEMORY_ALGOS):
-        timed = sorted({label_of(r) for r in task_results if r.get("wall_clock")}, key=lambda t: abs(_time_of(t) - wall))
+        own = [r for r in task_results if label_of(r) == label]
+        timed_runs = {label_of(r): r.get("clock", "wall") for r in task_results if r.get("wall_clock")}
+
+        def distance(timed_label: str) -> float:
+            gap = abs(_time_of(timed_label) - _median_seconds(own, timed_runs[timed_label]))
+            return math.inf if math.isnan(gap) else gap
+
+        timed = sorted(timed_runs, key=distance)
         for other in (CONTROLS.get(algo), BASELINE):
             match = next((t for t in timed if t.partition("@")[0] == other), None)
             if match is not None:
@@ -399,8 +434,8 @@ RESULTS_FILE = "runs.jsonl"  # beside each report: the runs it counted
 
 
 def run_key(result: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two results the same run: algorithm, env, difficulty, seed and wall-clock budget."""
-    return result["algo"], result["env"], tuple(result.get("env_kwargs") or []), result["seed"], result.get("wall_clock")
+    """What makes two results the same run: algorithm, env, difficulty, seed and time budget (with its clock)."""
+    return result["algo"], result["env"], tuple(result.get("env_kwargs") or []), result["seed"], label_of(result)
 
 
 def read_results(paths: list[Path]) -> list[dict[str, Any]]:
@@ -440,17 +475,18 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
         "Final return: mean of the last evaluation (deterministic episodes) over seeds, ± half-width of the 95% "
         "t-interval. Steps to threshold: median over seeds of the first evaluation at or above it ('-' if a seed "
         "never reached it: count in brackets). Wall time and steps/s: median over seeds, one thread each, process "
-        "start-up and evaluations included. "
+        "start-up and evaluations included; CPU (s): the same runs' CPU time. "
         "vs control: difference of the mean final returns from the LSTMPolicy agent of the same algorithm and "
         "settings (the same framework without the external memory), with the p-value of Welch's t-test; "
         "vs RecurrentPPO: the same against sb3-contrib's RecurrentPPO (with 3 seeds only large differences can "
         "reach p < 0.05). An algorithm named `name@Ss` was given S seconds of training instead of a step budget "
-        "(equal wall clock); its comparisons are with runs of the same wall time. "
+        "(equal wall clock; `name@Ss-cpu`: S seconds of its own CPU time, fair where runs shared the machine); its "
+        "comparisons are with runs of the same time. "
         "Figure: mean over seeds, band from the lowest to the highest seed (runs with a step budget only).",
         "",
         "| env | algorithm | seeds | steps | final return | vs control | vs RecurrentPPO | threshold "
-        "| steps to threshold | wall (s) | steps/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steps to threshold | wall (s) | CPU (s) | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     score_lines: list[str] = []
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
@@ -486,12 +522,14 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             steps = f"{int(np.median(hits))}" if len(hits) == len(runs) else f"- ({len(hits)}/{len(runs)})"
             threshold_text = "-" if threshold is None else f"{threshold:g}"
             wall, speed = np.median([r["wall_seconds"] for r in runs]), np.median([r["steps_per_second"] for r in runs])
+            cpu = _median_seconds(runs, "cpu")
             last_steps = int(np.median([r["timesteps"][-1] for r in runs]))
             lines.append(
                 f"| {task} | {label} | {len(runs)} | {last_steps} | {mean:.2f} ± {half:.2f} | {versus_control} "
-                f"| {versus_baseline} | {threshold_text} | {steps} | {wall:.0f} | {speed:.0f} |"
+                f"| {versus_baseline} | {threshold_text} | {steps} | {wall:.0f} | {'-' if math.isnan(cpu) else f'{cpu:.0f}'} "
+                f"| {speed:.0f} |"
             )
-            row = score_row(task, label, task_results, control, baseline, wall, last_steps)
+            row = score_row(task, label, task_results, control, baseline, last_steps)
             if row is not None:
                 score_lines.append(row)
             if "@" in label:
@@ -523,7 +561,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
             "difficulty, ± half-width of the 95% t-interval over seeds; vs columns as above, on the score. "
             f"{factors}: the same model on episodes whose every sequence is that many times the longest trained "
             "one (never seen in training). At equal time: the memory agent's score against the control and "
-            "RecurrentPPO given the wall time closest to its own median (named with their seconds).",
+            "RecurrentPPO given the time closest to its own median on the same clock (named with their seconds).",
             "",
             f"| env | algorithm | seeds | steps | score | vs control | vs RecurrentPPO | {factors} | at equal time |",
             "|---|---|---|---|---|---|---|" + "---|" * len(GENERALISATION_FACTORS) + "---|",
@@ -570,7 +608,7 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
     """
 
     def result_path(job: tuple[str, str, int]) -> Path:
-        return run_dir(args.runs, *job, args.env_kwargs, args.wall_clock) / "result.json"
+        return run_dir(args.runs, *job, args.env_kwargs, args.wall_clock, args.clock) / "result.json"
 
     results = [json.loads(path.read_text()) for path in map(result_path, jobs) if path.exists()]
     todo = [job for job in jobs if not result_path(job).exists()]
@@ -636,6 +674,13 @@ def main() -> None:
         type=float,
         help="train for this many seconds instead of a step budget (at most "
         f"{WALL_CLOCK_STEP_CAP}x the budget): the runs at equal wall clock, named algo@<seconds>s",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what --wall-clock counts: wall time, or the run's own CPU time (fair where runs share the machine; "
+        "named algo@<seconds>s-cpu)",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs", "compare"), help="where runs are kept")
     parser.add_argument("--out", type=Path, default=Path("docs", "results"))
