@@ -2,11 +2,23 @@
 # Creates ./.venv if needed and installs sb3-memory into it, editable, with the given extras
 # (default "dev": tests, rl-zoo3, Optuna, matplotlib).
 # torch is installed first and pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+# pip's own progress is shown (a fresh set-up downloads a few hundred MB); a second run is quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-dev}"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    .venv/bin/python -m pip install --quiet "torch==2.13.0"
+pip_install() { .venv/bin/python -m pip install --disable-pip-version-check --progress-bar on "$@"; }
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet -e ".[${extras}]"
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "setup: [1/2] PyTorch 2.13.0, CPU build"
+    pip_install "torch==2.13.0"
+fi
+echo "setup: [2/2] sb3-memory and its [${extras}] extras"
+if .venv/bin/python -m pip show --quiet sb3-memory 2>/dev/null; then
+    pip_install --quiet -e ".[${extras}]"  # already installed: only what changed, without the listing
+else
+    pip_install -e ".[${extras}]" | { grep -v -e "^Requirement already satisfied" -e "^  Using cached" || true; }
+fi
+echo "setup: done"
