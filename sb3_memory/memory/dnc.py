@@ -148,7 +148,9 @@ class DNCCell(ExternalMemoryCore):
             self.state_type = SparseDNCState
         r, w = self.num_read_heads, self.memory_unit_size
         # Built once, not at every step; not saved (it follows from the sizes).
-        self.register_buffer("off_diagonal", 1.0 - torch.eye(self.memory_units), persistent=False)
+        # The sparse link has no N x N matrix to mask (and at large N this would not fit).
+        off_diagonal = 1.0 - torch.eye(self.memory_units) if self.sparse_top_k is None else torch.ones(0)
+        self.register_buffer("off_diagonal", off_diagonal, persistent=False)
         # Interface layout, grouped by nonlinearity so each group is activated in one call:
         # [read keys, write key, write vector] raw | [read strengths, write strength, (forward and
         # backward sharpness)] oneplus | [erase, free gates, allocation gate, write gate, (read
