@@ -51,6 +51,20 @@ def test_top_k_weights_matches_loop_reference():
     torch.testing.assert_close(kept, expected, rtol=0, atol=0)
 
 
+def test_top_k_breaks_ties_at_the_lowest_index():
+    values = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0, 2.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0], [0.0, 3.0, 1.0, 3.0, 2.0, -1.0]])
+    kept, index = addressing.top_k(values, 2)
+    assert index.tolist() == [[1, 2], [0, 1], [1, 3]]
+    torch.testing.assert_close(kept, values.gather(-1, index))
+    # Without ties it is torch.topk's choice, in ascending index order.
+    noise = torch.rand(5, 4, 40, generator=torch.Generator().manual_seed(1))
+    _, index = addressing.top_k(noise, 7)
+    assert torch.equal(index, torch.topk(noise, 7).indices.sort(-1).values)
+    # A NaN row is left to torch.topk rather than failing.
+    _, index = addressing.top_k(torch.tensor([[0.0, float("nan"), 1.0]]), 2)
+    assert 1 in index.tolist()[0]
+
+
 def test_top_k_of_dense_size_is_the_dense_weighting():
     weights = torch.rand(3, 8)
     assert addressing.top_k_weights(weights, 8, renormalise=True) is weights

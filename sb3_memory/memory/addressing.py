@@ -33,6 +33,28 @@ def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = 1e-6) -> Tensor
     return dot / (norms + eps)
 
 
+def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """
+    The ``k`` largest entries of each row and their indices, ties going to the lowest index
+    (``torch.topk`` leaves the choice among ties to its implementation). A memory that starts as a
+    constant ties every slot, so the choice decides which slots an episode's first step touches;
+    fixing it makes the reference and the native kernels choose alike. O(N) per row.
+
+    :param values: (..., N)
+    :param k: entries per row, at most N
+    :return: values and indices, each (..., k), indices ascending
+    """
+    largest = torch.topk(values, k, dim=-1).values
+    if bool(largest.isnan().any()):  # topk ranks NaN first, and NaN equals nothing: leave it to topk
+        return torch.topk(values, k, dim=-1, sorted=False)
+    threshold = largest[..., -1:]
+    above, tied = values > threshold, values == threshold
+    missing = k - above.sum(-1, keepdim=True)
+    keep = above | (tied & (tied.cumsum(-1) <= missing))
+    index = keep.nonzero()[:, -1].view(*values.shape[:-1], k)  # exactly k per row, in row order
+    return values.gather(-1, index), index
+
+
 def top_k_softmax(logits: Tensor, k: Optional[int] = None) -> Tensor:
     """
     Softmax over the ``k`` largest logits of each row, 0 elsewhere: SAM's sparse content weighting
@@ -41,11 +63,11 @@ def top_k_softmax(logits: Tensor, k: Optional[int] = None) -> Tensor:
 
     :param logits: (..., N)
     :param k: logits kept per row
-    :return: (..., N), at most ``k`` non-zeros per row (ties: any of the tied logits may be kept)
+    :return: (..., N), at most ``k`` non-zeros per row (ties: the lowest indices are kept, see :func:`top_k`)
     """
     if k is None or k >= logits.shape[-1]:
         return torch.softmax(logits, dim=-1)
-    values, index = torch.topk(logits, k, dim=-1, sorted=False)
+    values, index = top_k(logits, k)
     return torch.zeros_like(logits).scatter(-1, index, torch.softmax(values, dim=-1))
 
 
@@ -98,11 +120,11 @@ def top_k_weights(weights: Tensor, k: int, renormalise: bool = False, eps: float
     :param k: entries kept per row
     :param renormalise: rescale the kept entries of each row to sum to 1 (for distributions)
     :param eps: guards the rescaling of a row whose kept entries are all 0
-    :return: (..., N), at most ``k`` non-zeros per row (ties: any of the tied entries may be kept)
+    :return: (..., N), at most ``k`` non-zeros per row (ties: the lowest indices are kept, see :func:`top_k`)
     """
     if k >= weights.shape[-1]:
         return weights
-    values, index = torch.topk(weights, k, dim=-1, sorted=False)
+    values, index = top_k(weights, k)
     if renormalise:
         values = values / values.sum(dim=-1, keepdim=True).clamp_min(eps)
     return torch.zeros_like(weights).scatter(-1, index, values)
