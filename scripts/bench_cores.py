@@ -1,15 +1,16 @@
 """Time forward + backward of the memory cores over a sequence (the hot loop of training).
 
 Usage: python scripts/bench_cores.py [--repeats 7] [--threads 1] [--reference] [--compile]
-       python scripts/bench_cores.py --cores dnc ntm --memory-units 32 128 1024 --sparse-top-k 8
+       python scripts/bench_cores.py --cores ntm dnc --steps 32 --batch 8 --memory-unit-size 16 \
+           --memory-units 32 1024 8192 65536 --sparse-top-k 8
 
 Configurations follow the public NTM/DNC implementations' defaults so the numbers compare:
 DNC with a 64-unit LSTM controller, N=64, W=32, R=4, input 16; NTM with a 100-unit LSTM
 controller, N=128, W=20, one read and one write head, input 9; T=50 steps at batch 16.
 Rows: the default path (the native kernels), and on request the PyTorch reference path, eager
 (``--reference``) and with ``compile_step=True`` (``--compile``), and sparse reads and writes
-(``--sparse-top-k K``, the cores' ``sparse_top_k``; today on the reference path). ``--memory-units``
-makes the memory size an axis (NTM and DNC). The paths alternate repeat by repeat, so machine
+(``--sparse-top-k K``, the cores' ``sparse_top_k``: the NTM's sparse kernels, the DNC's reference
+path). ``--memory-units`` makes the memory size an axis (NTM and DNC), ``--memory-unit-size`` sets W. The paths alternate repeat by repeat, so machine
 noise hits them alike. Each row also gives the bytes of one environment's state (float32), what a
 rollout buffer stores per chunk.
 """
@@ -35,7 +36,7 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
-# A state this large (the DNC's N x N link at N >= 8192) is not timed: it does not fit.
+# A state this large (the dense DNC's N x N link at N >= 8192) is not timed: it does not fit.
 MAX_STATE_BYTES = 2**30
 
 
@@ -57,12 +58,16 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time the eager reference path")
     parser.add_argument("--compile", action="store_true", help="also time the reference path with compile_step=True")
     parser.add_argument("--memory-units", type=int, nargs="+", help="N for the NTM and the DNC (default: their configs')")
+    parser.add_argument("--memory-unit-size", type=int, help="W for the NTM and the DNC (default: their configs')")
     parser.add_argument("--sparse-top-k", type=int, help="also time sparse_top_k=K (reads and writes touch K slots)")
+    parser.add_argument(
+        "--dense-up-to", type=int, default=2**31, help="time the dense paths only up to this N (they grow as N or N^2)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = ["default"] + ["reference"] * args.reference + ["reference+compile"] * args.compile
     if args.sparse_top_k is not None:
-        PATHS[f"sparse K={args.sparse_top_k}"] = dict(sparse_top_k=args.sparse_top_k, backend="reference")
+        PATHS[f"sparse K={args.sparse_top_k}"] = dict(sparse_top_k=args.sparse_top_k)
         paths.append(f"sparse K={args.sparse_top_k}")
     print(f"T={args.steps} batch={args.batch} threads={args.threads}, forward+backward, median of {args.repeats}")
     for name in args.cores:
@@ -70,7 +75,10 @@ def main() -> None:
         sizes = [base.get("memory_units")] if name == "lstm" or not args.memory_units else args.memory_units
         for units in sizes:
             kwargs = dict(base) if units is None else {**base, "memory_units": units}
-            bench(name, cls, kwargs, [p for p in paths if name != "lstm" or not p.startswith("sparse")], args)
+            if args.memory_unit_size and name != "lstm":
+                kwargs["memory_unit_size"] = args.memory_unit_size
+            chosen = [p for p in paths if p.startswith("sparse") or (units or 0) <= args.dense_up_to]
+            bench(name, cls, kwargs, [p for p in chosen if name != "lstm" or not p.startswith("sparse")], args)
 
 
 def bench(name: str, cls: type, kwargs: dict[str, Any], paths: list[str], args: argparse.Namespace) -> None:

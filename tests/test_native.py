@@ -107,6 +107,64 @@ def test_native_equals_reference_over_a_chunk(name, controller, kwargs, dtype):
     assert_paths_agree(make_core(name, controller, dtype, **kwargs), dtype, steps=32, batch=8, **TOLERANCES[dtype])
 
 
+SPARSE_NTM_CASES = [
+    pytest.param(controller, kwargs, id=f"{controller}-{'-'.join(f'{k}{v}' for k, v in kwargs.items())}")
+    for controller in ("lstm", "gru", "mlp")
+    for kwargs in (
+        dict(sparse_top_k=3),
+        dict(sparse_top_k=2, num_read_heads=2, num_write_heads=2, shift_range=2),
+        dict(sparse_top_k=9),  # K = N: every slot kept
+        dict(sparse_top_k=1, memory_units=3, memory_unit_size=16),  # shifts reach every slot
+    )
+]
+
+
+@pytest.mark.parametrize("controller,kwargs", SPARSE_NTM_CASES)
+def test_native_sparse_ntm_equals_reference_over_a_chunk(controller, kwargs):
+    """
+    The sparse NTM's kernels (undo-log tape, segment replay) against the sparse reference: features,
+    final state and every gradient, over a chunk with resets inside (where the constant memory ties
+    every slot, and both keep the lowest slots) from a state that is not the initial one.
+    """
+    core_ = make_core("ntm", controller, torch.float64, **kwargs)
+    assert core_.native_config()["top_k"] == kwargs["sparse_top_k"]
+    assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("controller", ["lstm", "mlp"])
+def test_native_sparse_ntm_float32_equals_reference(controller):
+    """
+    The float32 build. Rounding can reorder two nearly equal similarities, and a slot chosen
+    differently changes every step after it, so this runs chunks without such a near tie (the
+    float64 cases check the equations). Rows never written keep the constant initial memory, whose
+    tiny norms make the initial state's gradient reach thousands: gradients are compared relative
+    to each one's largest entry.
+    """
+    core_ = make_core("ntm", controller, torch.float32, sparse_top_k=3)
+    x, starts, flat = chunk(core_, torch.float32, steps=32, batch=8)
+    reference, fused = run(core_, "reference", x, starts, flat), run(core_, "native", x, starts, flat)
+    for key in reference:
+        scale = max(1.0, float(reference[key].abs().max()))
+        torch.testing.assert_close(fused[key], reference[key], rtol=0, atol=1e-5 * scale, msg=_labelled(key))
+
+
+def test_native_sparse_ntm_with_every_slot_kept_is_the_dense_ntm():
+    dense, sparse = (make_core("ntm", "lstm", torch.float64, sparse_top_k=k) for k in (None, 9))
+    x, starts, flat = chunk(dense, torch.float64)
+    expected, got = run(dense, "native", x, starts, flat), run(sparse, "native", x, starts, flat)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-10, msg=_labelled(key))
+
+
+def test_native_sparse_ntm_tape_does_not_grow_with_the_memory():
+    """The tape keeps each head's K slots and the written rows, not the state: no term in N."""
+    sizes = [native.NativeSequence(make_core("ntm", "lstm", sparse_top_k=4, memory_units=n).native_config(),
+                                   torch.zeros(1)).tape_size for n in (16, 4096)]  # fmt: skip
+    assert sizes[0] == sizes[1]
+    dense = make_core("ntm", "lstm", memory_units=4096)
+    assert native.NativeSequence(dense.native_config(), torch.zeros(1)).tape_size > 4096 * 4
+
+
 @pytest.mark.parametrize("name,controller,kwargs", DNC_CASES)
 def test_native_dnc_equals_reference_step_by_step(name, controller, kwargs):
     """

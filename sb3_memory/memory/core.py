@@ -269,7 +269,7 @@ class MemoryCore(nn.Module):
             D=self.state_size,
             hidden_size=controller.hidden_size,
             cell_size=controller.cell_size,
-            N=0, W=0, R=0, Hw=0, S=0, P=0,
+            N=0, W=0, R=0, Hw=0, S=0, P=0, top_k=0,
         )  # fmt: skip
         config.update({f"off_{name}": offset for name, offset in self.state_offsets().items()})
         config.update(self._native_config())
@@ -372,7 +372,7 @@ class ExternalMemoryCore(MemoryCore):
     :param sparse_top_k: K, sparse reads and writes (Rae et al., 2016): every weighting keeps
         its K largest entries (:func:`~sb3_memory.memory.addressing.top_k_weights`), so a step
         touches K slots and the gradient flows through them only; ``None`` for the dense model.
-        Runs on the reference path (the native kernels are dense)
+        The NTM has sparse native kernels; the sparse DNC runs on the reference path
     """
 
     # A class default as well, so that models pickled before sparse addressing existed load dense.
@@ -399,8 +399,6 @@ class ExternalMemoryCore(MemoryCore):
         if sparse_top_k is not None:
             note = "slots touched per step, at most memory_units; None is dense"
             self.sparse_top_k = check_int("sparse_top_k", sparse_top_k, 1, self.memory_units, note)
-            if backend == "native":
-                raise ValueError("the native kernels are dense: sparse_top_k needs backend='reference' or 'auto'")
         super().__init__(input_dim, controller_dim, controller, num_read_heads * memory_unit_size, compile_step, backend)
 
     def sparse(self, weights: Tensor, renormalise: bool = False) -> Tensor:
@@ -408,11 +406,6 @@ class ExternalMemoryCore(MemoryCore):
         if self.sparse_top_k is None:
             return weights
         return addressing.top_k_weights(weights, self.sparse_top_k, renormalise)
-
-    def _native_unsupported(self) -> Optional[str]:
-        if self.sparse_top_k is not None:
-            return "the native kernels are dense; sparse_top_k runs on the reference path"
-        return None
 
     @property
     def output_dim(self) -> int:

@@ -132,6 +132,8 @@ class DNCCell(ExternalMemoryCore):
             raise ValueError(
                 f"the native kernels implement the paper's DNC; {self._reference_only()} need backend='reference' or 'auto'"
             )
+        if sparse_top_k is not None and backend == "native":
+            raise ValueError("the sparse DNC has no native kernels yet: sparse_top_k needs backend='reference' or 'auto'")
         super().__init__(
             input_dim,
             controller_dim,
@@ -198,6 +200,8 @@ class DNCCell(ExternalMemoryCore):
         enabled = self._reference_only()
         if enabled:
             return f"the native kernels implement the paper's DNC; {enabled} run on the reference path"
+        if self.sparse_top_k is not None:
+            return "the sparse DNC has no native kernels yet; sparse_top_k runs on the reference path"
         return super()._native_unsupported()
 
     def step(self, projected_input: Tensor, state: State) -> tuple[Tensor, State]:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
 # The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in the C++ file).
-ABI_VERSION = 6
+ABI_VERSION = 7
 CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
 CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
 SUPPORTED_DTYPES = {torch.float32: "SMEM_FLOAT32", torch.float64: "SMEM_FLOAT64"}
@@ -270,19 +270,24 @@ class NativeSequence:
     def backward(
         self,
         tape: Tensor,
+        state: Tensor,
         final: Tensor,
         starts: Optional[Tensor],
         weights: tuple[Optional[Tensor], ...],
         d_features: Tensor,
         d_state: Optional[Tensor],
     ) -> tuple[Tensor, Tensor, tuple[Optional[Tensor], ...]]:
-        """Gradients of the projected input, the initial state and the weights (``final``: the forward's final state)."""
+        """
+        Gradients of the projected input, the initial state and the weights (``state`` and ``final``:
+        the forward's initial and final states; the sparse NTM rebuilds its memory from them).
+        """
         batch, steps = tape.shape[0], tape.shape[1]
         config = self.config
         d_projected = tape.new_empty((steps, batch, config.G))
         d_state0 = tape.new_empty((batch, config.D))
         status = self._call(
-            self.library.smem_backward, steps, batch, starts=starts, init_row=self.init_row, tape=tape, state_T=final,
+            self.library.smem_backward, steps, batch, starts=starts, init_row=self.init_row, tape=tape, state0=state,
+            state_T=final,
             d_features=d_features, d_state_T=d_state,
             d_projected=d_projected, d_state0=d_state0, **dict(zip(WEIGHT_NAMES, weights)),
         )  # fmt: skip
@@ -332,17 +337,23 @@ class _FusedSequenceFunction(torch.autograd.Function):
         features, final, tape = kernel.forward(projected, state, starts, weights, record=True)
         ctx.kernel = kernel
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(tape, final, starts, *weights)
+        ctx.save_for_backward(tape, state, final, starts, *weights)
         return features, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_features: Optional[Tensor], d_final: Optional[Tensor]):  # type: ignore[override]
-        tape, final, starts, *weights = ctx.saved_tensors
+        tape, state, final, starts, *weights = ctx.saved_tensors
         if d_features is None:
             d_features = tape.new_zeros((tape.shape[1], tape.shape[0], ctx.kernel.feature_size))
         d_projected, d_state0, d_weights = ctx.kernel.backward(
-            tape, final, starts, tuple(weights), d_features.contiguous(), None if d_final is None else d_final.contiguous()
+            tape,
+            state,
+            final,
+            starts,
+            tuple(weights),
+            d_features.contiguous(),
+            None if d_final is None else d_final.contiguous(),
         )
         return (None, None, d_projected, d_state0, *d_weights)
 

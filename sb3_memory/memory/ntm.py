@@ -118,6 +118,7 @@ class NTMCell(ExternalMemoryCore):
             Hw=self.num_write_heads,
             S=2 * self.shift_range + 1,
             P=self.interface.out_features,
+            top_k=self.sparse_top_k or 0,
         )
 
     def initial_row(self, device: torch.device, dtype: torch.dtype) -> NTMState:

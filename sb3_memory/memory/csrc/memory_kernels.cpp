@@ -41,16 +41,18 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 6  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 7  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   G width of the projected input (gates * C); C controller output size; K columns of the
 //   recurrent weight (fed-back reads, + hidden for an LSTM); N, W, R memory slots, word size, read
-//   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width.
+//   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width; top_k the
+//   slots a weighting keeps (NTM's sparse_top_k, 0 for the dense model).
 #define SMEM_CONFIG_FIELDS(X)                                                                      \
   X(core) X(controller) X(T) X(B) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)                  \
   X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
-  X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size)
+  X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size) \
+  X(top_k)
 
 // Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
 // starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if
@@ -752,17 +754,38 @@ struct Tape {
   int64_t knorm, mnorm, cos, wc;
   // DNC
   int64_t wknorm, wcos, cw, usage1, retention, sorted, order, before, alloc, mnorm2, rknorm, rcos, rc, fwd, bwd;
+  // sparse NTM (also knorm, cos, wc, of the K chosen slots): per head the chosen content slots and
+  // the new weighting's slots and values; the rows the write changed, before and after
+  int64_t sel, wout, wval, uidx, uold, unew;
   int64_t size;
 };
+
+inline bool is_sparse_ntm(const SmemConfig& c) { return c.core == kNTM && c.top_k > 0; }
 
 Tape make_tape(const SmemConfig& c) {
   Tape t{};
   Arena a;
   auto take = [&a](int64_t n) { return a.take(n); };
-  t.state = take(c.D);  // the state entering the step, before any reset: the previous step's output
+  // The state entering the step, before any reset: the previous step's output. The sparse NTM keeps
+  // an undo log of its writes instead, so that its tape does not grow with N.
+  t.state = take(is_sparse_ntm(c) ? 0 : c.D);
   t.ctrl = controller_tape(c, a);
   const int64_t n = c.N, r = c.R;
-  if (c.core == kNTM) {
+  if (is_sparse_ntm(c)) {
+    const int64_t heads = c.R + c.Hw, k = c.top_k, rows = c.Hw * c.top_k;
+    t.raw = take(c.P);
+    t.act = take(c.P);
+    t.draw = take(c.P);
+    t.knorm = take(heads);
+    t.sel = take(heads * k);  // slots, as numbers (exact below 2^24 in float)
+    t.cos = take(heads * k);
+    t.wc = take(heads * k);
+    t.wout = take(heads * k);
+    t.wval = take(heads * k);
+    t.uidx = take(rows);  // written slots, ascending, -1 past the last
+    t.uold = take(rows * c.W);
+    t.unew = take(rows * c.W);
+  } else if (c.core == kNTM) {
     const int64_t heads = c.R + c.Hw;
     t.raw = take(c.P);
     t.act = take(c.P);
@@ -1401,6 +1424,505 @@ struct Dnc : CoreView {
 };
 
 // ----------------------------------------------------------------------------------------------
+// Sparse NTM (ntm.py with sparse_top_k = K; Rae et al., 2016). The NTM's equations with every
+// weighting cut to its K largest entries: content addressing scans the N rows once, keeping each
+// head's K best logits (ties to the lowest slot, as addressing.top_k), and all that follows works
+// on short lists of slots. The tape keeps no state, only each head's chosen slots and the rows a
+// write changed, before and after (an undo log), so it does not grow with N. The backward pass
+// rebuilds each episode segment's memory by replaying the writes, then walks back reverting them,
+// with the gradients of the memory and the weightings held densely once per batch row.
+
+// The k best (value, slot) pairs offered; better = larger value, then lower slot.
+template <typename F>
+struct BestK {
+  int64_t k, size = 0, worst = 0;
+  std::vector<F> value;
+  std::vector<int64_t> slot;
+  explicit BestK(int64_t k_) : k(k_), value(k_), slot(k_) {}
+  static bool better(F v, int64_t i, F u, int64_t j) { return v > u || (v == u && i < j); }
+  void clear() { size = worst = 0; }
+  bool full() const { return size == k; }
+  bool beats_worst(F v, int64_t i) const { return !full() || better(v, i, value[worst], slot[worst]); }
+  void offer(F v, int64_t i) {
+    if (!beats_worst(v, i)) return;
+    const int64_t at = full() ? worst : size++;
+    value[at] = v;
+    slot[at] = i;
+    if (!full()) return;
+    worst = 0;
+    for (int64_t j = 1; j < size; ++j)
+      if (better(value[worst], slot[worst], value[j], slot[j])) worst = j;
+  }
+  void slots_ascending(int64_t* out) const {
+    std::copy(slot.begin(), slot.begin() + size, out);
+    std::sort(out, out + size);
+  }
+};
+
+// Values over N slots held densely, with the list of the slots touched, so that visiting and
+// clearing cost the touched slots, not N.
+template <typename F>
+struct SlotMap {
+  std::vector<F> value;
+  std::vector<uint8_t> in;
+  std::vector<int64_t> slots;
+  explicit SlotMap(int64_t n) : value(n, F(0)), in(n, 0) {}
+  void touch(int64_t i) {
+    if (!in[i]) {
+      in[i] = 1;
+      slots.push_back(i);
+    }
+  }
+  void add(int64_t i, F v) {
+    touch(i);
+    value[i] += v;
+  }
+  void clear() {
+    for (int64_t i : slots) {
+      value[i] = F(0);
+      in[i] = 0;
+    }
+    slots.clear();
+  }
+};
+
+// i mod n for i in [-n, 2n): shifts move a slot by less than N (no division in the inner loops).
+constexpr int64_t kScanBlock = 512;  // rows per block of a content scan: its logits stay in L1
+
+inline int64_t wrap(int64_t i, int64_t n) { return i < 0 ? i + n : (i >= n ? i - n : i); }
+
+template <typename F>
+void gather_rows(const F* mem, const int64_t* slots, int64_t count, int64_t w, F* out) {
+  for (int64_t j = 0; j < count; ++j) std::copy(mem + slots[j] * w, mem + (slots[j] + 1) * w, out + j * w);
+}
+
+template <typename F>
+void scatter_add_rows(F* mem, const int64_t* slots, int64_t count, int64_t w, const F* rows) {
+  for (int64_t j = 0; j < count; ++j) axpy(mem + slots[j] * w, rows + j * w, F(1), w);
+}
+
+template <typename F>
+struct SparseNtm : CoreView {
+  const Ntm<F> ntm;  // the interface, its activation and the state's weighting fields are the NTM's
+  int64_t heads, hp, k, rows;
+
+  SparseNtm(const SmemConfig& config, const Tape& tape)
+      : CoreView{config, tape},
+        ntm(config, tape),
+        heads(config.R + config.Hw),
+        hp(config.W + 3 + config.S),
+        k(config.top_k),
+        rows(config.Hw * config.top_k) {}
+
+  // One batch row's working storage, reused from row to row.
+  struct Work {
+    std::vector<F> mnorm;                        // norms of the memory rows (forward)
+    std::vector<F> memory_t;                     // the memory transposed, (W, N): a content scan streams it
+    std::vector<F> logits;                       // one block of rows' content logits, per head
+    std::vector<std::vector<int64_t>> support;   // each head's slots with a non-zero weight
+    std::vector<BestK<F>> best;                  // each head's choice
+    SlotMap<F> wc, wg, ws, dwg, prev;            // one head's location addressing
+    std::vector<std::vector<int64_t>> touched;   // backward: slots of each head's weighting gradient
+    std::vector<uint8_t> dense_gradient;         // backward: that gradient may be non-zero anywhere
+    std::vector<int64_t> slots;
+    std::vector<F> rows, drows, norms, dnorms, ww, dww, dwout, dact, dout, dreads, keep, others, ctrl;
+  };
+
+  Work work() const {
+    const int64_t n = c.N, w = c.W, m = std::max(k, rows);
+    return Work{std::vector<F>(n), std::vector<F>(n * w), std::vector<F>(heads * kScanBlock),
+                std::vector<std::vector<int64_t>>(heads), std::vector<BestK<F>>(heads, BestK<F>(k)),
+                SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n),
+                std::vector<std::vector<int64_t>>(heads), std::vector<uint8_t>(heads, 0), std::vector<int64_t>(m),
+                std::vector<F>(m * w), std::vector<F>(m * w), std::vector<F>(m), std::vector<F>(m),
+                std::vector<F>(c.Hw * m), std::vector<F>(c.Hw * m), std::vector<F>(heads * k), std::vector<F>(c.P),
+                std::vector<F>(c.C), std::vector<F>(c.R * w), std::vector<F>(w), std::vector<F>(w),
+                std::vector<F>(controller_scratch_size(c))};
+  }
+
+  const F* slots_of(const F* tape, int64_t field, int64_t h, int64_t* out) const {
+    const F* at = tape + field + h * k;
+    for (int64_t j = 0; j < k; ++j) out[j] = int64_t(at[j]);
+    return at;
+  }
+
+  // The non-zero slots of each head's weighting in a flat state.
+  void find_support(const F* s, Work& wk) const {
+    for (int64_t h = 0; h < heads; ++h) {
+      const F* wv = ntm.weights_of(s, h);
+      wk.support[h].clear();
+      for (int64_t i = 0; i < c.N; ++i)
+        if (wv[i] != F(0)) wk.support[h].push_back(i);
+    }
+  }
+
+  // A row's working state (in s, updated in place by forward) from a flat state.
+  void load(const F* from, F* s, Work& wk) const {
+    std::copy(from, from + c.D, s);
+    row_norms(wk.mnorm.data(), s + c.off_memory, c.N, c.W);
+    transpose(s + c.off_memory, c.N, c.W, wk.memory_t);
+    find_support(s, wk);
+  }
+
+  // Content logits beta cos(key, M_i) of every head for the rows [i0, i0 + len), into wk.logits:
+  // the dot products accumulate down the transposed memory's columns, so the loops run along N
+  // (vectorised) with no reduction across a word. Equal rows get equal logits, as ties need.
+  void block_logits(const F* act, const F* tape, int64_t i0, int64_t len, Work& wk) const {
+    const int64_t n = c.N, w = c.W;
+    for (int64_t h = 0; h < heads; ++h) {
+      F* RESTRICT y = wk.logits.data() + h * kScanBlock;
+      const F* key = act + h * hp;
+      std::fill(y, y + len, F(0));
+      for (int64_t j = 0; j < w; ++j) axpy(y, wk.memory_t.data() + j * n + i0, key[j], len);
+      const F kn = tape[L.knorm + h], beta = key[w];
+      const F* RESTRICT norms = wk.mnorm.data() + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) y[i] = beta * (y[i] / (kn * norms[i] + F(kCosineEps)));
+    }
+  }
+
+  // Content addressing of all heads in one pass over the rows, each head keeping its K largest
+  // logits; then content_forward on the chosen rows (the softmax over them).
+  void content_select(const F* mem, const F* act, F* tape, Work& wk) const {
+    const int64_t n = c.N, w = c.W;
+    for (int64_t h = 0; h < heads; ++h) {
+      const F* a = act + h * hp;
+      tape[L.knorm + h] = std::sqrt(dot(a, a, w));
+      wk.best[h].clear();
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += kScanBlock) {
+      const int64_t len = std::min(kScanBlock, n - i0);
+      block_logits(act, tape, i0, len, wk);
+      for (int64_t h = 0; h < heads; ++h) {
+        BestK<F>& best = wk.best[h];
+        const F* y = wk.logits.data() + h * kScanBlock;
+        for (int64_t i = 0; i < len; ++i)
+          if (best.beats_worst(y[i], i0 + i)) best.offer(y[i], i0 + i);
+      }
+    }
+    int64_t* slots = wk.slots.data();
+    for (int64_t h = 0; h < heads; ++h) {
+      const F* a = act + h * hp;
+      wk.best[h].slots_ascending(slots);
+      for (int64_t j = 0; j < k; ++j) {
+        tape[L.sel + h * k + j] = F(slots[j]);
+        wk.norms[j] = wk.mnorm[slots[j]];
+      }
+      gather_rows(mem, slots, k, w, wk.rows.data());
+      content_forward(wk.rows.data(), wk.norms.data(), a, a[w], k, w, tape + L.knorm + h, tape + L.cos + h * k,
+                      tape + L.wc + h * k);
+    }
+  }
+
+  // Head h's location addressing on lists of slots: wg = lerp(prev, wc, gate) on the union of the
+  // previous weighting's support and the content slots, ws = shift(wg) on every slot it reaches
+  // (addressing.interpolate and circular_shift; the offsets summed in order, as shift_forward).
+  // prev: the previous weighting, dense (N).
+  void location(const F* a, const F* prev, const std::vector<int64_t>& prev_support, const F* tape, int64_t h,
+                Work& wk) const {
+    const int64_t n = c.N, w = c.W, size = c.S, half = (c.S - 1) / 2;
+    wk.wc.clear();
+    wk.wg.clear();
+    wk.ws.clear();
+    for (int64_t j = 0; j < k; ++j) wk.wc.add(int64_t(tape[L.sel + h * k + j]), tape[L.wc + h * k + j]);
+    for (int64_t i : prev_support) wk.wg.touch(i);
+    for (int64_t i : wk.wc.slots) wk.wg.touch(i);
+    const F gate = a[w + 1];
+    for (int64_t i : wk.wg.slots) wk.wg.value[i] = lerp(prev[i], wk.wc.value[i], gate);
+    for (int64_t i : wk.wg.slots)
+      for (int64_t o = 0; o < size; ++o) wk.ws.touch(wrap(i + o - half, n));
+    const F* shift = a + w + 2;
+    for (int64_t q : wk.ws.slots) {
+      F v = 0;
+      for (int64_t o = 0; o < size; ++o) v += shift[o] * wk.wg.value[wrap(q - (o - half), n)];
+      wk.ws.value[q] = v;
+    }
+  }
+
+  // The new weighting of head h into the tape: the K slots of largest max(ws, eps), sharpened
+  // (addressing.sharpen, then top_k_weights with renormalise: the sharpening's normaliser cancels).
+  // A slot ws never reached scores eps too, so it can win a tie among floored slots by its index.
+  void sharpen_forward(const F* a, F* tape, int64_t h, Work& wk) const {
+    BestK<F>& best = wk.best[h];
+    best.clear();
+    const F eps = F(kSharpenEps);
+    for (int64_t q : wk.ws.slots) best.offer(std::max(wk.ws.value[q], eps), q);
+    for (int64_t i = 0; i < c.N && best.beats_worst(eps, i); ++i)
+      if (!wk.ws.in[i]) best.offer(eps, i);
+    int64_t* slots = wk.slots.data();
+    best.slots_ascending(slots);
+    F* val = tape + L.wval + h * k;
+    const F gamma = a[c.W + 2 + c.S];
+    for (int64_t j = 0; j < k; ++j) {
+      tape[L.wout + h * k + j] = F(slots[j]);
+      val[j] = gamma * vlog(std::max(wk.ws.value[slots[j]], eps));
+    }
+    softmax(val, val, k);
+  }
+
+  // The tape's new weightings replace the old ones in the state.
+  void set_weights(F* s, const F* tape, Work& wk) const {
+    for (int64_t h = 0; h < heads; ++h) {
+      F* wv = ntm.weights_of(s, h);
+      for (int64_t i : wk.support[h]) wv[i] = F(0);
+      wk.support[h].clear();
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t slot = int64_t(tape[L.wout + h * k + j]);
+        wv[slot] = tape[L.wval + h * k + j];
+        wk.support[h].push_back(slot);
+      }
+    }
+  }
+
+  // The write heads' slots, ascending, into the tape (-1 past the last); returns how many.
+  int64_t write_slots(F* tape, Work& wk) const {
+    wk.wg.clear();
+    for (int64_t h = c.R; h < heads; ++h)
+      for (int64_t j = 0; j < k; ++j) wk.wg.touch(int64_t(tape[L.wout + h * k + j]));
+    std::vector<int64_t>& slots = wk.wg.slots;
+    std::sort(slots.begin(), slots.end());
+    F* uidx = tape + L.uidx;
+    std::fill(uidx, uidx + rows, F(-1));
+    for (size_t j = 0; j < slots.size(); ++j) uidx[j] = F(slots[j]);
+    const int64_t count = int64_t(slots.size());
+    wk.wg.clear();
+    return count;
+  }
+
+  // Each write head's weights on the written slots (Hw x count), from the state's weightings.
+  void gather_write_weights(const F* s, const int64_t* slots, int64_t count, F* ww) const {
+    for (int64_t h = c.R; h < heads; ++h)
+      for (int64_t j = 0; j < count; ++j) ww[(h - c.R) * count + j] = ntm.weights_of(s, h)[slots[j]];
+  }
+
+  // addressing.write on the written rows, keeping them before and after (the undo log).
+  void write_rows(F* s, const F* act, F* tape, Work& wk) const {
+    const int64_t w = c.W, count = write_slots(tape, wk);
+    int64_t* slots = wk.slots.data();
+    for (int64_t j = 0; j < count; ++j) slots[j] = int64_t(tape[L.uidx + j]);
+    F* mem = s + c.off_memory;
+    gather_write_weights(s, slots, count, wk.ww.data());
+    gather_rows(mem, slots, count, w, tape + L.uold);
+    const F* erase = act + heads * hp;
+    write_forward(tape + L.uold, wk.ww.data(), erase, erase + c.Hw * w, c.Hw, count, w, tape + L.unew);
+    for (int64_t j = 0; j < count; ++j) {
+      std::copy(tape + L.unew + j * w, tape + L.unew + (j + 1) * w, mem + slots[j] * w);
+      row_norms(wk.mnorm.data() + slots[j], mem + slots[j] * w, 1, w);
+      for (int64_t q = 0; q < w; ++q) wk.memory_t[q * c.N + slots[j]] = tape[L.unew + j * w + q];
+    }
+  }
+
+  // One step on the row's working state s, in place.
+  void forward(const Weights<F>& wt, const F* projected, F* s, F* tape, F* features, Work& wk) const {
+    core_interface_forward(ntm, wt, projected, s, tape, s);  // the controller reads its fields before writing them
+    const F* act = tape + L.act;
+    content_select(s + c.off_memory, act, tape, wk);
+    for (int64_t h = 0; h < heads; ++h) {
+      location(act + h * hp, ntm.weights_of(s, h), wk.support[h], tape, h, wk);
+      sharpen_forward(act + h * hp, tape, h, wk);
+    }
+    set_weights(s, tape, wk);
+    write_rows(s, act, tape, wk);
+    F* reads = s + c.off_read_vectors;
+    int64_t* slots = wk.slots.data();
+    for (int64_t r = 0; r < c.R; ++r) {
+      slots_of(tape, L.wout, r, slots);
+      gather_rows(s + c.off_memory, slots, k, c.W, wk.rows.data());
+      read_forward(wk.rows.data(), tape + L.wval + r * k, 1, k, c.W, reads + r * c.W);
+    }
+    std::copy(tape + L.ctrl.out, tape + L.ctrl.out + c.C, features);
+    std::copy(reads, reads + c.R * c.W, features + c.C);
+  }
+
+  // --- backward ---
+
+  // The carried gradients of the controller state and the read vectors, of the step's output
+  // (next) and of its input (prev).
+  struct Carry {
+    std::vector<F> hidden, cell, reads;
+  };
+  Carry carry() const { return Carry{std::vector<F>(c.C), std::vector<F>(c.C), std::vector<F>(c.R * c.W)}; }
+
+  void take_carry(const F* dstate, Carry& out) const {
+    std::fill(out.hidden.begin(), out.hidden.end(), F(0));
+    std::fill(out.cell.begin(), out.cell.end(), F(0));
+    std::copy(dstate + c.off_controller_hidden, dstate + c.off_controller_hidden + c.hidden_size, out.hidden.begin());
+    std::copy(dstate + c.off_controller_cell, dstate + c.off_controller_cell + c.cell_size, out.cell.begin());
+    std::copy(dstate + c.off_read_vectors, dstate + c.off_read_vectors + c.R * c.W, out.reads.begin());
+  }
+
+  void put_carry(const Carry& in, F* dstate) const {
+    std::copy(in.hidden.begin(), in.hidden.begin() + c.hidden_size, dstate + c.off_controller_hidden);
+    std::copy(in.cell.begin(), in.cell.begin() + c.cell_size, dstate + c.off_controller_cell);
+    std::copy(in.reads.begin(), in.reads.end(), dstate + c.off_read_vectors);
+  }
+
+  // After a reset nothing before it gets a gradient through the state.
+  void clear_gradients(F* dacc, Carry& dprev, Work& wk) const {
+    std::fill(dacc, dacc + c.D, F(0));
+    for (std::vector<F>* v : {&dprev.hidden, &dprev.cell, &dprev.reads}) std::fill(v->begin(), v->end(), F(0));
+    for (int64_t h = 0; h < heads; ++h) {
+      wk.touched[h].clear();
+      wk.dense_gradient[h] = 0;
+    }
+  }
+
+  // Writes of one step applied again, from the undo log.
+  void replay(const F* tape, F* s) const {
+    F* mem = s + c.off_memory;
+    for (int64_t j = 0; j < rows && tape[L.uidx + j] >= F(0); ++j)
+      std::copy(tape + L.unew + j * c.W, tape + L.unew + (j + 1) * c.W, mem + int64_t(tape[L.uidx + j]) * c.W);
+  }
+
+  // Each head's new weighting's gradient on its K slots (wk.dwout): what the state's field held
+  // (which is then cleared, to take the previous weighting's), plus the reads' (r = sum_i w_i M'_i,
+  // read_backward on the read rows, whose gradient joins the memory's).
+  void output_weight_gradients(const F* s, const F* tape, const F* dreads, F* dacc, Work& wk) const {
+    const int64_t w = c.W;
+    int64_t* slots = wk.slots.data();
+    for (int64_t h = 0; h < heads; ++h) {
+      slots_of(tape, L.wout, h, slots);
+      F* field = ntm.weights_of(dacc, h);
+      F* dw = wk.dwout.data() + h * k;
+      for (int64_t j = 0; j < k; ++j) dw[j] = field[slots[j]];
+      if (wk.dense_gradient[h]) std::fill(field, field + c.N, F(0));
+      for (int64_t i : wk.touched[h]) field[i] = F(0);
+      wk.dense_gradient[h] = 0;
+      wk.touched[h].clear();
+      if (h >= c.R) continue;
+      gather_rows(s + c.off_memory, slots, k, w, wk.rows.data());
+      std::fill(wk.drows.begin(), wk.drows.begin() + k * w, F(0));
+      read_backward(wk.rows.data(), tape + L.wval + h * k, dreads + h * w, 1, k, w, wk.drows.data(), dw);
+      scatter_add_rows(dacc + c.off_memory, slots, k, w, wk.drows.data());
+    }
+  }
+
+  // Back through the write (write_backward on the written rows): their gradient becomes that of
+  // the rows before it, the write weights' joins wk.dwout, erase and add's join dact; then the rows
+  // are reverted to what the step found.
+  void write_backward_rows(F* s, const F* tape, const F* act, F* dacc, Work& wk) const {
+    const int64_t w = c.W;
+    int64_t* slots = wk.slots.data();
+    int64_t count = 0;
+    while (count < rows && tape[L.uidx + count] >= F(0)) slots[count] = int64_t(tape[L.uidx + count]), ++count;
+    F *dmem = dacc + c.off_memory, *mem = s + c.off_memory, *g = wk.drows.data(), *dold = wk.rows.data();
+    gather_rows(dmem, slots, count, w, g);
+    for (int64_t h = c.R; h < heads; ++h) {
+      wk.wg.clear();
+      for (int64_t j = 0; j < k; ++j) wk.wg.add(int64_t(tape[L.wout + h * k + j]), tape[L.wval + h * k + j]);
+      for (int64_t j = 0; j < count; ++j) wk.ww[(h - c.R) * count + j] = wk.wg.value[slots[j]];
+    }
+    wk.wg.clear();
+    std::fill(dold, dold + count * w, F(0));
+    std::fill(wk.dww.begin(), wk.dww.begin() + c.Hw * count, F(0));
+    const F* erase = act + heads * hp;
+    F* derase = wk.dact.data() + heads * hp;
+    write_backward(tape + L.uold, wk.ww.data(), erase, erase + c.Hw * w, g, c.Hw, count, w, dold, wk.dww.data(), derase,
+                   derase + c.Hw * w, wk.keep.data(), wk.others.data());
+    for (int64_t j = 0; j < count; ++j) {
+      std::copy(dold + j * w, dold + (j + 1) * w, dmem + slots[j] * w);
+      std::copy(tape + L.uold + j * w, tape + L.uold + (j + 1) * w, mem + slots[j] * w);
+    }
+    for (int64_t h = c.R; h < heads; ++h)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t at = std::lower_bound(slots, slots + count, int64_t(tape[L.wout + h * k + j])) - slots;
+        wk.dwout[h * k + j] += wk.dww[(h - c.R) * count + at];
+      }
+  }
+
+  // Back through the sharpening and the cut, w = softmax_K(gamma log max(ws, eps)), and the shift:
+  // dws_q = gamma dz_q / ws_q with dz = w (dw - <dw, w>); dgamma = sum dz log ws; then, for ws_q =
+  // sum_o wg[q - o + half] shift_o, dwg and dshift (into wk.dwg and da).
+  void sharpen_shift_backward(const F* a, F* da, const F* tape, int64_t h, Work& wk) const {
+    const int64_t n = c.N, w = c.W, half = (c.S - 1) / 2;
+    const F *val = tape + L.wval + h * k, *dw = wk.dwout.data() + h * k, *shift = a + w + 2;
+    const F gamma = a[w + 2 + c.S], sdot = dot(dw, val, k), eps = F(kSharpenEps);
+    F dgamma = 0;
+    wk.dwg.clear();
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = int64_t(tape[L.wout + h * k + j]);
+      const F ws = wk.ws.value[q], dz = val[j] * (dw[j] - sdot);
+      dgamma += dz * vlog(std::max(ws, eps));
+      const F dws = ws >= eps ? dz * gamma / ws : F(0);
+      for (int64_t o = 0; o < c.S; ++o) {
+        const int64_t p = wrap(q - (o - half), n);
+        wk.dwg.add(p, dws * shift[o]);
+        da[w + 2 + o] += dws * wk.wg.value[p];
+      }
+    }
+    da[w + 2 + c.S] += dgamma;
+  }
+
+  // Back through head h's addressing. prev: its previous weighting (dense); keep_prev: whether
+  // that weighting's gradient is wanted (not across a reset), into dacc's field. Interpolation
+  // wg = lerp(prev, wc, g): dprev = (1 - g) dwg, dwc = g dwg, dg = <dwg, wc - prev>; then
+  // content_backward on the chosen rows of the memory as the step found it.
+  void head_backward(int64_t h, const F* s, const F* prev, const std::vector<int64_t>& prev_support, const F* tape,
+                     F* dacc, bool keep_prev, Work& wk) const {
+    const int64_t w = c.W;
+    const F* a = tape + L.act + h * hp;
+    F* da = wk.dact.data() + h * hp;
+    location(a, prev, prev_support, tape, h, wk);
+    sharpen_shift_backward(a, da, tape, h, wk);
+    const F gate = a[w + 1];
+    F dgate = 0;
+    F* field = ntm.weights_of(dacc, h);
+    for (int64_t p : wk.dwg.slots) {
+      const F g = wk.dwg.value[p];
+      dgate += g * (wk.wc.value[p] - prev[p]);
+      if (!keep_prev) continue;
+      field[p] += g * (F(1) - gate);
+      wk.touched[h].push_back(p);
+    }
+    da[w + 1] += dgate;
+    int64_t* slots = wk.slots.data();
+    slots_of(tape, L.sel, h, slots);
+    F *rows_h = wk.rows.data(), *drows = wk.drows.data(), *dwc = wk.dwout.data() + h * k;  // dwout(h) is spent
+    for (int64_t j = 0; j < k; ++j) dwc[j] = gate * wk.dwg.value[slots[j]];
+    gather_rows(s + c.off_memory, slots, k, w, rows_h);
+    row_norms(wk.norms.data(), rows_h, k, w);
+    std::fill(drows, drows + k * w, F(0));
+    std::fill(wk.dnorms.begin(), wk.dnorms.begin() + k, F(0));
+    content_backward(rows_h, wk.norms.data(), a, tape[L.knorm + h], a[w], tape + L.cos + h * k, tape + L.wc + h * k, dwc,
+                     k, w, drows, wk.dnorms.data(), da, da + w);
+    apply_norm_grad(drows, rows_h, wk.norms.data(), wk.dnorms.data(), k, w);
+    scatter_add_rows(dacc + c.off_memory, slots, k, w, drows);
+  }
+
+  // One step's gradients. s: the working state, its memory as the step left it (on return as the
+  // step found it); start: the segment's first state; before: the previous step's tape record, or
+  // null for the segment's first step. dacc: the memory's and weightings' gradients (on entry of
+  // the step's output, on return of its input); dnext, dprev: the carried ones.
+  void backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, const F* dfeatures, F* dacc,
+                bool reset, const Carry& dnext, Carry& dprev, F* dprojected, Work& wk) const {
+    const int64_t C = c.C;
+    const F* act = tape + L.act;
+    F *dout = wk.dout.data(), *dreads = wk.dreads.data();
+    std::fill(wk.dact.begin(), wk.dact.end(), F(0));
+    std::copy(dfeatures, dfeatures + C, dout);
+    if (c.hidden_size) axpy(dout, dnext.hidden.data(), F(1), C);
+    for (int64_t j = 0; j < c.R * c.W; ++j) dreads[j] = dfeatures[C + j] + dnext.reads[j];
+    output_weight_gradients(s, tape, dreads, dacc, wk);
+    write_backward_rows(s, tape, act, dacc, wk);
+    for (int64_t h = 0; h < heads; ++h) {
+      if (before) {
+        wk.prev.clear();
+        for (int64_t j = 0; j < k; ++j) wk.prev.add(int64_t(before[L.wout + h * k + j]), before[L.wval + h * k + j]);
+        head_backward(h, s, wk.prev.value.data(), wk.prev.slots, tape, dacc, true, wk);
+      } else {
+        head_backward(h, s, ntm.weights_of(start, h), wk.support[h], tape, dacc, !reset, wk);
+      }
+    }
+    ntm.activate_backward(tape + L.raw, act, wk.dact.data(), tape + L.draw);
+    gemv_cols(dout, wt.w_if, tape + L.draw, C, c.P);
+    for (std::vector<F>* v : {&dprev.hidden, &dprev.cell, &dprev.reads}) std::fill(v->begin(), v->end(), F(0));
+    const F* cell = before ? before + L.ctrl.cell : start + c.off_controller_cell;
+    controller_backward(c, wt, tape, L.ctrl, tape + L.ctrl.hidden, cell, dout, dnext.cell.data(), dprojected,
+                        dprev.reads.data(), dprev.hidden.data(), dprev.cell.data(), wk.ctrl.data());
+  }
+};
+
+// ----------------------------------------------------------------------------------------------
 // Plain recurrent core (lstm.py): the controller alone.
 
 template <typename F>
@@ -1506,10 +2028,82 @@ int run_backward(const SmemConfig& c, const SmemBuffers& b) {
   return kStatus_ok;
 }
 
+// The sparse NTM's sequence loops. Forward: each row's state lives in state_T, updated in place.
+// Backward: per row, episode segments last to first; each segment's memory is rebuilt from its
+// first state by replaying the tape's writes, then the steps run back.
+template <typename F>
+int run_sparse_forward(const SmemConfig& c, const SmemBuffers& b) {
+  const Tape L = make_tape(c);
+  const SparseNtm<F> core(c, L);
+  Weights<F> wt(b);
+  wt.transpose_all(c);
+  const F *projected = static_cast<const F*>(b.projected), *state0 = static_cast<const F*>(b.state0);
+  const F* init = static_cast<const F*>(b.init_row);
+  F *features = static_cast<F*>(b.features), *state_T = static_cast<F*>(b.state_T), *tape = static_cast<F*>(b.tape);
+  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
+  typename SparseNtm<F>::Work wk = core.work();
+  std::vector<F> scratch_record(tape ? 0 : L.size);
+  for (int64_t row = 0; row < B; ++row) {
+    F* s = state_T + row * D;
+    core.load(state0 + row * D, s, wk);
+    for (int64_t t = 0; t < T; ++t) {
+      if (b.starts && b.starts[t * B + row]) core.load(init, s, wk);
+      F* record = tape ? tape + (row * T + t) * L.size : scratch_record.data();
+      core.forward(wt, projected + (t * B + row) * c.G, s, record, features + (t * B + row) * FD, wk);
+    }
+  }
+  return all_finite(features, T * B * FD) ? kStatus_ok : kStatus_non_finite_features;
+}
+
+template <typename F>
+int run_sparse_backward(const SmemConfig& c, const SmemBuffers& b) {
+  const Tape L = make_tape(c);
+  const SparseNtm<F> core(c, L);
+  const Weights<F> wt(b);
+  F* tape = static_cast<F*>(b.tape);
+  const F *state0 = static_cast<const F*>(b.state0), *init = static_cast<const F*>(b.init_row);
+  const F *dfeatures = static_cast<const F*>(b.d_features), *dstate_T = static_cast<const F*>(b.d_state_T);
+  F *dprojected = static_cast<F*>(b.d_projected), *dstate0 = static_cast<F*>(b.d_state0);
+  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
+  typename SparseNtm<F>::Work wk = core.work();
+  typename SparseNtm<F>::Carry dnext = core.carry(), dprev = core.carry();
+  std::vector<F> s(D), dacc(D);
+  for (int64_t row = 0; row < B; ++row) {
+    auto record = [&](int64_t t) { return tape + (row * T + t) * L.size; };
+    auto reset = [&](int64_t t) { return b.starts && b.starts[t * B + row]; };
+    if (dstate_T)
+      std::copy(dstate_T + row * D, dstate_T + (row + 1) * D, dacc.begin());
+    else
+      std::fill(dacc.begin(), dacc.end(), F(0));
+    core.take_carry(dacc.data(), dnext);
+    std::fill(wk.dense_gradient.begin(), wk.dense_gradient.end(), uint8_t(dstate_T != nullptr));
+    for (int64_t h = 0; h < core.heads; ++h) wk.touched[h].clear();
+    for (int64_t end = T; end > 0;) {
+      int64_t begin = end - 1;
+      while (begin > 0 && !reset(begin)) --begin;
+      const F* start = reset(begin) ? init : state0 + row * D;
+      std::copy(start, start + D, s.begin());
+      core.find_support(s.data(), wk);
+      for (int64_t t = begin; t < end; ++t) core.replay(record(t), s.data());
+      for (int64_t t = end - 1; t >= begin; --t) {
+        core.backward(wt, s.data(), start, t > begin ? record(t - 1) : nullptr, record(t), dfeatures + (t * B + row) * FD,
+                      dacc.data(), reset(t), dnext, dprev, dprojected + (t * B + row) * c.G, wk);
+        if (reset(t)) core.clear_gradients(dacc.data(), dprev, wk);
+        std::swap(dnext, dprev);
+      }
+      end = begin;
+    }
+    core.put_carry(dnext, dacc.data());
+    std::copy(dacc.begin(), dacc.end(), dstate0 + row * D);
+  }
+  return kStatus_ok;
+}
+
 template <typename F>
 int dispatch(const SmemConfig& c, const SmemBuffers& b, bool backward) {
   switch (c.core) {
     case kNTM:
+      if (c.top_k > 0) return backward ? run_sparse_backward<F>(c, b) : run_sparse_forward<F>(c, b);
       return backward ? run_backward<F, Ntm>(c, b) : run_forward<F, Ntm>(c, b);
     case kDNC:
       return backward ? run_backward<F, Dnc>(c, b) : run_forward<F, Dnc>(c, b);
