@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "MemoryA2C": "sb3_memory.a2c",
+    "MemoryDQN": "sb3_memory.dqn",
     "MemoryPPO": "sb3_memory.ppo",
     "MaskableMemoryPPO": "sb3_memory.ppo_mask",
     **{
@@ -42,6 +43,7 @@ __all__ = [
     "MaskableMemoryPPO",
     "MemoryA2C",
     "MemoryActorCriticPolicy",
+    "MemoryDQN",
     "MemoryPPO",
     "MultiInputDNCPolicy",
     "MultiInputLSTMPolicy",
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
         MultiInputNTMPolicy,
         NTMPolicy,
     )
+    from sb3_memory.dqn import MemoryDQN
     from sb3_memory.ppo import MemoryPPO
     from sb3_memory.ppo_mask import MaskableMemoryPPO
 

@@ -1,5 +1,6 @@
 """
-rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` / ``maskable_memory_ppo`` algorithms, Optuna samplers
+rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` / ``maskable_memory_ppo`` / ``memory_dqn``
+algorithms, Optuna samplers (on-policy ones)
 and a thin command-line wrapper around rl-zoo3's own entry points.
 
 Usage (the flags after the subcommand are exactly rl-zoo3's; the wrapper only strips the subcommand)::
@@ -23,10 +24,10 @@ is built, before ``--gym-packages`` modules are imported, so ``python -m rl_zoo3
 
 Importing this module (idempotent, see :func:`register`):
 
-* adds ``memory_ppo`` (:class:`~sb3_memory.MemoryPPO`), ``memory_a2c`` (:class:`~sb3_memory.MemoryA2C`) and
-  ``maskable_memory_ppo`` (:class:`~sb3_memory.MaskableMemoryPPO`)
-  to rl-zoo3's ``ALGOS``, their samplers to ``HYPERPARAMS_SAMPLER`` and converters to
-  ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
+* adds ``memory_ppo`` (:class:`~sb3_memory.MemoryPPO`), ``memory_a2c`` (:class:`~sb3_memory.MemoryA2C`),
+  ``maskable_memory_ppo`` (:class:`~sb3_memory.MaskableMemoryPPO`) and ``memory_dqn``
+  (:class:`~sb3_memory.MemoryDQN`) to rl-zoo3's ``ALGOS``, the on-policy ones' samplers to
+  ``HYPERPARAMS_SAMPLER`` and converters to ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
 * registers the ``sb3_memory/...`` tasks and rl-zoo3's ``...NoVel`` envs with gymnasium;
 * patches two methods of ``rl_zoo3.exp_manager.ExperimentManager`` (each keeps the original and
   calls it):
@@ -89,6 +90,7 @@ from stable_baselines3.common.callbacks import EvalCallback
 import sb3_memory.envs
 from sb3_memory.a2c import MemoryA2C
 from sb3_memory.common.policies import MemoryActorCriticPolicy
+from sb3_memory.dqn import MemoryDQN
 from sb3_memory.memory import CORES
 from sb3_memory.ppo import MemoryPPO
 from sb3_memory.ppo_mask import MaskableMemoryPPO
@@ -108,7 +110,10 @@ MEMORY_ALGOS: dict[str, type[BaseAlgorithm]] = {
     "memory_ppo": MemoryPPO,
     "memory_a2c": MemoryA2C,
     "maskable_memory_ppo": MaskableMemoryPPO,
+    "memory_dqn": MemoryDQN,
 }
+#: Those with Optuna samplers (``-optimize``); MemoryDQN has none yet.
+ON_POLICY_MEMORY_ALGOS = ("memory_ppo", "memory_a2c", "maskable_memory_ppo")
 
 #: Memory shape search space (policy_kwargs keys); only the keys the policy's core accepts are sampled.
 MEMORY_SHAPE_SPACE: dict[str, list[int]] = {
@@ -354,7 +359,7 @@ def register() -> None:
             "maskable_memory_ppo": sample_memory_ppo_params,
         }
     )
-    HYPERPARAMS_CONVERTER.update({name: convert_memory_onpolicy_params for name in MEMORY_ALGOS})
+    HYPERPARAMS_CONVERTER.update({name: convert_memory_onpolicy_params for name in ON_POLICY_MEMORY_ALGOS})
     _patch_experiment_manager()
 
 

@@ -25,8 +25,9 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_memory import DNCPolicy, MemoryA2C, MemoryPPO, NTMPolicy, zoo
+from sb3_memory import DNCPolicy, MemoryA2C, MemoryDQN, MemoryPPO, NTMPolicy, zoo
 from sb3_memory.common.callbacks import LengthCurriculum
+from sb3_memory.dqn import NTMPolicy as DQNNTMPolicy
 from sb3_memory.zoo_configs import CONFIG_DIR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,6 +204,22 @@ def test_enjoy_threads_memory_state(trained_tmaze, monkeypatch):
     assert calls[0][2].ndim == 2 and calls[0][2].shape[0] == 1
     starts = [bool(call[1][0]) for call in calls]
     assert starts[0] and starts[101] and not any(starts[1:101])
+
+
+def test_memory_dqn_trains_and_enjoys_through_the_zoo(tmp_path):
+    """memory_dqn's config entry, trained briefly through rl-zoo3, loads as a MemoryDQN and enjoys."""
+    common = ["--algo", "memory_dqn", "--env", TMAZE, "--num-threads", "1"]
+    result = zoo_command(
+        "train", *common, "-conf", str(CONFIGS / "memory_dqn.yml"), "-n", "600", "--log-folder", str(tmp_path),
+        "--eval-freq", "-1", "--seed", "0", "-params", "learning_starts:200", "n_envs:2", "buffer_size:2000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    model = MemoryDQN.load(tmp_path / "memory_dqn" / "sb3_memory-PassiveTMaze-v0_1" / "sb3_memory-PassiveTMaze-v0.zip")
+    assert isinstance(model.policy, DQNNTMPolicy) and model.num_timesteps == 600
+    assert (model.burn_in, model.train_length, model.return_steps) == (4, 8, 3)
+    assert model.replay_buffer is None or model.replay_buffer.size() == 0  # the buffer is not saved with the model
+    result = zoo_command("enjoy", *common, "-f", str(tmp_path), "--no-render", "-n", "30")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,53 @@ CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
 ActionMasks = Union[th.Tensor, np.ndarray]
 
 
+def check_core_kwargs(policy: str, core_name: str, core_kwargs: dict[str, Any], accepts: str) -> None:
+    """Name a keyword argument that neither the policy nor its core takes, and what they take."""
+    accepted = set(inspect.signature(CORES[core_name]).parameters) - {"input_dim"}
+    unknown = sorted(set(core_kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{policy} got unexpected keyword argument(s) {unknown}; the {core_name} core accepts {sorted(accepted)}, "
+            f"and the policy accepts {accepts}"
+        )
+
+
+def state_and_starts(
+    policy: Any, state: Optional[np.ndarray], episode_start: Optional[np.ndarray], n_envs: int
+) -> tuple[th.Tensor, th.Tensor]:
+    """
+    ``predict``'s NumPy state and episode starts as tensors on the policy's device, checked against
+    the number of observations (a fresh state for ``state=None``, no starts for ``episode_start=None``).
+    """
+    if state is None:
+        state_tensor = policy.initial_state(n_envs)
+    else:
+        state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=policy.device)
+        if state_tensor.shape != (n_envs, policy.state_size):
+            raise ValueError(
+                f"state must have shape ({n_envs}, {policy.state_size}) for {n_envs} observation(s), got "
+                f"{tuple(state_tensor.shape)}: pass the state returned by the previous predict (or None)"
+            )
+    if episode_start is None:
+        return state_tensor, th.zeros(n_envs, device=policy.device)
+    episode_start = np.asarray(episode_start)
+    if episode_start.size != n_envs:
+        raise ValueError(
+            f"episode_start must have one entry per environment ({n_envs}), got shape "
+            f"{episode_start.shape}: pass the VecEnv's dones (or np.ones(n_envs) at the first step)"
+        )
+    return state_tensor, th.as_tensor(episode_start, dtype=th.float32, device=policy.device).reshape(n_envs)
+
+
+def reject_reset_tuple(observation: Any) -> None:
+    """SB3's guard against a Gym ``(obs, info)`` tuple passed to ``predict``."""
+    if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+        raise ValueError(
+            "predict() got a tuple (obs, info) instead of an observation: that is gymnasium's env.reset(); "
+            "pass obs (env.reset()[0]), or the array that a VecEnv's reset() returns"
+        )
+
+
 class MemoryActorCriticPolicy(ActorCriticPolicy):
     """
     Actor-critic policy with a memory core between the features extractor and the MLP heads:
@@ -108,14 +155,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
                 f"critic_memory={critic_memory!r} feeds one core from one features extractor: set "
                 "share_features_extractor=True, or use critic_memory='separate' or 'none'"
             )
-        core_class = CORES[self.core_name]
-        accepted = set(inspect.signature(core_class).parameters) - {"input_dim"}
-        unknown = sorted(set(core_kwargs) - accepted)
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected keyword argument(s) {unknown}; the {self.core_name} core "
-                f"accepts {sorted(accepted)}, and the policy accepts ActorCriticPolicy's arguments and critic_memory"
-            )
+        check_core_kwargs(type(self).__name__, self.core_name, core_kwargs, "ActorCriticPolicy's arguments and critic_memory")
         self.critic_memory = critic_memory
         if not isinstance(value_normalization, bool):
             raise TypeError(f"value_normalization must be True or False, got {value_normalization!r}")
@@ -384,33 +424,11 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         # (tests/test_sb3_forks.py fails when the installed original changes): SB3's guard against
         # a Gym (obs, info) tuple, its preprocessing, reshaping, unscaling and clipping are kept.
         self.set_training_mode(False)
-        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
-            raise ValueError(
-                "predict() got a tuple (obs, info) instead of an observation: that is gymnasium's env.reset(); "
-                "pass obs (env.reset()[0]), or the array that a VecEnv's reset() returns"
-            )
+        reject_reset_tuple(observation)
         obs_tensor, vectorized_env = self.obs_to_tensor(observation)
         n_envs = (next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor).shape[0]
         with th.no_grad():
-            if state is None:
-                state_tensor = self.initial_state(n_envs)
-            else:
-                state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=self.device)
-                if state_tensor.shape != (n_envs, self.state_size):
-                    raise ValueError(
-                        f"state must have shape ({n_envs}, {self.state_size}) for {n_envs} observation(s), got "
-                        f"{tuple(state_tensor.shape)}: pass the state returned by the previous predict (or None)"
-                    )
-            if episode_start is None:
-                starts = th.zeros(n_envs, device=self.device)
-            else:
-                episode_start = np.asarray(episode_start)
-                if episode_start.size != n_envs:
-                    raise ValueError(
-                        f"episode_start must have one entry per environment ({n_envs}), got shape "
-                        f"{episode_start.shape}: pass the VecEnv's dones (or np.ones(n_envs) at the first step)"
-                    )
-                starts = th.as_tensor(episode_start, dtype=th.float32, device=self.device).reshape(n_envs)
+            state_tensor, starts = state_and_starts(self, state, episode_start, n_envs)
             action_tensor, state_tensor = self._predict(
                 obs_tensor, state_tensor, starts, deterministic=deterministic, action_masks=action_masks
             )

@@ -36,3 +36,19 @@ class MaskableMemoryRolloutBufferSamples(NamedTuple):
     rewards: th.Tensor
     states: th.Tensor
     action_masks: th.Tensor
+
+
+class SequenceReplayBufferSamples(NamedTuple):
+    """
+    B sequences of L consecutive steps of one environment each, with the stored memory state before
+    their first step (R2D2's stored-state replay). Observations, actions and episode starts are
+    flattened time-major, ``(L * B, ...)``: row ``t * B + b`` is step t of sequence b; rewards and
+    dones are ``(L, B)``.
+    """
+
+    observations: Union[th.Tensor, TensorDict]
+    actions: th.Tensor  # (L * B,)
+    episode_starts: th.Tensor  # (L * B,): the step begins an episode (the core resets before it)
+    rewards: th.Tensor  # (L, B)
+    dones: th.Tensor  # (L, B): the episode ended with this step's transition
+    states: th.Tensor  # (B, state_size)

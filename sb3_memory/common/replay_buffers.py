@@ -1,0 +1,173 @@
+"""Replay of whole sequences with the memory state at their start (stored-state replay, as R2D2)."""
+
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
+from stable_baselines3.common.preprocessing import get_obs_shape
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
+
+
+class SequenceReplayBuffer(ReplayBuffer):
+    """
+    Each environment's steps in order, in a ring of ``buffer_size // n_envs`` steps, and the policy's
+    flat memory state before every ``state_stride``-th step. :meth:`sample` returns sequences of
+    ``sequence_length`` consecutive steps of one environment that start where a state was stored,
+    so the core can replay them from it (Kapturowski et al., 2019). Episodes that start inside a
+    sequence are marked (``episode_starts``) and replayed from the initial state, as in
+    :class:`~sb3_memory.common.buffers.MemoryRolloutBuffer`.
+
+    It is a ``ReplayBuffer`` for SB3's checks (``load_replay_buffer``), but keeps its own arrays.
+    The transition's next observation is not stored: it is the next step's observation (or, after
+    an episode's end, not needed: an ended episode is not bootstrapped). The state is allocated at the
+    first :meth:`add` (its size comes from the policy).
+
+    :param buffer_size: steps kept, over all environments
+    :param sequence_length: steps per sampled sequence (burn-in, trained steps and n-step lookahead)
+    :param state_stride: a state is stored every this many steps; sequences start only there, so a
+        stride shorter than the sequence makes sampled sequences overlap
+    The other parameters are those of SB3's ``ReplayBuffer``.
+    """
+
+    # One array, or one per key of a Dict space (ReplayBuffer declares a single array).
+    observations: Any  # type: ignore[assignment]
+    obs_shape: Any
+    states: Optional[np.ndarray]
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: Union[th.device, str] = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        sequence_length: int = 16,
+        state_stride: int = 8,
+    ) -> None:
+        if optimize_memory_usage:
+            raise ValueError("SequenceReplayBuffer keeps each step once already: leave optimize_memory_usage=False")
+        if sequence_length < 1 or state_stride < 1:
+            raise ValueError(f"sequence_length ({sequence_length}) and state_stride ({state_stride}) must be positive")
+        # Not ReplayBuffer.__init__: its transition arrays (observations twice) would go unused.
+        BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
+        self.optimize_memory_usage, self.handle_timeout_termination = False, False
+        self.buffer_size = max(buffer_size // n_envs, 1)  # per environment, as ReplayBuffer's
+        if self.buffer_size % state_stride != 0 or self.buffer_size < sequence_length:
+            raise ValueError(
+                f"each environment keeps buffer_size // n_envs = {self.buffer_size} steps: it must be a multiple of "
+                f"state_stride ({state_stride}) and at least sequence_length ({sequence_length}); change buffer_size"
+            )
+        self.sequence_length = sequence_length
+        self.state_stride = state_stride
+        self.obs_shape = get_obs_shape(observation_space)
+        if isinstance(observation_space, spaces.Dict):
+            self.observations = {
+                key: np.zeros((self.buffer_size, n_envs, *shape), dtype=observation_space[key].dtype)
+                for key, shape in self.obs_shape.items()
+            }
+        else:
+            self.observations = np.zeros((self.buffer_size, n_envs, *self.obs_shape), dtype=observation_space.dtype)  # type: ignore[misc]
+        self.actions = np.zeros((self.buffer_size, n_envs), dtype=np.int64)
+        self.rewards = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        self.dones = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        self.episode_starts = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        self.states = None
+
+    def add(  # type: ignore[override]
+        self,
+        obs: Union[np.ndarray, dict[str, np.ndarray]],
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        episode_start: np.ndarray,
+        state: th.Tensor,
+    ) -> None:
+        """
+        One step of every environment.
+
+        :param obs: the observation the action was chosen on
+        :param done: the episode ended with this transition
+        :param episode_start: ``obs`` is its episode's first observation
+        :param state: the policy's flat state before this step, ``(n_envs, state_size)`` (kept every
+            ``state_stride`` steps)
+        """
+        if isinstance(self.observations, dict):
+            for key in self.observations:
+                self.observations[key][self.pos] = np.asarray(obs[key]).reshape(self.n_envs, *self.obs_shape[key])  # type: ignore[call-overload]
+        else:
+            self.observations[self.pos] = np.asarray(obs).reshape(self.n_envs, *self.obs_shape)  # type: ignore[misc]
+        self.actions[self.pos] = np.asarray(action).reshape(self.n_envs)
+        self.rewards[self.pos] = np.asarray(reward).reshape(self.n_envs)
+        self.dones[self.pos] = np.asarray(done).reshape(self.n_envs)
+        self.episode_starts[self.pos] = np.asarray(episode_start).reshape(self.n_envs)
+        if self.pos % self.state_stride == 0:
+            flat = state.detach().cpu().numpy()
+            if self.states is None:
+                self.states = np.zeros((self.buffer_size // self.state_stride, self.n_envs, flat.shape[1]), dtype=np.float32)
+            self.states[self.pos // self.state_stride] = flat
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full, self.pos = True, 0
+
+    def age(self, positions: np.ndarray) -> np.ndarray:
+        """How many kept steps come before each ring position (0: the oldest kept step)."""
+        return (positions - (self.pos if self.full else 0)) % self.buffer_size
+
+    def valid_starts(self, before: int = 0) -> np.ndarray:
+        """
+        Ring positions where a sequence can start: a stored state, and ``sequence_length`` steps
+        after it, all kept (and ``before`` steps before it, for :meth:`sequences` that start earlier).
+        """
+        starts = np.arange(0, self.buffer_size, self.state_stride)
+        age = self.age(starts)
+        return starts[(age >= before) & (age + self.sequence_length <= self.size())]
+
+    def sample(self, batch_size: int, env: Optional[VecNormalize] = None) -> SequenceReplayBufferSamples:  # type: ignore[override]
+        """``batch_size`` sequences, each of a uniformly drawn environment and valid start."""
+        candidates = self.valid_starts()
+        if len(candidates) == 0:
+            raise ValueError(
+                f"no sequence of {self.sequence_length} steps is stored yet ({self.size()} steps per environment): "
+                "raise learning_starts above sequence_length * n_envs"
+            )
+        starts = np.random.choice(candidates, size=batch_size)
+        env_indices = np.random.randint(0, self.n_envs, size=batch_size)
+        return self.sequences(starts, env_indices, env)
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None) -> SequenceReplayBufferSamples:  # type: ignore[override]
+        raise NotImplementedError("a SequenceReplayBuffer samples sequences: use sample() or sequences()")
+
+    def sequences(
+        self, starts: np.ndarray, env_indices: np.ndarray, env: Optional[VecNormalize] = None, length: Optional[int] = None
+    ) -> SequenceReplayBufferSamples:
+        """
+        The sequences of ``length`` (default ``sequence_length``) steps at ring positions ``starts``
+        (where states are stored) of these environments.
+        """
+        assert self.states is not None
+        length = self.sequence_length if length is None else length
+        steps = (starts[None, :] + np.arange(length)[:, None]) % self.buffer_size  # (L, B), time-major
+        envs = np.broadcast_to(env_indices, steps.shape)
+
+        def per_step(array: np.ndarray) -> np.ndarray:
+            return array[steps, envs].reshape(-1, *array.shape[2:])
+
+        if isinstance(self.observations, dict):
+            obs: Any = self._normalize_obs({key: per_step(value) for key, value in self.observations.items()}, env)
+            observations: Any = {key: self.to_torch(value) for key, value in obs.items()}
+        else:
+            observations = self.to_torch(self._normalize_obs(per_step(self.observations), env))  # type: ignore[arg-type]
+        rewards = self._normalize_reward(self.rewards[steps, envs], env)
+        return SequenceReplayBufferSamples(
+            observations=observations,
+            actions=self.to_torch(per_step(self.actions)),
+            episode_starts=self.to_torch(per_step(self.episode_starts)),
+            rewards=self.to_torch(rewards),
+            dones=self.to_torch(self.dones[steps, envs]),
+            states=self.to_torch(self.states[starts // self.state_stride, env_indices]),
+        )
