@@ -46,3 +46,13 @@ def test_onnx_deployer_loop_scores_as_the_trained_model(capsys, tmp_path, monkey
     )
     assert run_example(deployer, capsys, namespace) == 1.0
     assert (tmp_path / "tmaze_policy.onnx").is_file()
+
+
+def test_memory_dqn_example_trains_as_written():
+    """The MemoryDQN example runs as written, past its warm-up: updates happen and the policy moves."""
+    (source,) = [block for block in python_blocks() if "MemoryDQN(" in block]
+    namespace: dict = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert model.num_timesteps == 5_000 and model._n_updates > 0
+    assert model.replay_buffer.size() == 5_000 // model.n_envs
