@@ -234,8 +234,9 @@ def test_dict_observations():
 def test_bad_settings_name_the_fix():
     with pytest.raises(TypeError, match="MemoryDQN needs a memory policy"):
         MemoryDQN(DQN.policy_aliases["MlpPolicy"], make_vec_env(short_episode_env, n_envs=1))
-    with pytest.raises(ValueError, match="multiple of state_stride"):
-        make_model(buffer_size=100, state_stride=7)
+    with pytest.raises(ValueError, match="raise buffer_size"):
+        make_model(buffer_size=15)  # 5 steps per environment (4 in whole strides), sequences of 2 + 4 + 2
+    assert make_model(buffer_size=100, state_stride=7).replay_buffer.buffer_size == 28  # 33 per env, whole strides
     with pytest.raises(ValueError, match="burn_in"):
         make_model(burn_in=-1)
     with pytest.raises(AssertionError, match="Discrete"):  # SB3's own check of the action space

@@ -54,5 +54,5 @@ def test_memory_dqn_example_trains_as_written():
     namespace: dict = {}
     exec(compile(source, "README.md", "exec"), namespace)
     model = namespace["model"]
-    assert model.num_timesteps == 5_000 and model._n_updates > 0
-    assert model.replay_buffer.size() == 5_000 // model.n_envs
+    assert 5_000 <= model.num_timesteps < 5_000 + 4 * model.n_envs and model._n_updates > 0  # whole train_freq rounds
+    assert model.replay_buffer.size() == model.num_timesteps // model.n_envs

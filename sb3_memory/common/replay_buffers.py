@@ -26,7 +26,8 @@ class SequenceReplayBuffer(ReplayBuffer):
     an episode's end, not needed: an ended episode is not bootstrapped). The state is allocated at the
     first :meth:`add` (its size comes from the policy).
 
-    :param buffer_size: steps kept, over all environments
+    :param buffer_size: steps kept, over all environments (per environment: rounded down to whole
+        ``state_stride``)
     :param sequence_length: steps per sampled sequence (burn-in, trained steps and n-step lookahead)
     :param state_stride: a state is stored every this many steps; sequences start only there, so a
         stride shorter than the sequence makes sampled sequences overlap
@@ -56,11 +57,12 @@ class SequenceReplayBuffer(ReplayBuffer):
         # Not ReplayBuffer.__init__: its transition arrays (observations twice) would go unused.
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
         self.optimize_memory_usage, self.handle_timeout_termination = False, False
-        self.buffer_size = max(buffer_size // n_envs, 1)  # per environment, as ReplayBuffer's
-        if self.buffer_size % state_stride != 0 or self.buffer_size < sequence_length:
+        # Per environment, as ReplayBuffer's, rounded down to whole strides (a state per stride).
+        self.buffer_size = buffer_size // n_envs // state_stride * state_stride
+        if self.buffer_size < max(sequence_length, state_stride):
             raise ValueError(
-                f"each environment keeps buffer_size // n_envs = {self.buffer_size} steps: it must be a multiple of "
-                f"state_stride ({state_stride}) and at least sequence_length ({sequence_length}); change buffer_size"
+                f"buffer_size={buffer_size} keeps {buffer_size // n_envs} steps per environment ({n_envs} envs), "
+                f"fewer than a sequence ({sequence_length} steps) or a state stride ({state_stride}): raise buffer_size"
             )
         self.sequence_length = sequence_length
         self.state_stride = state_stride
