@@ -243,6 +243,11 @@ def test_bad_settings_name_the_fix():
         make_model(env_fn=lambda: RandomEpisodeEnv(action_space=spaces.Box(-1, 1, (2,), np.float32)))
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         make_model(policy_kwargs=dict(memory_slots=8))
+    warm = make_model(learning_starts=0)  # the first updates wait for a whole sequence
+    warm.learn(12)
+    assert warm._n_updates == 0
+    warm.learn(30, reset_num_timesteps=False)
+    assert warm._n_updates > 0
     buffer = SequenceReplayBuffer(64, spaces.Box(-1, 1, (2,)), spaces.Discrete(2), n_envs=1, sequence_length=8, state_stride=4)
     with pytest.raises(ValueError, match="raise learning_starts"):
         buffer.sample(2)

@@ -64,7 +64,8 @@ class MemoryDQN(DQN):
         drifted from what the current network computes (``replay/state_drift``) and what burn-in
         does to the Q-values (``replay/q_drift_at_start``, ``replay/q_drift_after_burn_in``); 0 never
     The other parameters are those of SB3's :class:`~stable_baselines3.DQN`; ``batch_size`` counts
-    sequences, and ``buffer_size`` steps over all environments.
+    sequences, and ``buffer_size`` steps over all environments. Training waits until a whole
+    sequence is stored, whatever ``learning_starts`` says.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = POLICY_ALIASES
@@ -266,6 +267,8 @@ class MemoryDQN(DQN):
         return F.smooth_l1_loss(current, target)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        if len(self.replay_buffer.valid_starts()) == 0:
+            return  # warming up: no whole sequence stored yet (learning_starts below sequence_length * n_envs)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         losses = []
