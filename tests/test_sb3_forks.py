@@ -10,13 +10,15 @@ import inspect
 from typing import Any, Callable
 
 import pytest
-from stable_baselines3 import A2C, PPO
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 
-from sb3_memory import MemoryA2C, MemoryPPO
+from sb3_memory import MemoryA2C, MemoryDQN, MemoryPPO
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
 from sb3_memory.common.policies import MemoryActorCriticPolicy
+from sb3_memory.dqn.policies import MemoryDQNPolicy
 
 MARKER = "# sb3-memory"
 # sha256 of the originals in stable-baselines3 2.9.2, the version the forks were made from.
@@ -34,7 +36,28 @@ IDS = ["PPO.train", "A2C.train", "OnPolicyAlgorithm.collect_rollouts"]
 # Rewritten rather than forked line for line (the memory state changes most of the method): only
 # the original's hash is watched, so an SB3 change to it is reviewed here.
 REWRITTEN: list[Fork] = [
-    (BasePolicy.predict, MemoryActorCriticPolicy.predict, "47903eef7db6a63f80543db7f2e54891707da2aa103e6602358481a3974ed873")
+    (BasePolicy.predict, MemoryActorCriticPolicy.predict, "47903eef7db6a63f80543db7f2e54891707da2aa103e6602358481a3974ed873"),
+    (BasePolicy.predict, MemoryDQNPolicy.predict, "47903eef7db6a63f80543db7f2e54891707da2aa103e6602358481a3974ed873"),
+    (DQN.train, MemoryDQN.train, "696507cb4053336a892a34781e07fc6884c8d43673ea5cc7cb463f64e086c17e"),
+    (DQN.predict, MemoryDQN.predict, "bd134514b2b5fa6d78df2cec6bcdd4045c653fcb28ccf70a5368e118852eeffa"),
+    (
+        OffPolicyAlgorithm._sample_action,
+        MemoryDQN._sample_action,
+        "91b38e02c778434778fc1236b6a5c13b915cc7d6f978d5060ddb84b13d0fd29f",
+    ),
+    (
+        OffPolicyAlgorithm._store_transition,
+        MemoryDQN._store_transition,
+        "3acfadcbf8b1ea11b80e9d54a75bc894112b146c5cb164b26c2d419fbc48ec54",
+    ),
+]
+REWRITTEN_IDS = [
+    "BasePolicy.predict (actor-critic)",
+    "BasePolicy.predict (DQN)",
+    "DQN.train",
+    "DQN.predict",
+    "OffPolicyAlgorithm._sample_action",
+    "OffPolicyAlgorithm._store_transition",
 ]
 
 
@@ -42,7 +65,7 @@ def digest(function) -> str:
     return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
 
 
-@pytest.mark.parametrize("original,fork,expected", FORKS + REWRITTEN, ids=[*IDS, "BasePolicy.predict"])
+@pytest.mark.parametrize("original,fork,expected", FORKS + REWRITTEN, ids=[*IDS, *REWRITTEN_IDS])
 def test_installed_original_is_the_one_forked(original, fork, expected):
     assert digest(original) == expected, (
         f"stable-baselines3's {original.__qualname__} changed since the fork in {fork.__module__} was made: "

@@ -179,6 +179,7 @@ class MemoryDQN(DQN):
 
         :return: the action(s) and the new state
         """
+        # Rewritten from SB3 2.9.2's DQN.predict: the state advances whether the action explores or not.
         action, state = self.policy.predict(observation, state, episode_start, deterministic)
         if not deterministic and np.random.rand() < self.exploration_rate:
             action = np.array([self.action_space.sample() for _ in range(action.size)]).reshape(action.shape)
@@ -187,8 +188,9 @@ class MemoryDQN(DQN):
     def _sample_action(
         self, learning_starts: int, action_noise: Optional[ActionNoise] = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
-        # SB3's predicts without a state: here the online core steps on every observation (also
-        # during warm-up, so that stored states are the ones the policy would have held).
+        # Rewritten from SB3 2.9.2's OffPolicyAlgorithm._sample_action, which predicts without a
+        # state: here the online core steps on every observation (also during warm-up, so that
+        # stored states are the ones the policy would have held).
         assert self._last_obs is not None and self._last_memory_state is not None
         self._memory_state_before = self._last_memory_state
         with th.no_grad():
@@ -209,6 +211,8 @@ class MemoryDQN(DQN):
         dones: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
+        # Rewritten from SB3 2.9.2's OffPolicyAlgorithm._store_transition: one step with its episode
+        # start and the state before it, and no next observation.
         assert isinstance(replay_buffer, SequenceReplayBuffer) and self._memory_state_before is not None
         assert self._last_episode_starts is not None
         if self._vec_normalize_env is not None:
@@ -267,6 +271,8 @@ class MemoryDQN(DQN):
         return F.smooth_l1_loss(current, target)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        # Rewritten from stable_baselines3 2.9.2's DQN.train for sequences (tests/test_sb3_forks.py
+        # watches the original, as for the other rewritten methods here).
         if len(self.replay_buffer.valid_starts()) == 0:
             return  # warming up: no whole sequence stored yet (learning_starts below sequence_length * n_envs)
         self.policy.set_training_mode(True)
