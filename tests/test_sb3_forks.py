@@ -16,6 +16,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 
 from sb3_memory import MemoryA2C, MemoryDQN, MemoryPPO
+from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
 from sb3_memory.common.policies import MemoryActorCriticPolicy
 from sb3_memory.dqn.policies import MemoryDQNPolicy
@@ -47,7 +48,7 @@ REWRITTEN: list[Fork] = [
     ),
     (
         OffPolicyAlgorithm._store_transition,
-        MemoryDQN._store_transition,
+        MemoryOffPolicyMixin._store_transition,
         "3acfadcbf8b1ea11b80e9d54a75bc894112b146c5cb164b26c2d419fbc48ec54",
     ),
 ]

@@ -5,13 +5,12 @@ from typing import Any, ClassVar, Optional, TypeVar, Union
 import numpy as np
 import torch as th
 from stable_baselines3 import DQN
-from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from torch.nn import functional as F
 
+from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin, burn_in_split, split_rows
 from sb3_memory.common.replay_buffers import SequenceReplayBuffer
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
 from sb3_memory.dqn.policies import POLICY_ALIASES, MemoryDQNPolicy
@@ -39,7 +38,7 @@ def n_step_targets(rewards: th.Tensor, dones: th.Tensor, bootstrap: th.Tensor, g
     return target + alive * gamma**n_steps * bootstrap
 
 
-class MemoryDQN(DQN):
+class MemoryDQN(MemoryOffPolicyMixin, DQN):
     """
     Deep Q-learning with a memory policy (``NTMPolicy``, ``DNCPolicy``, ``LSTMPolicy``; ``Cnn`` and
     ``MultiInput`` forms), trained as R2D2 (Kapturowski et al., 2019): the replay buffer keeps each
@@ -135,8 +134,6 @@ class MemoryDQN(DQN):
             device=device,
             _init_setup_model=_init_setup_model,
         )
-        self._last_memory_state: Optional[th.Tensor] = None
-        self._memory_state_before: Optional[th.Tensor] = None
 
     @property
     def sequence_length(self) -> int:
@@ -150,19 +147,6 @@ class MemoryDQN(DQN):
                 "for SB3's MlpPolicy use stable_baselines3.DQN"
             )
         super()._setup_model()
-
-    def _setup_learn(
-        self,
-        total_timesteps: int,
-        callback: MaybeCallback = None,
-        reset_num_timesteps: bool = True,
-        tb_log_name: str = "run",
-        progress_bar: bool = False,
-    ) -> tuple[int, BaseCallback]:
-        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
-        if self._last_memory_state is None or reset_num_timesteps:
-            self._last_memory_state = self.policy.initial_state(self.n_envs)
-        return result
 
     # --- rollouts -----------------------------------------------------------------------------
 
@@ -185,52 +169,20 @@ class MemoryDQN(DQN):
             action = np.array([self.action_space.sample() for _ in range(action.size)]).reshape(action.shape)
         return action, state
 
+    def _memory_step(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> tuple[np.ndarray, th.Tensor]:
+        action, state = self.policy._predict(obs, state, episode_starts)
+        return action.cpu().numpy(), state
+
     def _sample_action(
         self, learning_starts: int, action_noise: Optional[ActionNoise] = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         # Rewritten from SB3 2.9.2's OffPolicyAlgorithm._sample_action, which predicts without a
         # state: here the online core steps on every observation (also during warm-up, so that
         # stored states are the ones the policy would have held).
-        assert self._last_obs is not None and self._last_memory_state is not None
-        self._memory_state_before = self._last_memory_state
-        with th.no_grad():
-            obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
-            starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
-            action_tensor, self._last_memory_state = self.policy._predict(obs_tensor, self._last_memory_state, starts)
-        actions = action_tensor.cpu().numpy()
+        actions = self._step_memory()
         if self.num_timesteps < learning_starts or np.random.rand() < self.exploration_rate:
             actions = np.array([self.action_space.sample() for _ in range(n_envs)])
         return actions, actions
-
-    def _store_transition(  # type: ignore[override]
-        self,
-        replay_buffer: ReplayBuffer,
-        buffer_action: np.ndarray,
-        new_obs: Union[np.ndarray, dict[str, np.ndarray]],
-        reward: np.ndarray,
-        dones: np.ndarray,
-        infos: list[dict[str, Any]],
-    ) -> None:
-        # Rewritten from SB3 2.9.2's OffPolicyAlgorithm._store_transition: one step with its episode
-        # start and the state before it, and no next observation.
-        assert isinstance(replay_buffer, SequenceReplayBuffer) and self._memory_state_before is not None
-        assert self._last_episode_starts is not None
-        if self._vec_normalize_env is not None:
-            new_obs_, reward_ = self._vec_normalize_env.get_original_obs(), self._vec_normalize_env.get_original_reward()
-        else:
-            self._last_original_obs, new_obs_, reward_ = self._last_obs, new_obs, reward
-        replay_buffer.add(
-            self._last_original_obs,  # type: ignore[arg-type]
-            buffer_action,
-            reward_,
-            dones,
-            self._last_episode_starts,
-            self._memory_state_before,
-        )
-        self._last_obs = new_obs
-        self._last_episode_starts = dones
-        if self._vec_normalize_env is not None:
-            self._last_original_obs = new_obs_
 
     # --- training -----------------------------------------------------------------------------
 
@@ -241,19 +193,15 @@ class MemoryDQN(DQN):
         the online one then keeps its graph (the target network's state is its own throughout).
         """
         batch = data.states.shape[0]
-        split = self.burn_in * batch
-
-        def part(obs: Any, rows: slice) -> Any:
-            return {key: value[rows] for key, value in obs.items()} if isinstance(obs, dict) else obs[rows]
-
-        early, late = slice(0, split), slice(split, None)
+        early, late = burn_in_split(data, self.burn_in)
+        obs_early, obs_late = split_rows(data.observations, early), split_rows(data.observations, late)
         with th.no_grad():
             online_state, target_state = data.states, data.states
             if self.burn_in:
-                _, online_state = self.q_net(part(data.observations, early), data.states, data.episode_starts[early])
-                _, target_state = self.q_net_target(part(data.observations, early), data.states, data.episode_starts[early])
-            target_q, _ = self.q_net_target(part(data.observations, late), target_state, data.episode_starts[late])
-        online_q, _ = self.q_net(part(data.observations, late), online_state, data.episode_starts[late])
+                _, online_state = self.q_net(obs_early, data.states, data.episode_starts[early])
+                _, target_state = self.q_net_target(obs_early, data.states, data.episode_starts[early])
+            target_q, _ = self.q_net_target(obs_late, target_state, data.episode_starts[late])
+        online_q, _ = self.q_net(obs_late, online_state, data.episode_starts[late])
         return online_q.view(-1, batch, online_q.shape[-1]), target_q.view(-1, batch, target_q.shape[-1])
 
     def sequence_loss(self, data: SequenceReplayBufferSamples) -> th.Tensor:
@@ -329,6 +277,3 @@ class MemoryDQN(DQN):
             "q_drift_at_start": float(gap[0] / scale),
             "q_drift_after_burn_in": float(gap[self.burn_in] / scale),
         }
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_memory_state", "_memory_state_before"]

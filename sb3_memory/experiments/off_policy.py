@@ -71,7 +71,8 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - start
     eval_env = make_env(seed + 1000, args.corridor_length, 1, frames)
     score, _ = evaluate_policy(model, eval_env, n_eval_episodes=100, deterministic=True)
-    result = dict(agent=agent, seed=seed, steps=args.steps, score=float(score), wall_seconds=wall)
+    assert isinstance(score, float)
+    result = dict(agent=agent, seed=seed, steps=args.steps, score=score, wall_seconds=wall)
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     print(f"{agent} seed {seed}: {score:.2f} in {wall:.0f} s", flush=True)

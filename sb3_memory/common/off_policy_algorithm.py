@@ -1,0 +1,101 @@
+"""What the off-policy memory algorithms share: rollouts that carry the memory state, stored-state replay."""
+
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import MaybeCallback, PyTorchObs
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_memory.common.replay_buffers import SequenceReplayBuffer
+from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
+
+
+def split_rows(obs: PyTorchObs, rows: slice) -> PyTorchObs:
+    """Rows of flattened time-major observations (a tensor or a dict of them)."""
+    return {key: value[rows] for key, value in obs.items()} if isinstance(obs, dict) else obs[rows]
+
+
+def burn_in_split(data: SequenceReplayBufferSamples, burn_in: int) -> tuple[slice, slice]:
+    """The rows of the burn-in steps and of the steps after them, in flattened time-major sequences."""
+    split = burn_in * data.states.shape[0]
+    return slice(0, split), slice(split, None)
+
+
+class MemoryOffPolicyMixin:
+    """
+    Rollouts for an off-policy algorithm whose policy carries a memory state (mixed in before SB3's
+    ``DQN`` or ``SAC``): the state goes from step to step through :meth:`_memory_step` (the
+    algorithm's choice of action), resets at episode starts, and is stored with every step in a
+    :class:`~sb3_memory.common.replay_buffers.SequenceReplayBuffer` (which keeps it every
+    ``state_stride`` steps). The state is not saved with the model: ``learn`` starts afresh.
+    """
+
+    _last_memory_state: Optional[th.Tensor] = None
+    _memory_state_before: Optional[th.Tensor] = None
+
+    if TYPE_CHECKING:  # provided by SB3's OffPolicyAlgorithm
+        policy: Any
+        n_envs: int
+        device: th.device
+        _last_obs: Any
+        _last_original_obs: Any
+        _last_episode_starts: Optional[np.ndarray]
+        _vec_normalize_env: Optional[VecNormalize]
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)  # type: ignore[misc]
+        if self._last_memory_state is None or reset_num_timesteps:
+            self._last_memory_state = self.policy.initial_state(self.n_envs)
+        return result
+
+    def _memory_step(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> tuple[np.ndarray, th.Tensor]:
+        """The action the algorithm takes (before any warm-up or exploration) and the new state."""
+        raise NotImplementedError
+
+    def _step_memory(self) -> np.ndarray:
+        """One policy step on the last observations: the action, with the state advanced (the one before kept)."""
+        assert self._last_obs is not None and self._last_memory_state is not None and self._last_episode_starts is not None
+        self._memory_state_before = self._last_memory_state
+        with th.no_grad():
+            obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
+            starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
+            action, self._last_memory_state = self._memory_step(obs_tensor, self._last_memory_state, starts)
+        return action
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: Union[np.ndarray, dict[str, np.ndarray]],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        # Rewritten from SB3 2.9.2's OffPolicyAlgorithm._store_transition: one step with its episode
+        # start and the state before it, and no next observation (tests/test_sb3_forks.py watches it).
+        assert isinstance(replay_buffer, SequenceReplayBuffer) and self._memory_state_before is not None
+        assert self._last_episode_starts is not None
+        if self._vec_normalize_env is not None:
+            new_obs_, reward_ = self._vec_normalize_env.get_original_obs(), self._vec_normalize_env.get_original_reward()
+        else:
+            self._last_original_obs, new_obs_, reward_ = self._last_obs, new_obs, reward
+        replay_buffer.add(
+            self._last_original_obs, buffer_action, reward_, dones, self._last_episode_starts, self._memory_state_before
+        )
+        self._last_obs = new_obs
+        self._last_episode_starts = dones
+        if self._vec_normalize_env is not None:
+            self._last_original_obs = new_obs_
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_last_memory_state", "_memory_state_before"]  # type: ignore[misc]
