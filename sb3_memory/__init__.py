@@ -16,6 +16,7 @@ _HOMES = {
     "MemoryA2C": "sb3_memory.a2c",
     "MemoryDQN": "sb3_memory.dqn",
     "MemoryPPO": "sb3_memory.ppo",
+    "MemorySAC": "sb3_memory.sac",
     "MaskableMemoryPPO": "sb3_memory.ppo_mask",
     **{
         name: "sb3_memory.common.policies"
@@ -45,6 +46,7 @@ __all__ = [
     "MemoryActorCriticPolicy",
     "MemoryDQN",
     "MemoryPPO",
+    "MemorySAC",
     "MultiInputDNCPolicy",
     "MultiInputLSTMPolicy",
     "MultiInputNTMPolicy",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     from sb3_memory.dqn import MemoryDQN
     from sb3_memory.ppo import MemoryPPO
     from sb3_memory.ppo_mask import MaskableMemoryPPO
+    from sb3_memory.sac import MemorySAC
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """
-rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` / ``maskable_memory_ppo`` / ``memory_dqn``
-algorithms, Optuna samplers (on-policy ones)
+rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` / ``maskable_memory_ppo`` / ``memory_dqn`` /
+``memory_sac`` algorithms, Optuna samplers (on-policy ones)
 and a thin command-line wrapper around rl-zoo3's own entry points.
 
 Usage (the flags after the subcommand are exactly rl-zoo3's; the wrapper only strips the subcommand)::
@@ -25,9 +25,10 @@ is built, before ``--gym-packages`` modules are imported, so ``python -m rl_zoo3
 Importing this module (idempotent, see :func:`register`):
 
 * adds ``memory_ppo`` (:class:`~sb3_memory.MemoryPPO`), ``memory_a2c`` (:class:`~sb3_memory.MemoryA2C`),
-  ``maskable_memory_ppo`` (:class:`~sb3_memory.MaskableMemoryPPO`) and ``memory_dqn``
-  (:class:`~sb3_memory.MemoryDQN`) to rl-zoo3's ``ALGOS``, the on-policy ones' samplers to
-  ``HYPERPARAMS_SAMPLER`` and converters to ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
+  ``maskable_memory_ppo`` (:class:`~sb3_memory.MaskableMemoryPPO`), ``memory_dqn``
+  (:class:`~sb3_memory.MemoryDQN`) and ``memory_sac`` (:class:`~sb3_memory.MemorySAC`) to rl-zoo3's
+  ``ALGOS``, the on-policy ones' samplers to ``HYPERPARAMS_SAMPLER`` and converters to
+  ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
 * registers the ``sb3_memory/...`` tasks and rl-zoo3's ``...NoVel`` envs with gymnasium;
 * patches two methods of ``rl_zoo3.exp_manager.ExperimentManager`` (each keeps the original and
   calls it):
@@ -94,6 +95,7 @@ from sb3_memory.dqn import MemoryDQN
 from sb3_memory.memory import CORES
 from sb3_memory.ppo import MemoryPPO
 from sb3_memory.ppo_mask import MaskableMemoryPPO
+from sb3_memory.sac import MemorySAC
 
 __all__ = [
     "MEMORY_ALGOS",
@@ -111,8 +113,9 @@ MEMORY_ALGOS: dict[str, type[BaseAlgorithm]] = {
     "memory_a2c": MemoryA2C,
     "maskable_memory_ppo": MaskableMemoryPPO,
     "memory_dqn": MemoryDQN,
+    "memory_sac": MemorySAC,
 }
-#: Those with Optuna samplers (``-optimize``); MemoryDQN has none yet.
+#: Those with Optuna samplers (``-optimize``); MemoryDQN and MemorySAC have none yet.
 ON_POLICY_MEMORY_ALGOS = ("memory_ppo", "memory_a2c", "maskable_memory_ppo")
 
 #: Memory shape search space (policy_kwargs keys); only the keys the policy's core accepts are sampled.

@@ -10,12 +10,12 @@ import inspect
 from typing import Any, Callable
 
 import pytest
-from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 
-from sb3_memory import MemoryA2C, MemoryDQN, MemoryPPO
+from sb3_memory import MemoryA2C, MemoryDQN, MemoryPPO, MemorySAC
 from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
 from sb3_memory.common.policies import MemoryActorCriticPolicy
@@ -46,6 +46,12 @@ REWRITTEN: list[Fork] = [
         MemoryDQN._sample_action,
         "91b38e02c778434778fc1236b6a5c13b915cc7d6f978d5060ddb84b13d0fd29f",
     ),
+    (SAC.train, MemorySAC.train, "0ac7abe1c18ba7fe1b8a5bbf2b301b6fff4f4573aa02c4342187a953600ce50c"),
+    (
+        OffPolicyAlgorithm._sample_action,
+        MemorySAC._sample_action,
+        "91b38e02c778434778fc1236b6a5c13b915cc7d6f978d5060ddb84b13d0fd29f",
+    ),
     (
         OffPolicyAlgorithm._store_transition,
         MemoryOffPolicyMixin._store_transition,
@@ -57,7 +63,9 @@ REWRITTEN_IDS = [
     "BasePolicy.predict (DQN)",
     "DQN.train",
     "DQN.predict",
-    "OffPolicyAlgorithm._sample_action",
+    "OffPolicyAlgorithm._sample_action (DQN)",
+    "SAC.train",
+    "OffPolicyAlgorithm._sample_action (SAC)",
     "OffPolicyAlgorithm._store_transition",
 ]
 

@@ -52,5 +52,5 @@ def test_the_package_root_still_registers_the_envs_and_loads_the_algorithms_on_u
 def test_an_unknown_name_of_the_package_root_raises_attribute_error():
     import sb3_memory
 
-    with pytest.raises(AttributeError, match="no attribute 'MemorySAC'"):
-        _ = sb3_memory.MemorySAC
+    with pytest.raises(AttributeError, match="no attribute 'MemoryTD3'"):
+        _ = sb3_memory.MemoryTD3

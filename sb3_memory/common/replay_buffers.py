@@ -6,7 +6,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
-from stable_baselines3.common.preprocessing import get_obs_shape
+from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
@@ -74,7 +74,12 @@ class SequenceReplayBuffer(ReplayBuffer):
             }
         else:
             self.observations = np.zeros((self.buffer_size, n_envs, *self.obs_shape), dtype=observation_space.dtype)  # type: ignore[misc]
-        self.actions = np.zeros((self.buffer_size, n_envs), dtype=np.int64)
+        # Discrete actions as integers; Box actions as SB3's off-policy algorithms store them (scaled).
+        self.action_shape: tuple[int, ...] = (
+            () if isinstance(action_space, spaces.Discrete) else (get_action_dim(action_space),)
+        )
+        action_dtype = np.int64 if isinstance(action_space, spaces.Discrete) else np.float32
+        self.actions = np.zeros((self.buffer_size, n_envs, *self.action_shape), dtype=action_dtype)
         self.rewards = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
         self.dones = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
         self.episode_starts = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
@@ -103,7 +108,7 @@ class SequenceReplayBuffer(ReplayBuffer):
                 self.observations[key][self.pos] = np.asarray(obs[key]).reshape(self.n_envs, *self.obs_shape[key])  # type: ignore[call-overload]
         else:
             self.observations[self.pos] = np.asarray(obs).reshape(self.n_envs, *self.obs_shape)  # type: ignore[misc]
-        self.actions[self.pos] = np.asarray(action).reshape(self.n_envs)
+        self.actions[self.pos] = np.asarray(action).reshape(self.n_envs, *self.action_shape)
         self.rewards[self.pos] = np.asarray(reward).reshape(self.n_envs)
         self.dones[self.pos] = np.asarray(done).reshape(self.n_envs)
         self.episode_starts[self.pos] = np.asarray(episode_start).reshape(self.n_envs)

@@ -47,7 +47,7 @@ class SequenceReplayBufferSamples(NamedTuple):
     """
 
     observations: Union[th.Tensor, TensorDict]
-    actions: th.Tensor  # (L * B,)
+    actions: th.Tensor  # (L * B,) for discrete actions, (L * B, action_dim) for Box ones
     episode_starts: th.Tensor  # (L * B,): the step begins an episode (the core resets before it)
     rewards: th.Tensor  # (L, B)
     dones: th.Tensor  # (L, B): the episode ended with this step's transition

@@ -1,0 +1,117 @@
+"""MemorySAC: sequence replay of the actor's and the critic's cores, checked against the rollout."""
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.env_util import make_vec_env
+from test_algorithms import RandomEpisodeEnv
+
+from sb3_memory import MemorySAC
+
+CORE = dict(memory_units=8, memory_unit_size=4, controller_dim=16, net_arch=[32, 32])
+
+
+def continuous_env() -> RandomEpisodeEnv:
+    return RandomEpisodeEnv(action_space=spaces.Box(-2.0, 2.0, (2,), np.float32), min_length=3, max_length=7)
+
+
+def make_model(policy: str = "NTMPolicy", n_envs: int = 2, **kwargs: Any) -> MemorySAC:
+    env = make_vec_env(continuous_env, n_envs=n_envs, seed=0)
+    settings: dict[str, Any] = dict(
+        learning_starts=30, buffer_size=400, batch_size=6, burn_in=2, train_length=4, n_steps=2, seed=0, device="cpu",
+        policy_kwargs=CORE if policy != "LSTMPolicy" else dict(controller_dim=16, net_arch=[32, 32]),
+    )  # fmt: skip
+    settings.update(kwargs)
+    return MemorySAC(policy, env, **settings)
+
+
+@pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy", "LSTMPolicy"])
+def test_zero_learning_rate_replays_both_cores(policy):
+    """The actor's means and the critic core's outputs replayed from stored states equal the rollout's."""
+    model = make_model(policy, learning_rate=0.0, ent_coef=0.1)
+    recorded: list[tuple[th.Tensor, th.Tensor]] = []
+    original = model.policy._predict
+
+    def recording(observation, state, episode_starts, deterministic=False):
+        actor_state, critic_state = model.policy.split_state(state)
+        latent_pi, _ = model.actor.latent(observation, actor_state, episode_starts)
+        latent_q, _ = model.critic.latent(observation, critic_state, episode_starts)
+        recorded.append((model.actor._params(latent_pi)[0].detach().clone(), latent_q.detach().clone()))
+        return original(observation, state, episode_starts, deterministic)
+
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.policy._predict = recording  # type: ignore[method-assign]
+    model.learn(120 * model.n_envs)
+    model.policy._predict = original  # type: ignore[method-assign]
+    # (the target critic's polyak average of two equal copies can move by rounding; it is not replayed here)
+    assert all(th.equal(v, before[k]) for k, v in model.policy.state_dict().items() if not k.startswith("critic_target"))
+    means = th.stack([r[0] for r in recorded])  # (steps, n_envs, action_dim)
+    latents = th.stack([r[1] for r in recorded])
+    buffer = model.replay_buffer
+    assert buffer.episode_starts[1 : buffer.pos].sum() >= 10
+    envs = np.arange(model.n_envs)
+    with th.no_grad():
+        for start in buffer.valid_starts():
+            data = buffer.sequences(np.full(model.n_envs, start), envs)
+            actor_state, critic_state = model.policy.split_state(data.states)
+            latent_pi, _ = model.actor.latent(data.observations, actor_state, data.episode_starts)
+            latent_q, _ = model.critic.latent(data.observations, critic_state, data.episode_starts)
+            steps = slice(start, start + model.sequence_length)
+            th.testing.assert_close(model.actor._params(latent_pi)[0].view_as(means[steps]), means[steps], atol=1e-5, rtol=0)
+            th.testing.assert_close(latent_q.view_as(latents[steps]), latents[steps], atol=1e-5, rtol=0)
+    # The replayed actions are the rollout's, scaled to [-1, 1].
+    assert float(np.abs(buffer.actions[: buffer.pos]).max()) <= 1.0
+
+
+def test_burn_in_gets_no_gradient_and_the_target_critic_runs_from_the_stored_state():
+    model = make_model()
+    model.learn(80)
+    data = model.replay_buffer.sample(5)
+    observations = data.observations.clone().requires_grad_()
+    losses = model.sequence_losses(data._replace(observations=observations), th.tensor(0.1))
+    (losses["critic_loss"] + model.actor_loss(losses, th.tensor(0.1))).backward()
+    rows = model.burn_in * 5
+    assert observations.grad is not None
+    assert float(observations.grad[:rows].abs().max()) == 0.0 and float(observations.grad[rows:].abs().max()) > 0.0
+    # The target critic's memory: its own core over the whole sequence from the stored critic state.
+    with th.no_grad():
+        for parameter in model.critic.parameters():
+            parameter.add_(0.1 * th.randn_like(parameter))
+        _, critic_state = model.policy.split_state(data.states)
+        whole, _ = model.critic_target.latent(data.observations, critic_state, data.episode_starts)
+        burnt = model.critic.latent(data.observations[:rows], critic_state, data.episode_starts[:rows])[1]
+        mixed, _ = model.critic_target.latent(data.observations[rows:], burnt, data.episode_starts[rows:])
+    assert float((mixed - whole[rows:]).abs().max()) > 1e-4  # other state, other values: the check can fail
+
+
+def test_training_moves_actor_critic_and_entropy_and_save_load_predicts_the_same(tmp_path):
+    model = make_model(learning_rate=1e-3)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.learn(120)
+    changed = {k.split(".")[0] for k, v in model.policy.state_dict().items() if not th.equal(v, before[k])}
+    assert {"actor", "critic", "critic_target"} <= changed
+    assert model.log_ent_coef is not None and float(model.log_ent_coef.detach()) != 0.0
+    obs = model.env.reset()
+    model.save(tmp_path / "sac")
+    loaded = MemorySAC.load(tmp_path / "sac", env=model.env)
+    state = loaded_state = None
+    starts = np.ones(model.n_envs, dtype=bool)
+    for _ in range(5):
+        action, state = model.predict(obs, state, starts, deterministic=True)
+        again, loaded_state = loaded.predict(obs, loaded_state, starts, deterministic=True)
+        np.testing.assert_array_equal(again, action)
+        starts = np.zeros(model.n_envs, dtype=bool)
+    assert model.action_space.contains(action[0])
+
+
+def test_bad_settings_name_the_fix():
+    with pytest.raises(TypeError, match="MemorySAC needs a memory policy"):
+        MemorySAC(SAC.policy_aliases["MlpPolicy"], make_vec_env(continuous_env, n_envs=1))
+    with pytest.raises(ValueError, match="share_features_extractor=False"):
+        make_model(policy_kwargs={**CORE, "share_features_extractor": True})
+    with pytest.raises(AssertionError, match="Box"):  # SB3's own check of the action space
+        MemorySAC("NTMPolicy", make_vec_env(lambda: RandomEpisodeEnv(), n_envs=1))
