@@ -1,14 +1,16 @@
-"""MemoryDQN against SB3's DQN (with and without frame stacking) on the passive T-maze.
+"""The off-policy memory agents against SB3's (with and without frame stacking).
 
-Every agent gets the same budget, environments, learning rate, target updates, exploration schedule,
-n-step return and transitions per gradient step (MemoryDQN: ``batch_size`` sequences of
-``train_length`` trained steps; DQN: ``batch_size * train_length`` transitions). Each run is scored
-by the mean return of 100 deterministic episodes of its final model (optimal 1, a memoryless policy
-0.5 in expectation); wall time and steps/s are per run, one torch thread. Results go to a JSON file
-per run (resumable) and a Markdown table.
+Two tasks: ``tmaze`` (MemoryDQN against DQN on the passive T-maze) and ``pendulum`` (MemorySAC
+against SAC on PendulumNoVel-v1, Pendulum without its angular velocity). On a task every agent gets
+the same budget, environments, learning rate, target updates, exploration, n-step return and
+transitions per gradient step (a memory agent: ``batch_size`` sequences of ``train_length`` trained
+steps; SB3's: ``batch_size * train_length`` transitions). Each run is scored by the mean return of
+deterministic episodes of its final model; wall time and steps/s are per run, one torch thread.
+Results go to a JSON file per run (resumable) and a Markdown table.
 
 Usage (``scripts/off_policy.py`` runs :func:`main`):
     python scripts/off_policy.py --seeds 0 1 2 --out runs/off_policy --table docs/results/off_policy_tmaze.md
+    python scripts/off_policy.py --task pendulum --seeds 0 1 2 --table docs/results/off_policy_pendulum.md
 """
 
 import argparse
@@ -21,56 +23,100 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3 import DQN
+from stable_baselines3 import DQN, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
-from sb3_memory import MemoryDQN
+from sb3_memory import MemoryDQN, MemorySAC
 from sb3_memory.experiments.compare import t_interval, welch_p_value
 
-ENV = "sb3_memory/PassiveTMaze-v0"
-COMMON: dict[str, Any] = dict(
-    learning_rate=5e-4, buffer_size=50_000, learning_starts=2000, train_freq=4, gradient_steps=1,
-    target_update_interval=2000, exploration_fraction=0.3, exploration_final_eps=0.05, gamma=0.99, n_steps=3,
-)  # fmt: skip
-SEQUENCES, TRAIN_LENGTH, BURN_IN = 32, 8, 4
-CORE = dict(memory_units=16, memory_unit_size=8, controller_dim=32)
-#: name -> (memory policy or None for DQN, frames stacked)
-AGENTS: dict[str, tuple[Any, int]] = {
-    "MemoryDQN-NTM": ("NTMPolicy", 1),
-    "MemoryDQN-DNC": ("DNCPolicy", 1),
-    "MemoryDQN-LSTM": ("LSTMPolicy", 1),
-    "DQN": (None, 1),
-    "DQN, 4 frames stacked": (None, 4),
+SEQUENCES, TRAIN_LENGTH = 32, 8
+#: Per task: env, n_envs, evaluation episodes, the score that counts as solved, what every agent
+#: shares, the memory agents' burn-in and core, and the agents: name -> (memory policy or None, frames stacked).
+TASKS: dict[str, dict[str, Any]] = {
+    "tmaze": dict(
+        env="sb3_memory/PassiveTMaze-v0",
+        n_envs=8,
+        episodes=100,
+        solved=0.95,
+        burn_in=4,
+        memory=MemoryDQN,
+        plain=DQN,
+        core=dict(memory_units=16, memory_unit_size=8, controller_dim=32),
+        common=dict(
+            learning_rate=5e-4,
+            buffer_size=50_000,
+            learning_starts=2000,
+            train_freq=4,
+            gradient_steps=1,
+            target_update_interval=2000,
+            exploration_fraction=0.3,
+            exploration_final_eps=0.05,
+            gamma=0.99,
+            n_steps=3,
+        ),
+        agents={
+            "MemoryDQN-NTM": ("NTMPolicy", 1),
+            "MemoryDQN-DNC": ("DNCPolicy", 1),
+            "MemoryDQN-LSTM": ("LSTMPolicy", 1),
+            "DQN": (None, 1),
+            "DQN, 4 frames stacked": (None, 4),
+        },
+    ),
+    "pendulum": dict(
+        env="PendulumNoVel-v1",
+        n_envs=1,
+        episodes=10,
+        solved=-300.0,
+        burn_in=8,
+        memory=MemorySAC,
+        plain=SAC,
+        core=dict(memory_units=16, memory_unit_size=16, controller_dim=64),
+        common=dict(learning_rate=1e-3, buffer_size=100_000, learning_starts=1000, n_steps=1),
+        agents={
+            "MemorySAC-LSTM": ("LSTMPolicy", 1),
+            "MemorySAC-NTM": ("NTMPolicy", 1),
+            "SAC": (None, 1),
+            "SAC, 4 frames stacked": (None, 4),
+        },
+    ),
 }
 
 
-def make_env(seed: int, corridor_length: int, n_envs: int, frames: int) -> VecEnv:
-    env = make_vec_env(ENV, n_envs=n_envs, seed=seed, env_kwargs=dict(corridor_length=corridor_length))
+def make_env(task: dict[str, Any], seed: int, env_kwargs: dict[str, Any], n_envs: int, frames: int) -> VecEnv:
+    import rl_zoo3.import_envs  # noqa: F401  (PendulumNoVel-v1)
+
+    env = make_vec_env(task["env"], n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     return VecFrameStack(env, frames) if frames > 1 else env
 
 
+def env_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(corridor_length=args.corridor_length) if args.task == "tmaze" else {}
+
+
 def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    path = args.out / f"{agent.replace(' ', '_').replace(',', '')}_L{args.corridor_length}_seed{seed}.json"
+    task = TASKS[args.task]
+    difficulty = f"_L{args.corridor_length}" if args.task == "tmaze" else ""
+    path = args.out / f"{agent.replace(' ', '_').replace(',', '')}{difficulty}_seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     torch.set_num_threads(1)
-    policy, frames = AGENTS[agent]
-    env = make_env(seed, args.corridor_length, 8, frames)
+    policy, frames = task["agents"][agent]
+    env = make_env(task, seed, env_kwargs_of(args), task["n_envs"], frames)
     if policy is None:
-        model: Any = DQN("MlpPolicy", env, batch_size=SEQUENCES * TRAIN_LENGTH, seed=seed, **COMMON)
+        model: Any = task["plain"]("MlpPolicy", env, batch_size=SEQUENCES * TRAIN_LENGTH, seed=seed, **task["common"])
     else:
-        core = CORE if policy != "LSTMPolicy" else dict(controller_dim=CORE["controller_dim"])
-        model = MemoryDQN(
-            policy, env, batch_size=SEQUENCES, burn_in=BURN_IN, train_length=TRAIN_LENGTH, seed=seed,
-            policy_kwargs=core, **COMMON,
+        core = task["core"] if policy != "LSTMPolicy" else dict(controller_dim=task["core"]["controller_dim"])
+        model = task["memory"](
+            policy, env, batch_size=SEQUENCES, burn_in=task["burn_in"], train_length=TRAIN_LENGTH, seed=seed,
+            policy_kwargs=core, **task["common"],
         )  # fmt: skip
     start = time.perf_counter()
     model.learn(args.steps)
     wall = time.perf_counter() - start
-    eval_env = make_env(seed + 1000, args.corridor_length, 1, frames)
-    score, _ = evaluate_policy(model, eval_env, n_eval_episodes=100, deterministic=True)
+    eval_env = make_env(task, seed + 1000, env_kwargs_of(args), 1, frames)
+    score, _ = evaluate_policy(model, eval_env, n_eval_episodes=task["episodes"], deterministic=True)
     assert isinstance(score, float)
     result = dict(agent=agent, seed=seed, steps=args.steps, score=score, wall_seconds=wall)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -80,27 +126,34 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    task = TASKS[args.task]
+    plain = task["plain"].__name__
+    what = (
+        f"corridor_length={args.corridor_length}, optimal 1, memoryless 0.5 in expectation"
+        if args.task == "tmaze"
+        else "no angular velocity in the observation"
+    )
     lines = [
-        "# MemoryDQN on the passive T-maze",
+        f"# {task['memory'].__name__} on {task['env']}",
         "",
         f"Made by `python scripts/off_policy.py {' '.join(sys.argv[1:])}`.",
-        f"{ENV}, corridor_length={args.corridor_length}, {args.steps} steps, 8 envs; score: mean return of 100 "
-        "deterministic episodes of the final model (optimal 1, memoryless 0.5 in expectation); ± half-width of the "
-        "95% t-interval over seeds; vs DQN: difference and Welch's p; solved: seeds scoring >= 0.95.",
+        f"{task['env']} ({what}), {args.steps} steps, {task['n_envs']} env(s); score: mean return of "
+        f"{task['episodes']} deterministic episodes of the final model; ± half-width of the 95% t-interval over "
+        f"seeds; vs {plain}: difference and Welch's p; solved: seeds scoring >= {task['solved']:g}.",
         "",
-        "| agent | seeds | score | per seed | vs DQN | solved | wall (s) | steps/s |",
+        f"| agent | seeds | score | per seed | vs {plain} | solved | wall (s) | steps/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    dqn = [r["score"] for r in results if r["agent"] == "DQN"]
-    for agent in AGENTS:
+    dqn = [r["score"] for r in results if r["agent"] == plain]
+    for agent in task["agents"]:
         runs = [r for r in results if r["agent"] == agent]
         if not runs:
             continue
         scores = [r["score"] for r in runs]
         mean, half = t_interval(scores)
-        versus = "-" if agent == "DQN" or len(dqn) < 2 else f"{mean - np.mean(dqn):+.2f} (p={welch_p_value(scores, dqn):.3f})"
+        versus = "-" if agent == plain or len(dqn) < 2 else f"{mean - np.mean(dqn):+.2f} (p={welch_p_value(scores, dqn):.3f})"
         wall = float(np.median([r["wall_seconds"] for r in runs]))
-        solved = sum(score >= 0.95 for score in scores)
+        solved = sum(score >= task["solved"] for score in scores)
         per_seed = ", ".join(f"{score:.2f}" for score in scores)
         lines.append(
             f"| {agent} | {len(runs)} | {mean:.2f} ± {half:.2f} | {per_seed} | {versus} | {solved}/{len(runs)} "
@@ -111,7 +164,8 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=list(AGENTS))
+    parser.add_argument("--task", default="tmaze", choices=list(TASKS))
+    parser.add_argument("--agents", nargs="+", help="default: every agent of the task")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--corridor-length", type=int, default=5)
@@ -119,7 +173,11 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    results = [run_one(agent, seed, args) for agent in args.agents for seed in args.seeds]
+    agents = args.agents or list(TASKS[args.task]["agents"])
+    unknown = sorted(set(agents) - set(TASKS[args.task]["agents"]))
+    if unknown:
+        parser.error(f"no agents {unknown} on {args.task}; it has {list(TASKS[args.task]['agents'])}")
+    results = [run_one(agent, seed, args) for agent in agents for seed in args.seeds]
     text = table(results, args)
     print(text)
     if args.table:
