@@ -1,0 +1,28 @@
+"""The off-policy comparison's table (scripts/off_policy.py), on synthetic results."""
+
+import argparse
+
+import pytest
+
+from sb3_memory.experiments.compare import welch_p_value
+from sb3_memory.experiments.off_policy import TASKS, table
+
+
+def test_table_scores_solved_counts_and_welch_p_against_the_plain_agent():
+    args = argparse.Namespace(task="tmaze", steps=1000, corridor_length=5)
+    results = [dict(agent="MemoryDQN-NTM", seed=s, score=v, wall_seconds=10.0) for s, v in enumerate([1.0, 0.96, 0.9])]
+    results += [dict(agent="DQN", seed=s, score=v, wall_seconds=5.0) for s, v in enumerate([0.5, 0.6, 0.55])]
+    text = table(results, args)
+    p = welch_p_value([1.0, 0.96, 0.9], [0.5, 0.6, 0.55])
+    row = next(line for line in text.splitlines() if line.startswith("| MemoryDQN-NTM"))
+    assert f"| +0.40 (p={p:.3f}) | 2/3 | 10 | 100 |" in row  # 0.9 is below the 0.95 that counts as solved
+    assert "| DQN | 3 | 0.55 ±" in text and "| 1.00, 0.96, 0.90 |" in row
+
+
+def test_every_task_compares_memory_agents_with_the_same_algorithm_without_memory():
+    for name, task in TASKS.items():
+        plain = [agent for agent, (policy, _) in task["agents"].items() if policy is None]
+        assert task["plain"].__name__ in plain, name
+        assert any(policy is not None for policy, _ in task["agents"].values()), name
+    with pytest.raises(KeyError):
+        TASKS["atari"]
