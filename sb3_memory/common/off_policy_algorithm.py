@@ -11,6 +11,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_memory.common.replay_buffers import SequenceReplayBuffer
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
+from sb3_memory.memory.checks import check_int
 
 
 def split_rows(obs: PyTorchObs, rows: slice) -> PyTorchObs:
@@ -35,15 +36,43 @@ class MemoryOffPolicyMixin:
 
     _last_memory_state: Optional[th.Tensor] = None
     _memory_state_before: Optional[th.Tensor] = None
+    burn_in: int
+    train_length: int
+    return_steps: int
+    state_stride: int
 
     if TYPE_CHECKING:  # provided by SB3's OffPolicyAlgorithm
         policy: Any
+        policy_class: Any
         n_envs: int
         device: th.device
         _last_obs: Any
         _last_original_obs: Any
         _last_episode_starts: Optional[np.ndarray]
         _vec_normalize_env: Optional[VecNormalize]
+
+    def _sequence_replay_kwargs(
+        self, burn_in: int, train_length: int, n_steps: int, state_stride: Optional[int]
+    ) -> dict[str, int]:
+        """Check and keep the shape of the replayed sequences; the replay buffer's keyword arguments."""
+        self.burn_in = check_int("burn_in", burn_in, 0)
+        self.train_length = check_int("train_length", train_length)
+        self.return_steps = check_int("n_steps", n_steps)
+        self.state_stride = check_int("state_stride", self.train_length if state_stride is None else state_stride)
+        return dict(sequence_length=self.sequence_length, state_stride=self.state_stride)
+
+    @property
+    def sequence_length(self) -> int:
+        """Steps per replayed sequence: burn-in, trained steps and the n-step lookahead."""
+        return self.burn_in + self.train_length + self.return_steps
+
+    def _check_memory_policy(self, base: type, aliases: dict[str, Any], plain: str) -> None:
+        """A policy of ``base``'s family, or an error naming them (and SB3's algorithm for plain policies)."""
+        if not isinstance(self.policy_class, type) or not issubclass(self.policy_class, base):
+            raise TypeError(
+                f"{type(self).__name__} needs a memory policy ({', '.join(aliases)}), got {self.policy_class}: "
+                f"for SB3's MlpPolicy use stable_baselines3.{plain}"
+            )
 
     def _setup_learn(
         self,

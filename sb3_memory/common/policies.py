@@ -65,6 +65,34 @@ def state_and_starts(
     return state_tensor, th.as_tensor(episode_start, dtype=th.float32, device=policy.device).reshape(n_envs)
 
 
+def predict_with_state(
+    policy: Any,
+    observation: Union[np.ndarray, dict[str, np.ndarray]],
+    state: Optional[np.ndarray],
+    episode_start: Optional[np.ndarray],
+    deterministic: bool,
+    **predict_kwargs: Any,
+) -> tuple[np.ndarray, bool, np.ndarray]:
+    """
+    What the memory policies' ``predict`` share (a rewrite of stable_baselines3 2.9.2's
+    ``BasePolicy.predict`` around the state, which tests/test_sb3_forks.py watches): SB3's guard
+    against a Gym ``(obs, info)`` tuple and its preprocessing, then ``policy._predict`` on the state.
+
+    :return: the actions, batch first, before any rescaling; whether the observation was a batch;
+        the new state ``(n_envs, state_size)``
+    """
+    policy.set_training_mode(False)
+    reject_reset_tuple(observation)
+    obs_tensor, vectorized_env = policy.obs_to_tensor(observation)
+    n_envs = (next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor).shape[0]
+    with th.no_grad():
+        state_tensor, starts = state_and_starts(policy, state, episode_start, n_envs)
+        actions, state_tensor = policy._predict(
+            obs_tensor, state_tensor, starts, deterministic=deterministic, **predict_kwargs
+        )
+    return actions.cpu().numpy(), vectorized_env, state_tensor.cpu().numpy()
+
+
 def reject_reset_tuple(observation: Any) -> None:
     """SB3's guard against a Gym ``(obs, info)`` tuple passed to ``predict``."""
     if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
@@ -420,19 +448,11 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         :param action_masks: which actions are valid (maskable policies only)
         :return: the action(s) and the new state, ``(n_envs, state_size)``
         """
-        # Fork of stable_baselines3 2.9.2's BasePolicy.predict, rewritten around the memory state
-        # (tests/test_sb3_forks.py fails when the installed original changes): SB3's guard against
-        # a Gym (obs, info) tuple, its preprocessing, reshaping, unscaling and clipping are kept.
-        self.set_training_mode(False)
-        reject_reset_tuple(observation)
-        obs_tensor, vectorized_env = self.obs_to_tensor(observation)
-        n_envs = (next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor).shape[0]
-        with th.no_grad():
-            state_tensor, starts = state_and_starts(self, state, episode_start, n_envs)
-            action_tensor, state_tensor = self._predict(
-                obs_tensor, state_tensor, starts, deterministic=deterministic, action_masks=action_masks
-            )
-        actions = action_tensor.cpu().numpy().reshape((-1, *(self.action_space.shape or ())))
+        # SB3's guard, preprocessing, reshaping, unscaling and clipping are kept (see predict_with_state).
+        action_array, vectorized_env, new_state = predict_with_state(
+            self, observation, state, episode_start, deterministic, action_masks=action_masks
+        )
+        actions = action_array.reshape((-1, *(self.action_space.shape or ())))
         if isinstance(self.action_space, spaces.Box):
             if self.squash_output:
                 actions = self.unscale_action(actions)
@@ -440,7 +460,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
                 actions = np.clip(actions, self.action_space.low, self.action_space.high)
         if not vectorized_env:
             actions = actions.squeeze(axis=0)
-        return actions, state_tensor.cpu().numpy()
+        return actions, new_state
 
 
 class NTMPolicy(MemoryActorCriticPolicy):

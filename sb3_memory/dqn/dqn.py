@@ -102,10 +102,7 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
         device: Union[th.device, str] = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        self.burn_in = check_int("burn_in", burn_in, 0)
-        self.train_length = check_int("train_length", train_length)
-        self.return_steps = check_int("n_steps", n_steps)
-        self.state_stride = check_int("state_stride", self.train_length if state_stride is None else state_stride)
+        replay_kwargs = self._sequence_replay_kwargs(burn_in, train_length, n_steps, state_stride)
         self.double_q = bool(double_q)
         self.drift_interval = check_int("drift_interval", drift_interval, 0)
         super().__init__(
@@ -120,7 +117,7 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
             train_freq=train_freq,
             gradient_steps=gradient_steps,
             replay_buffer_class=SequenceReplayBuffer,
-            replay_buffer_kwargs=dict(sequence_length=self.sequence_length, state_stride=self.state_stride),
+            replay_buffer_kwargs=replay_kwargs,
             target_update_interval=target_update_interval,
             exploration_fraction=exploration_fraction,
             exploration_initial_eps=exploration_initial_eps,
@@ -135,17 +132,8 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
             _init_setup_model=_init_setup_model,
         )
 
-    @property
-    def sequence_length(self) -> int:
-        """Steps per replayed sequence: burn-in, trained steps and the n-step lookahead."""
-        return self.burn_in + self.train_length + self.return_steps
-
     def _setup_model(self) -> None:
-        if not isinstance(self.policy_class, type) or not issubclass(self.policy_class, MemoryDQNPolicy):
-            raise TypeError(
-                f"MemoryDQN needs a memory policy ({', '.join(POLICY_ALIASES)}), got {self.policy_class}: "
-                "for SB3's MlpPolicy use stable_baselines3.DQN"
-            )
+        self._check_memory_policy(MemoryDQNPolicy, POLICY_ALIASES, "DQN")
         super()._setup_model()
 
     # --- rollouts -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_memory.common.policies import check_core_kwargs, reject_reset_tuple, state_and_starts
+from sb3_memory.common.policies import check_core_kwargs, predict_with_state
 from sb3_memory.memory import CORES, MemoryCore
 
 # SB3's SAC actor bounds (stable_baselines3.sac.policies).
@@ -246,20 +246,9 @@ class MemorySACPolicy(BasePolicy):
         deterministic: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Actions in the action space's bounds and the new state, as NumPy."""
-        # Rewritten from stable_baselines3 2.9.2's BasePolicy.predict around the state, as
-        # MemoryActorCriticPolicy.predict (tests/test_sb3_forks.py watches the original).
-        self.set_training_mode(False)
-        reject_reset_tuple(observation)
-        obs_tensor, vectorized_env = self.obs_to_tensor(observation)
-        n_envs = (next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor).shape[0]
-        with th.no_grad():
-            state_tensor, starts = state_and_starts(self, state, episode_start, n_envs)
-            action_tensor, state_tensor = self._predict(obs_tensor, state_tensor, starts, deterministic)
-        shape = (-1, *(self.action_space.shape or ()))
-        actions = self.unscale_action(action_tensor.cpu().numpy().reshape(shape))
-        if not vectorized_env:
-            actions = actions.squeeze(axis=0)
-        return actions, state_tensor.cpu().numpy()
+        actions, vectorized_env, new_state = predict_with_state(self, observation, state, episode_start, deterministic)
+        actions = self.unscale_action(actions.reshape((-1, *(self.action_space.shape or ()))))
+        return (actions if vectorized_env else actions.squeeze(axis=0)), new_state
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -15,7 +15,6 @@ from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin, burn_in
 from sb3_memory.common.replay_buffers import SequenceReplayBuffer
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
 from sb3_memory.dqn.dqn import n_step_targets
-from sb3_memory.memory.checks import check_int
 from sb3_memory.sac.policies import POLICY_ALIASES, MemoryActor, MemoryCritic, MemorySACPolicy
 
 
@@ -74,10 +73,7 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
         device: Union[th.device, str] = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        self.burn_in = check_int("burn_in", burn_in, 0)
-        self.train_length = check_int("train_length", train_length)
-        self.return_steps = check_int("n_steps", n_steps)
-        self.state_stride = check_int("state_stride", self.train_length if state_stride is None else state_stride)
+        replay_kwargs = self._sequence_replay_kwargs(burn_in, train_length, n_steps, state_stride)
         super().__init__(
             policy,  # type: ignore[arg-type]
             env,
@@ -91,7 +87,7 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
             gradient_steps=gradient_steps,
             action_noise=action_noise,
             replay_buffer_class=SequenceReplayBuffer,
-            replay_buffer_kwargs=dict(sequence_length=self.sequence_length, state_stride=self.state_stride),
+            replay_buffer_kwargs=replay_kwargs,
             ent_coef=ent_coef,
             target_update_interval=target_update_interval,
             target_entropy=target_entropy,
@@ -104,17 +100,8 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
             _init_setup_model=_init_setup_model,
         )
 
-    @property
-    def sequence_length(self) -> int:
-        """Steps per replayed sequence: burn-in, trained steps and the n-step lookahead."""
-        return self.burn_in + self.train_length + self.return_steps
-
     def _setup_model(self) -> None:
-        if not isinstance(self.policy_class, type) or not issubclass(self.policy_class, MemorySACPolicy):
-            raise TypeError(
-                f"MemorySAC needs a memory policy ({', '.join(POLICY_ALIASES)}), got {self.policy_class}: "
-                "for SB3's MlpPolicy use stable_baselines3.SAC"
-            )
+        self._check_memory_policy(MemorySACPolicy, POLICY_ALIASES, "SAC")
         super()._setup_model()
 
     # --- rollouts -----------------------------------------------------------------------------
