@@ -33,7 +33,8 @@ from sb3_memory.experiments.compare import t_interval, welch_p_value
 
 SEQUENCES, TRAIN_LENGTH = 32, 8
 #: Per task: env, n_envs, evaluation episodes, the score that counts as solved, what every agent
-#: shares, the memory agents' burn-in and core, and the agents: name -> (memory policy or None, frames stacked).
+#: shares, the memory agents' burn-in and core, and the agents: name -> (memory policy or None, frames
+#: stacked). An agent named "..., library defaults" keeps only the core: the algorithm's defaults.
 TASKS: dict[str, dict[str, Any]] = {
     "tmaze": dict(
         env="sb3_memory/PassiveTMaze-v0",
@@ -60,6 +61,7 @@ TASKS: dict[str, dict[str, Any]] = {
             "MemoryDQN-NTM": ("NTMPolicy", 1),
             "MemoryDQN-DNC": ("DNCPolicy", 1),
             "MemoryDQN-LSTM": ("LSTMPolicy", 1),
+            "MemoryDQN-NTM, library defaults": ("NTMPolicy", 1),
             "DQN": (None, 1),
             "DQN, 4 frames stacked": (None, 4),
         },
@@ -106,6 +108,8 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     env = make_env(task, seed, env_kwargs_of(args), task["n_envs"], frames)
     if policy is None:
         model: Any = task["plain"]("MlpPolicy", env, batch_size=SEQUENCES * TRAIN_LENGTH, seed=seed, **task["common"])
+    elif agent.endswith("library defaults"):
+        model = task["memory"](policy, env, seed=seed, policy_kwargs=task["core"])
     else:
         core = task["core"] if policy != "LSTMPolicy" else dict(controller_dim=task["core"]["controller_dim"])
         model = task["memory"](
