@@ -34,7 +34,9 @@ from sb3_memory.experiments.compare import t_interval, welch_p_value
 SEQUENCES, TRAIN_LENGTH = 32, 8
 #: Per task: env, n_envs, evaluation episodes, the score that counts as solved, what every agent
 #: shares, the memory agents' burn-in and core, and the agents: name -> (memory policy or None, frames
-#: stacked). An agent named "..., library defaults" keeps only the core: the algorithm's defaults.
+#: stacked). An agent named "..., library defaults" keeps only the core: the algorithm's defaults;
+#: "RecurrentPPO" is sb3-contrib's with its T-maze entry of zoo_configs/ppo_lstm.yml (the on-policy
+#: reference; the shared settings above do not apply to it).
 TASKS: dict[str, dict[str, Any]] = {
     "tmaze": dict(
         env="sb3_memory/PassiveTMaze-v0",
@@ -64,6 +66,7 @@ TASKS: dict[str, dict[str, Any]] = {
             "MemoryDQN-NTM, library defaults": ("NTMPolicy", 1),
             "DQN": (None, 1),
             "DQN, 4 frames stacked": (None, 4),
+            "RecurrentPPO": ("RecurrentPPO", 1),
         },
     ),
     "pendulum": dict(
@@ -106,8 +109,18 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     policy, frames = task["agents"][agent]
     env = make_env(task, seed, env_kwargs_of(args), task["n_envs"], frames)
-    if policy is None:
-        model: Any = task["plain"]("MlpPolicy", env, batch_size=SEQUENCES * TRAIN_LENGTH, seed=seed, **task["common"])
+    if policy == "RecurrentPPO":
+        from sb3_contrib import RecurrentPPO
+
+        model: Any = RecurrentPPO(
+            "MlpLstmPolicy", env, n_steps=512, batch_size=1024, gae_lambda=0.95, gamma=0.99, n_epochs=10, ent_coef=0.01,
+            learning_rate=3e-4, clip_range=0.2, seed=seed,
+            policy_kwargs=dict(
+                lstm_hidden_size=64, shared_lstm=True, enable_critic_lstm=False, net_arch=dict(pi=[64], vf=[64])
+            ),
+        )  # fmt: skip
+    elif policy is None:
+        model = task["plain"]("MlpPolicy", env, batch_size=SEQUENCES * TRAIN_LENGTH, seed=seed, **task["common"])
     elif agent.endswith("library defaults"):
         model = task["memory"](policy, env, seed=seed, policy_kwargs=task["core"])
     else:
