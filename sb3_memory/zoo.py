@@ -1,6 +1,6 @@
 """
 rl-baselines3-zoo (rl-zoo3) integration: ``memory_ppo`` / ``memory_a2c`` / ``maskable_memory_ppo`` / ``memory_dqn`` /
-``memory_sac`` algorithms, Optuna samplers (on-policy ones)
+``memory_sac`` algorithms, Optuna samplers
 and a thin command-line wrapper around rl-zoo3's own entry points.
 
 Usage (the flags after the subcommand are exactly rl-zoo3's; the wrapper only strips the subcommand)::
@@ -27,8 +27,8 @@ Importing this module (idempotent, see :func:`register`):
 * adds ``memory_ppo`` (:class:`~sb3_memory.MemoryPPO`), ``memory_a2c`` (:class:`~sb3_memory.MemoryA2C`),
   ``maskable_memory_ppo`` (:class:`~sb3_memory.MaskableMemoryPPO`), ``memory_dqn``
   (:class:`~sb3_memory.MemoryDQN`) and ``memory_sac`` (:class:`~sb3_memory.MemorySAC`) to rl-zoo3's
-  ``ALGOS``, the on-policy ones' samplers to ``HYPERPARAMS_SAMPLER`` and converters to
-  ``HYPERPARAMS_CONVERTER`` (used by ``--trial-id``);
+  ``ALGOS``, their samplers to ``HYPERPARAMS_SAMPLER`` and converters to ``HYPERPARAMS_CONVERTER``
+  (used by ``--trial-id``);
 * registers the ``sb3_memory/...`` tasks and rl-zoo3's ``...NoVel`` envs with gymnasium;
 * patches two methods of ``rl_zoo3.exp_manager.ExperimentManager`` (each keeps the original and
   calls it):
@@ -82,7 +82,12 @@ import optuna
 import yaml
 from rl_zoo3 import exp_manager as _zoo_exp_manager
 from rl_zoo3.exp_manager import ExperimentManager
-from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER, convert_onpolicy_params
+from rl_zoo3.hyperparams_opt import (
+    HYPERPARAMS_CONVERTER,
+    HYPERPARAMS_SAMPLER,
+    convert_offpolicy_params,
+    convert_onpolicy_params,
+)
 from rl_zoo3.utils import ALGOS, get_class_by_name
 from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -104,7 +109,9 @@ __all__ = [
     "main",
     "register",
     "sample_memory_a2c_params",
+    "sample_memory_dqn_params",
     "sample_memory_ppo_params",
+    "sample_memory_sac_params",
 ]
 
 #: rl-zoo3 names of our algorithms.
@@ -115,8 +122,9 @@ MEMORY_ALGOS: dict[str, type[BaseAlgorithm]] = {
     "memory_dqn": MemoryDQN,
     "memory_sac": MemorySAC,
 }
-#: Those with Optuna samplers (``-optimize``); MemoryDQN and MemorySAC have none yet.
 ON_POLICY_MEMORY_ALGOS = ("memory_ppo", "memory_a2c", "maskable_memory_ppo")
+#: Replayed sequences' shape search space (MemoryDQN, MemorySAC): burn-in, trained steps, n-step return.
+SEQUENCE_REPLAY_SPACE: dict[str, list[int]] = {"burn_in": [0, 4, 8, 16], "train_length": [8, 16, 32], "n_steps": [1, 3, 5]}
 
 #: Memory shape search space (policy_kwargs keys); only the keys the policy's core accepts are sampled.
 MEMORY_SHAPE_SPACE: dict[str, list[int]] = {
@@ -202,11 +210,12 @@ def convert_memory_onpolicy_params(sampled_params: dict[str, Any]) -> dict[str, 
     return hyperparams
 
 
-def _sample_memory_shape(trial: optuna.Trial, policy: Any) -> dict[str, Any]:
+def _sample_memory_shape(trial: optuna.Trial, policy: Any, chunked: bool = True) -> dict[str, Any]:
     params: dict[str, Any] = {
         key: trial.suggest_categorical(key, MEMORY_SHAPE_SPACE[key]) for key in _memory_shape_keys(policy)
     }
-    params["max_sequence_length"] = trial.suggest_categorical("max_sequence_length", MAX_SEQUENCE_LENGTHS)
+    if chunked:  # on-policy: the TBPTT chunk
+        params["max_sequence_length"] = trial.suggest_categorical("max_sequence_length", MAX_SEQUENCE_LENGTHS)
     return params
 
 
@@ -217,6 +226,68 @@ def _finish(trial: optuna.Trial, params: dict[str, Any], config: dict[str, Any])
         if key in hyperparams:
             trial.set_user_attr(key, hyperparams[key])
     return _merge_policy_kwargs(config.get("policy_kwargs"), hyperparams)
+
+
+def convert_memory_offpolicy_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """
+    Trial parameters -> MemoryDQN/MemorySAC hyperparameters (also ``HYPERPARAMS_CONVERTER`` for
+    ``--trial-id``): rl-zoo3's ``convert_offpolicy_params``, with the memory shape keys moved into
+    ``policy_kwargs``. ``batch_size`` counts replayed sequences. Not merged with any config.
+    """
+    params = dict(sampled_params)
+    memory_shape = {key: params.pop(key) for key in MEMORY_SHAPE_SPACE if key in params}
+    hyperparams = convert_offpolicy_params(params)
+    hyperparams["policy_kwargs"].update(memory_shape)
+    return hyperparams
+
+
+def _sample_offpolicy_common(trial: optuna.Trial, config: dict[str, Any]) -> dict[str, Any]:
+    """What MemoryDQN's and MemorySAC's searches share: rl-zoo3's off-policy ranges, with batches of
+    8-64 sequences (instead of 4-2048 transitions), the sequence shape and the memory shape."""
+    params = {
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 3, 6),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 0.002, log=True),
+        "train_freq": trial.suggest_int("train_freq", 1, 10),
+        "net_arch": trial.suggest_categorical("net_arch", ["small", "medium"]),
+    }
+    params.update({key: trial.suggest_categorical(key, values) for key, values in SEQUENCE_REPLAY_SPACE.items()})
+    params.update(_sample_memory_shape(trial, config.get("policy"), chunked=False))
+    return params
+
+
+def _finish_offpolicy(trial: optuna.Trial, params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    hyperparams = convert_memory_offpolicy_params(params)
+    for key in ("gamma", "batch_size", "gradient_steps"):
+        trial.set_user_attr(key, hyperparams[key])
+    return _merge_policy_kwargs(config.get("policy_kwargs"), hyperparams)
+
+
+def sample_memory_dqn_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Sampler for MemoryDQN (``HYPERPARAMS_SAMPLER["memory_dqn"]``): rl-zoo3's DQN search space
+    (exploration, target updates, gradient steps per collection) with batches of sequences, plus
+    the sequence shape (:data:`SEQUENCE_REPLAY_SPACE`) and the memory shape; merged with the config's
+    ``policy_kwargs`` as :func:`sample_memory_ppo_params` is.
+    """
+    config = _config_hyperparams(additional_args)
+    params = _sample_offpolicy_common(trial, config)
+    params["subsample_steps"] = trial.suggest_int("subsample_steps", 1, min(params["train_freq"], 8))
+    params["exploration_final_eps"] = trial.suggest_float("exploration_final_eps", 0, 0.2)
+    params["exploration_fraction"] = trial.suggest_float("exploration_fraction", 0, 0.5)
+    params["target_update_interval"] = trial.suggest_int("target_update_interval", 1, 20000, log=True)
+    return _finish_offpolicy(trial, params, config)
+
+
+def sample_memory_sac_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Sampler for MemorySAC (``HYPERPARAMS_SAMPLER["memory_sac"]``): rl-zoo3's SAC search space
+    (Polyak ``tau``), otherwise as :func:`sample_memory_dqn_params`.
+    """
+    config = _config_hyperparams(additional_args)
+    params = _sample_offpolicy_common(trial, config)
+    params["tau"] = trial.suggest_float("tau", 0.001, 0.08, log=True)
+    return _finish_offpolicy(trial, params, config)
 
 
 def sample_memory_ppo_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
@@ -360,9 +431,14 @@ def register() -> None:
             "memory_ppo": sample_memory_ppo_params,
             "memory_a2c": sample_memory_a2c_params,
             "maskable_memory_ppo": sample_memory_ppo_params,
+            "memory_dqn": sample_memory_dqn_params,
+            "memory_sac": sample_memory_sac_params,
         }
     )
     HYPERPARAMS_CONVERTER.update({name: convert_memory_onpolicy_params for name in ON_POLICY_MEMORY_ALGOS})
+    HYPERPARAMS_CONVERTER.update(
+        {"memory_dqn": convert_memory_offpolicy_params, "memory_sac": convert_memory_offpolicy_params}
+    )
     _patch_experiment_manager()
 
 

@@ -511,6 +511,31 @@ def test_two_workers_share_one_study(tmp_path, backend):
         assert list((tmp_path / f"worker{worker}" / "memory_ppo").glob("report_*.csv"))
 
 
+@pytest.mark.parametrize("algo, env_id", [("memory_dqn", "CartPoleNoVel-v1"), ("memory_sac", "PendulumNoVel-v1")])
+@pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy", "LSTMPolicy"])
+def test_sampled_off_policy_configurations_construct_and_keep_the_config(algo, env_id, policy):
+    """Every sampled MemoryDQN/MemorySAC configuration builds, with its sequence shape and the config's policy_kwargs."""
+    import gymnasium
+
+    sampler = zoo.HYPERPARAMS_SAMPLER[algo]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    env = gymnasium.make(env_id)
+    config = {"policy": policy, "policy_kwargs": "dict(activation_fn=nn.Tanh)"}
+    for _ in range(8):
+        trial = study.ask()
+        hyperparams = sampler(trial, 0, 1, {"hyperparams": config})
+        model = ALGOS[algo](policy, env, device="cpu", buffer_size=4096, **hyperparams)
+        assert (model.burn_in, model.train_length, model.return_steps) == (
+            trial.params["burn_in"], trial.params["train_length"], trial.params["n_steps"],
+        )  # fmt: skip
+        assert model.batch_size == 2 ** trial.params["batch_size_pow"] <= 64
+        assert model.policy.activation_fn is torch.nn.Tanh  # the config's policy_kwargs survive the merge
+        if policy != "LSTMPolicy":
+            assert model.policy.core_kwargs["memory_units"] == trial.params["memory_units"]
+        study.tell(trial, 0.0)
+    assert zoo.HYPERPARAMS_CONVERTER[algo] is zoo.convert_memory_offpolicy_params
+
+
 @pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")  # batch_size > n_steps * n_envs, as in rl-zoo3
 @pytest.mark.parametrize("algo", ["memory_ppo", "memory_a2c"])
 @pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy", "LSTMPolicy"])
