@@ -271,9 +271,6 @@ def test_sparse_top_k_errors_name_the_fix(cls):
         make_cell(cls, sparse_top_k=17)
     with pytest.raises(ValueError, match="sparse_top_k"):
         make_cell(cls, sparse_top_k=0)
-    if cls is DNCCell:  # the sparse NTM has native kernels (tests/test_native.py), the sparse DNC not yet
-        with pytest.raises(ValueError, match="backend='reference' or 'auto'"):
-            make_cell(cls, sparse_top_k=4, backend="native")
 
 
 def test_sparse_dnc_refuses_rank_allocation():
@@ -281,7 +278,8 @@ def test_sparse_dnc_refuses_rank_allocation():
         make_cell(DNCCell, sparse_top_k=4, allocation="rank")
 
 
-def test_auto_backend_runs_the_sparse_dnc_on_the_reference_path():
-    cell = make_cell(DNCCell, sparse_top_k=4)
-    assert "sparse DNC" in str(cell._native_unsupported())
-    assert cell._native_for(torch.zeros(1, 1, INPUT_DIM)) is None
+def test_sparse_cores_run_native_kernels_unless_an_option_needs_the_reference():
+    assert make_cell(NTMCell, sparse_top_k=4)._native_for(torch.zeros(1, 1, INPUT_DIM)) is not None
+    assert make_cell(DNCCell, sparse_top_k=4)._native_for(torch.zeros(1, 1, INPUT_DIM)) is not None
+    repaired = make_cell(DNCCell, sparse_top_k=4, deallocate=True)
+    assert "deallocate" in str(repaired._native_unsupported())

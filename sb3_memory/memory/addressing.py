@@ -369,7 +369,8 @@ def sparse_update_link(
     :func:`update_link` on a link that keeps ``k`` entries per row (the sparse DNC, Rae et al.,
     2016), held as their values and column indices: row ``i`` has ``L[i, index[i, m]] = values[i, m]``
     and 0 elsewhere. The same equation, ``(1 - w_i - w_j) L[i, j] + w_i p_j`` with a zero diagonal,
-    then each row's ``k`` largest entries kept, in O(N k^2) instead of O(N^2). ``write_weights``
+    then each row's ``k`` largest entries kept (ties: the row's existing entries first), in O(N k^2)
+    instead of O(N^2). ``write_weights``
     and ``prev_precedence`` must have at most ``k`` non-zeros per row; the indices of a row must be
     distinct (:func:`initial_link_index` starts them so, and this keeps them so).
 
@@ -383,7 +384,7 @@ def sparse_update_link(
     rows = torch.arange(values.shape[1], device=values.device).view(1, -1, 1)
     kept = values * ((1.0 - write_weights).unsqueeze(-1) - write_weights.gather(-1, index.flatten(1)).view_as(values))
     kept = torch.where(index == rows, torch.zeros_like(kept), kept)  # the zero diagonal, as the dense link's mask
-    precedence, columns = torch.topk(prev_precedence, k, dim=-1, sorted=False)  # its non-zeros, at most k
+    precedence, columns = top_k(prev_precedence, k)  # its non-zeros (at most k), columns ascending
     columns = columns.unsqueeze(1).expand_as(index)
     added = write_weights.unsqueeze(-1) * precedence.unsqueeze(1)
     added = torch.where(columns == rows, torch.zeros_like(added), added)  # no self-link
@@ -393,8 +394,10 @@ def sparse_update_link(
     # ...and a new column competes for the row's k places. A column already there drops out (-1:
     # below every entry, so that a row with few links cannot hold one column twice).
     added = torch.where(same.sum(-1) > 0, torch.full_like(added, -1.0), added)
+    # Ties keep the earlier candidate (top_k), so a row's kept entries stay before its new ones, in order:
+    # the layout is deterministic, as a kernel's must match.
     candidates, candidate_index = torch.cat([kept, added], -1), torch.cat([index, columns], -1)
-    new_values, chosen = torch.topk(candidates, k, dim=-1, sorted=False)
+    new_values, chosen = top_k(candidates, k)
     return new_values, candidate_index.gather(-1, chosen)
 
 

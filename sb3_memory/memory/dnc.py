@@ -132,8 +132,6 @@ class DNCCell(ExternalMemoryCore):
             raise ValueError(
                 f"the native kernels implement the paper's DNC; {self._reference_only()} need backend='reference' or 'auto'"
             )
-        if sparse_top_k is not None and backend == "native":
-            raise ValueError("the sparse DNC has no native kernels yet: sparse_top_k needs backend='reference' or 'auto'")
         super().__init__(
             input_dim,
             controller_dim,
@@ -189,7 +187,14 @@ class DNCCell(ExternalMemoryCore):
         return row._replace(link_index=index.to(dtype))
 
     def _native_config(self) -> dict[str, int]:
-        return dict(N=self.memory_units, W=self.memory_unit_size, R=self.num_read_heads, Hw=1, P=self.interface.out_features)
+        return dict(
+            N=self.memory_units,
+            W=self.memory_unit_size,
+            R=self.num_read_heads,
+            Hw=1,
+            P=self.interface.out_features,
+            top_k=self.sparse_top_k or 0,
+        )
 
     def _reference_only(self) -> list[str]:
         """The options set that only the reference path implements."""
@@ -200,8 +205,6 @@ class DNCCell(ExternalMemoryCore):
         enabled = self._reference_only()
         if enabled:
             return f"the native kernels implement the paper's DNC; {enabled} run on the reference path"
-        if self.sparse_top_k is not None:
-            return "the sparse DNC has no native kernels yet; sparse_top_k runs on the reference path"
         return super()._native_unsupported()
 
     def step(self, projected_input: Tensor, state: State) -> tuple[Tensor, State]:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
 # The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in the C++ file).
-ABI_VERSION = 7
+ABI_VERSION = 8
 CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
 CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
 SUPPORTED_DTYPES = {torch.float32: "SMEM_FLOAT32", torch.float64: "SMEM_FLOAT64"}

@@ -41,18 +41,19 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 7  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 8  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   G width of the projected input (gates * C); C controller output size; K columns of the
 //   recurrent weight (fed-back reads, + hidden for an LSTM); N, W, R memory slots, word size, read
 //   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width; top_k the
-//   slots a weighting keeps (NTM's sparse_top_k, 0 for the dense model).
+//   slots a weighting keeps (sparse_top_k, 0 for the dense model; the sparse DNC's link then keeps
+//   top_k values and column indices per row, at off_link_values and off_link_index).
 #define SMEM_CONFIG_FIELDS(X)                                                                      \
   X(core) X(controller) X(T) X(B) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)                  \
   X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
   X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size) \
-  X(top_k)
+  X(top_k) X(off_link_values) X(off_link_index)
 
 // Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
 // starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if
@@ -757,10 +758,16 @@ struct Tape {
   // sparse NTM (also knorm, cos, wc, of the K chosen slots): per head the chosen content slots and
   // the new weighting's slots and values; the rows the write changed, before and after
   int64_t sel, wout, wval, uidx, uold, unew;
+  // sparse DNC (also wknorm, wcos, cw for the write content, rknorm, rcos, rc for the reads, uold
+  // and unew for the written rows): the write content's and the allocation's slots (the latter in
+  // order of usage, with the sorted usages); the new write weighting, precedence and read
+  // weightings (slots, values; the reads' backward and forward weightings at their slots)
+  int64_t wsel, aslot, asorted, wwslot, wwval, pslot, pval, rsel, rwslot, rwval, rwb, rwf;
   int64_t size;
 };
 
 inline bool is_sparse_ntm(const SmemConfig& c) { return c.core == kNTM && c.top_k > 0; }
+inline bool is_sparse_dnc(const SmemConfig& c) { return c.core == kDNC && c.top_k > 0; }
 
 Tape make_tape(const SmemConfig& c) {
   Tape t{};
@@ -768,7 +775,7 @@ Tape make_tape(const SmemConfig& c) {
   auto take = [&a](int64_t n) { return a.take(n); };
   // The state entering the step, before any reset: the previous step's output. The sparse NTM keeps
   // an undo log of its writes instead, so that its tape does not grow with N.
-  t.state = take(is_sparse_ntm(c) ? 0 : c.D);
+  t.state = take(is_sparse_ntm(c) || is_sparse_dnc(c) ? 0 : c.D);
   t.ctrl = controller_tape(c, a);
   const int64_t n = c.N, r = c.R;
   if (is_sparse_ntm(c)) {
@@ -785,6 +792,31 @@ Tape make_tape(const SmemConfig& c) {
     t.uidx = take(rows);  // written slots, ascending, -1 past the last
     t.uold = take(rows * c.W);
     t.unew = take(rows * c.W);
+  } else if (is_sparse_dnc(c)) {
+    const int64_t k = c.top_k;
+    t.raw = take(c.P);
+    t.act = take(c.P);
+    t.draw = take(c.P);
+    t.wsel = take(k);
+    t.wknorm = take(1);
+    t.wcos = take(k);
+    t.cw = take(k);
+    t.aslot = take(k);
+    t.asorted = take(k);
+    t.wwslot = take(k);
+    t.wwval = take(k);
+    t.uold = take(k * c.W);
+    t.unew = take(k * c.W);
+    t.pslot = take(k);
+    t.pval = take(k);
+    t.rsel = take(r * k);
+    t.rknorm = take(r);
+    t.rcos = take(r * k);
+    t.rc = take(r * k);
+    t.rwslot = take(r * k);
+    t.rwval = take(r * k);
+    t.rwb = take(r * k);
+    t.rwf = take(r * k);
   } else if (c.core == kNTM) {
     const int64_t heads = c.R + c.Hw;
     t.raw = take(c.P);
@@ -1502,6 +1534,49 @@ void scatter_add_rows(F* mem, const int64_t* slots, int64_t count, int64_t w, co
 }
 
 template <typename F>
+struct StateCarry;
+
+// A sparse core's last stage backward: from the interface's gradient (the tape's draw) through
+// W_if into dout, then the controller, whose previous cell is the previous step's (tape) or the
+// segment's first state's.
+template <typename F>
+void sparse_controller_backward(const SmemConfig& c, const Tape& L, const Weights<F>& wt, const F* start,
+                                const F* before, F* tape, const StateCarry<F>& dnext, StateCarry<F>& dprev,
+                                F* dprojected, F* dout, F* scratch) {
+  gemv_cols(dout, wt.w_if, tape + L.draw, c.C, c.P);
+  dprev.clear();
+  const F* cell = before ? before + L.ctrl.cell : start + c.off_controller_cell;
+  controller_backward(c, wt, tape, L.ctrl, tape + L.ctrl.hidden, cell, dout, dnext.cell.data(), dprojected,
+                      dprev.reads.data(), dprev.hidden.data(), dprev.cell.data(), scratch);
+}
+
+// The carried gradients of the controller state and the read vectors (sparse cores' backward
+// passes), of a step's output (next) and of its input (prev).
+template <typename F>
+struct StateCarry {
+  std::vector<F> hidden, cell, reads;
+
+  explicit StateCarry(const SmemConfig& c) : hidden(c.C), cell(c.C), reads(c.R * c.W) {}
+
+  void take(const SmemConfig& c, const F* dstate) {
+    clear();
+    std::copy(dstate + c.off_controller_hidden, dstate + c.off_controller_hidden + c.hidden_size, hidden.begin());
+    std::copy(dstate + c.off_controller_cell, dstate + c.off_controller_cell + c.cell_size, cell.begin());
+    std::copy(dstate + c.off_read_vectors, dstate + c.off_read_vectors + c.R * c.W, reads.begin());
+  }
+
+  void put(const SmemConfig& c, F* dstate) const {
+    std::copy(hidden.begin(), hidden.begin() + c.hidden_size, dstate + c.off_controller_hidden);
+    std::copy(cell.begin(), cell.begin() + c.cell_size, dstate + c.off_controller_cell);
+    std::copy(reads.begin(), reads.end(), dstate + c.off_read_vectors);
+  }
+
+  void clear() {
+    for (std::vector<F>* v : {&hidden, &cell, &reads}) std::fill(v->begin(), v->end(), F(0));
+  }
+};
+
+template <typename F>
 struct SparseNtm : CoreView {
   const Ntm<F> ntm;  // the interface, its activation and the state's weighting fields are the NTM's
   int64_t heads, hp, k, rows;
@@ -1736,39 +1811,18 @@ struct SparseNtm : CoreView {
 
   // --- backward ---
 
-  // The carried gradients of the controller state and the read vectors, of the step's output
-  // (next) and of its input (prev).
-  struct Carry {
-    std::vector<F> hidden, cell, reads;
-  };
-  Carry carry() const { return Carry{std::vector<F>(c.C), std::vector<F>(c.C), std::vector<F>(c.R * c.W)}; }
+  using Carry = StateCarry<F>;
+  using Log = std::vector<F>;  // nothing: the tape's undo log suffices
 
-  void take_carry(const F* dstate, Carry& out) const {
-    std::fill(out.hidden.begin(), out.hidden.end(), F(0));
-    std::fill(out.cell.begin(), out.cell.end(), F(0));
-    std::copy(dstate + c.off_controller_hidden, dstate + c.off_controller_hidden + c.hidden_size, out.hidden.begin());
-    std::copy(dstate + c.off_controller_cell, dstate + c.off_controller_cell + c.cell_size, out.cell.begin());
-    std::copy(dstate + c.off_read_vectors, dstate + c.off_read_vectors + c.R * c.W, out.reads.begin());
+  void begin_segment(const F* start, F* s, Work& wk) const {
+    std::copy(start, start + c.D, s);
+    find_support(s, wk);
   }
 
-  void put_carry(const Carry& in, F* dstate) const {
-    std::copy(in.hidden.begin(), in.hidden.begin() + c.hidden_size, dstate + c.off_controller_hidden);
-    std::copy(in.cell.begin(), in.cell.begin() + c.cell_size, dstate + c.off_controller_cell);
-    std::copy(in.reads.begin(), in.reads.end(), dstate + c.off_read_vectors);
-  }
-
-  // After a reset nothing before it gets a gradient through the state.
-  void clear_gradients(F* dacc, Carry& dprev, Work& wk) const {
-    std::fill(dacc, dacc + c.D, F(0));
-    for (std::vector<F>* v : {&dprev.hidden, &dprev.cell, &dprev.reads}) std::fill(v->begin(), v->end(), F(0));
-    for (int64_t h = 0; h < heads; ++h) {
-      wk.touched[h].clear();
-      wk.dense_gradient[h] = 0;
-    }
-  }
+  void finish_gradients(F* /*dacc*/) const {}
 
   // Writes of one step applied again, from the undo log.
-  void replay(const F* tape, F* s) const {
+  void replay(F* s, const F* tape, Work& /*wk*/, Log& /*log*/) const {
     F* mem = s + c.off_memory;
     for (int64_t j = 0; j < rows && tape[L.uidx + j] >= F(0); ++j)
       std::copy(tape + L.unew + j * c.W, tape + L.unew + (j + 1) * c.W, mem + int64_t(tape[L.uidx + j]) * c.W);
@@ -1894,7 +1948,8 @@ struct SparseNtm : CoreView {
   // null for the segment's first step. dacc: the memory's and weightings' gradients (on entry of
   // the step's output, on return of its input); dnext, dprev: the carried ones.
   void backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, const F* dfeatures, F* dacc,
-                bool reset, const Carry& dnext, Carry& dprev, F* dprojected, Work& wk) const {
+                bool reset, bool /*whole*/, const Log& /*log*/, const Carry& dnext, Carry& dprev, F* dprojected,
+                Work& wk) const {
     const int64_t C = c.C;
     const F* act = tape + L.act;
     F *dout = wk.dout.data(), *dreads = wk.dreads.data();
@@ -1914,11 +1969,744 @@ struct SparseNtm : CoreView {
       }
     }
     ntm.activate_backward(tape + L.raw, act, wk.dact.data(), tape + L.draw);
-    gemv_cols(dout, wt.w_if, tape + L.draw, C, c.P);
-    for (std::vector<F>* v : {&dprev.hidden, &dprev.cell, &dprev.reads}) std::fill(v->begin(), v->end(), F(0));
-    const F* cell = before ? before + L.ctrl.cell : start + c.off_controller_cell;
-    controller_backward(c, wt, tape, L.ctrl, tape + L.ctrl.hidden, cell, dout, dnext.cell.data(), dprojected,
-                        dprev.reads.data(), dprev.hidden.data(), dprev.cell.data(), wk.ctrl.data());
+    sparse_controller_backward(c, L, wt, start, before, tape, dnext, dprev, dprojected, dout, wk.ctrl.data());
+  }
+};
+
+// ----------------------------------------------------------------------------------------------
+// Sparse DNC (dnc.py with sparse_top_k = K; Rae et al., 2016). The DNC's equations with every
+// weighting cut to its K largest entries and a link that keeps K entries per row (values and
+// column indices, addressing.sparse_update_link). Per step: content scans of the N rows (write key
+// before the write, read keys after), a scan of the usages for the K least used slots, one pass
+// over the link's N x K entries (its update, where a row or one of its columns was written) and
+// one per read head (forward weightings); everything else works on lists of slots. The tape holds
+// the step's small vectors and written memory rows; the backward pass replays each episode
+// segment's usage, memory and link updates from its first state, logging the link rows each step
+// changed, then walks back reverting them, with the gradients of the memory, usage, link and
+// weightings held densely once per batch row.
+
+template <typename F>
+struct SparseDnc : CoreView {
+  const Dnc<F> dnc;  // the interface layout and its activation are the DNC's
+  int64_t k, heads;  // heads: the R read heads, then the write head (content scans)
+
+  SparseDnc(const SmemConfig& config, const Tape& tape)
+      : CoreView{config, tape}, dnc(config, tape), k(config.top_k), heads(config.R + 1) {}
+
+  // One batch row's working storage, reused from row to row.
+  struct Work {
+    std::vector<F> mnorm, memory_t, logits;  // content scans, as the sparse NTM's
+    std::vector<BestK<F>> best;              // per scanning head; best[heads] takes the K least used
+    SlotMap<F> ww, prev, bwd, fwd, mix, content, dw;  // weightings over N
+    std::vector<std::vector<int64_t>> support;        // read heads, write head, precedence: non-zero slots
+    std::vector<std::vector<int64_t>> touched;        // backward: where each weighting field's gradient is
+    std::vector<uint8_t> dense_gradient;
+    std::vector<int64_t> slots, cols, positions;
+    std::vector<F> rows, drows, norms, dnorms, pcol, row_v, row_i, keep, others, dact, dout, dreads, ctrl;
+    std::vector<F> scratch;  // the scanning heads' key norms, then the backward pass's 3K
+    std::vector<F> wgrad;    // backward: each new weighting's gradient at its K slots (R + 2 rows)
+  };
+
+  Work work() const {
+    const int64_t n = c.N, w = c.W, m = 2 * k, fields = c.R + 2;
+    BestK<F> one(k);
+    return Work{std::vector<F>(n), std::vector<F>(n * w), std::vector<F>(heads * kScanBlock),
+                std::vector<BestK<F>>(heads + 1, one),
+                SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n),
+                std::vector<std::vector<int64_t>>(fields), std::vector<std::vector<int64_t>>(fields),
+                std::vector<uint8_t>(fields, 0), std::vector<int64_t>(m), std::vector<int64_t>(k),
+                std::vector<int64_t>(m), std::vector<F>(std::max(k * w, m)), std::vector<F>(std::max(k * w, m)), std::vector<F>(k),
+                std::vector<F>(k), std::vector<F>(k), std::vector<F>(m), std::vector<F>(m), std::vector<F>(w),
+                std::vector<F>(w), std::vector<F>(c.P), std::vector<F>(c.C), std::vector<F>(c.R * w),
+                std::vector<F>(controller_scratch_size(c)), std::vector<F>(std::max(3 * k, heads)),
+                std::vector<F>((c.R + 2) * k)};
+  }
+
+  // The weighting fields of a flat state: read head h < R, the write head (R), the precedence (R + 1).
+  template <typename P>
+  P* field(P* state, int64_t f) const {
+    if (f < c.R) return state + c.off_read_weights + f * c.N;
+    return state + (f == c.R ? c.off_write_weights : c.off_precedence);
+  }
+
+  void find_support(const F* s, Work& wk) const {
+    for (int64_t f = 0; f < c.R + 2; ++f) {
+      const F* wv = field(s, f);
+      wk.support[f].clear();
+      for (int64_t i = 0; i < c.N; ++i)
+        if (wv[i] != F(0)) wk.support[f].push_back(i);
+    }
+  }
+
+  void load(const F* from, F* s, Work& wk) const {
+    std::copy(from, from + c.D, s);
+    row_norms(wk.mnorm.data(), s + c.off_memory, c.N, c.W);
+    transpose(s + c.off_memory, c.N, c.W, wk.memory_t);
+    find_support(s, wk);
+  }
+
+  // Content logits beta cos(key, M_i) of the scanning heads [h0, h1) for rows [i0, i0 + len), as the
+  // sparse NTM's block_logits; keys at act + h W with strengths at act[dnc.strengths + h].
+  void scan_heads(const F* act, F* knorms, int64_t h0, int64_t h1, Work& wk) const {
+    const int64_t n = c.N, w = c.W;
+    for (int64_t h = h0; h < h1; ++h) {
+      knorms[h - h0] = std::sqrt(dot(act + h * w, act + h * w, w));
+      wk.best[h].clear();
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += kScanBlock) {
+      const int64_t len = std::min(kScanBlock, n - i0);
+      for (int64_t h = h0; h < h1; ++h) {
+        F* RESTRICT y = wk.logits.data() + h * kScanBlock;
+        std::fill(y, y + len, F(0));
+        for (int64_t j = 0; j < w; ++j) axpy(y, wk.memory_t.data() + j * n + i0, act[h * w + j], len);
+        const F kn = knorms[h - h0], beta = act[dnc.strengths + h];
+        const F* RESTRICT norms = wk.mnorm.data() + i0;
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) y[i] = beta * (y[i] / (kn * norms[i] + F(kCosineEps)));
+        for (int64_t i = 0; i < len; ++i)
+          if (wk.best[h].beats_worst(y[i], i0 + i)) wk.best[h].offer(y[i], i0 + i);
+      }
+    }
+  }
+
+  // content_forward on head h's K best rows: their slots (ascending), cosines and softmax weights.
+  void content_rows(const F* mem, const F* act, int64_t h, F* sel, F* knorm, F* cos, F* wc, Work& wk) const {
+    int64_t* slots = wk.slots.data();
+    wk.best[h].slots_ascending(slots);
+    for (int64_t j = 0; j < k; ++j) {
+      sel[j] = F(slots[j]);
+      wk.norms[j] = wk.mnorm[slots[j]];
+    }
+    gather_rows(mem, slots, k, c.W, wk.rows.data());
+    content_forward(wk.rows.data(), wk.norms.data(), act + h * c.W, act[dnc.strengths + h], k, c.W, knorm, cos, wc);
+  }
+
+  // Usage u' = (u + w - u w) prod_r (1 - f_r r_r) on the slots the previous weightings (the state's
+  // fields) touch (addressing.update_usage; elsewhere u' = u exactly). log: the slots and their
+  // usages before, for the backward pass (null in the forward pass).
+  void update_usage_sparse(F* s, const F* act, Work& wk, std::vector<F>* log) const {
+    SlotMap<F>& touched = wk.dw;
+    touched.clear();
+    for (int64_t f = 0; f <= c.R; ++f)
+      for (int64_t i : wk.support[f]) touched.touch(i);
+    const F* free_gates = act + dnc.gates + c.W;
+    F* usage = s + c.off_usage;
+    const F* ww = field(s, c.R);
+    for (int64_t q : touched.slots) {
+      if (log) log->insert(log->end(), {F(q), usage[q]});
+      const F u1 = usage[q] + ww[q] - usage[q] * ww[q];
+      F keep = F(1);
+      for (int64_t r = 0; r < c.R; ++r) keep *= F(1) - free_gates[r] * field(s, r)[q];
+      usage[q] = u1 * keep;
+    }
+    touched.clear();
+  }
+
+  // The K least used slots (addressing.sparse_allocation_weights): usages eased to eps + (1 - eps) u,
+  // ties to the lowest slot (the reference's stable sort), into the tape in order of usage.
+  void allocate(const F* s, F* tape, Work& wk) const {
+    BestK<F>& least = wk.best[heads];
+    least.clear();
+    const F* usage = s + c.off_usage;
+    for (int64_t i = 0; i < c.N; ++i) {
+      const F eased = F(kUsageEps) + (F(1) - F(kUsageEps)) * usage[i];
+      if (least.beats_worst(-eased, i)) least.offer(-eased, i);
+    }
+    int64_t* order = wk.slots.data();
+    std::iota(order, order + k, int64_t(0));
+    std::sort(order, order + k, [&least](int64_t a, int64_t b) {
+      return BestK<F>::better(least.value[a], least.slot[a], least.value[b], least.slot[b]);
+    });
+    for (int64_t j = 0; j < k; ++j) {
+      tape[L.aslot + j] = F(least.slot[order[j]]);
+      tape[L.asorted + j] = -least.value[order[j]];
+    }
+  }
+
+  // Content and allocation weightings of the write, from the tape, into wk.content and wk.mix:
+  // a_j = (1 - s_j) prod_{i<j} s_i over the allocated slots in order of usage.
+  void write_inputs(const F* tape, Work& wk) const {
+    wk.content.clear();
+    wk.mix.clear();
+    for (int64_t j = 0; j < k; ++j) wk.content.add(int64_t(tape[L.wsel + j]), tape[L.cw + j]);
+    F before = F(1);
+    for (int64_t j = 0; j < k; ++j) {
+      const F sorted = tape[L.asorted + j];
+      wk.mix.add(int64_t(tape[L.aslot + j]), (F(1) - sorted) * before);
+      before = before * sorted;
+    }
+  }
+
+  // The K largest of a weighting over its touched slots (ties to the lowest slot; untouched slots
+  // count as 0, so they fill a short list as addressing.top_k fills it), ascending, into slots.
+  void cut(const SlotMap<F>& weights, BestK<F>& best, int64_t* slots) const {
+    best.clear();
+    for (int64_t q : weights.slots) best.offer(weights.value[q], q);
+    for (int64_t i = 0; i < c.N && best.beats_worst(F(0), i); ++i)
+      if (!weights.in[i]) best.offer(F(0), i);
+    best.slots_ascending(slots);
+  }
+
+  // ww = g_w lerp(c, a, g_a) on the content and allocation slots, cut to K (addressing.write_weights,
+  // top_k_weights), into the tape and wk.ww.
+  void write_weighting(const F* act, F* tape, Work& wk) const {
+    write_inputs(tape, wk);
+    const F alloc_gate = act[dnc.gates + c.W + c.R], write_gate = act[dnc.gates + c.W + c.R + 1];
+    SlotMap<F>& pre = wk.ww;
+    pre.clear();
+    for (const SlotMap<F>* part : {&wk.content, &wk.mix})
+      for (int64_t q : part->slots)
+        if (!pre.in[q]) pre.add(q, write_gate * lerp(wk.content.value[q], wk.mix.value[q], alloc_gate));
+    int64_t* slots = wk.slots.data();
+    cut(pre, wk.best[0], slots);
+    for (int64_t j = 0; j < k; ++j) {
+      tape[L.wwslot + j] = F(slots[j]);
+      tape[L.wwval + j] = pre.value[slots[j]];
+    }
+    pre.clear();
+    for (int64_t j = 0; j < k; ++j) pre.add(slots[j], tape[L.wwval + j]);
+  }
+
+  // addressing.write on the K written rows (erase, then add the write vector), into the tape.
+  void write_rows(F* s, const F* act, F* tape, Work& wk) const {
+    const int64_t w = c.W;
+    int64_t* slots = wk.slots.data();
+    for (int64_t j = 0; j < k; ++j) slots[j] = int64_t(tape[L.wwslot + j]);
+    F* mem = s + c.off_memory;
+    gather_rows(mem, slots, k, w, tape + L.uold);
+    write_forward(tape + L.uold, tape + L.wwval, act + dnc.gates, act + c.R * w + w, 1, k, w, tape + L.unew);
+    for (int64_t j = 0; j < k; ++j) {
+      std::copy(tape + L.unew + j * w, tape + L.unew + (j + 1) * w, mem + slots[j] * w);
+      row_norms(wk.mnorm.data() + slots[j], mem + slots[j] * w, 1, w);
+      for (int64_t q = 0; q < w; ++q) wk.memory_t[q * c.N + slots[j]] = tape[L.unew + j * w + q];
+    }
+  }
+
+  // The link update's precedence columns: the K largest of the previous precedence (addressing.top_k:
+  // ties to the lowest slot), ascending, and their values.
+  void precedence_columns(const F* s, Work& wk) const {
+    const F* prec = field(s, c.R + 1);
+    BestK<F>& best = wk.best[0];
+    best.clear();
+    for (int64_t q : wk.support[c.R + 1]) best.offer(prec[q], q);
+    for (int64_t i = 0; i < c.N && best.beats_worst(F(0), i); ++i)
+      if (prec[i] == F(0)) best.offer(F(0), i);
+    best.slots_ascending(wk.cols.data());
+    for (int64_t j = 0; j < k; ++j) wk.pcol[j] = prec[wk.cols[j]];
+  }
+
+  // Row i of addressing.sparse_update_link, from its entries (v, idx) to (out_v, out_i): candidates
+  // [kept: v_m ((1 - w_i) - w_{c_m}), new: w_i p_n], a new column already in the row added to its
+  // entry, then the K largest, ties to the earlier candidate, in candidate order. positions: each
+  // new entry's candidate (m < K kept, K + n new), for the backward pass.
+  void link_row(int64_t i, const F* v, const F* idx, const SlotMap<F>& ww, Work& wk, F* out_v, F* out_i,
+                int64_t* positions) const {
+    F* cand = wk.row_v.data();  // 2K candidate values
+    const F wi = ww.value[i];
+    for (int64_t m = 0; m < k; ++m) {
+      const int64_t col = int64_t(idx[m]);
+      cand[m] = col == i ? F(0) : v[m] * ((F(1) - wi) - ww.value[col]);
+    }
+    for (int64_t n = 0; n < k; ++n) {
+      const int64_t col = wk.cols[n];
+      F added = col == i ? F(0) : wi * wk.pcol[n];
+      for (int64_t m = 0; m < k; ++m)
+        if (int64_t(idx[m]) == col) {
+          cand[m] += added;
+          added = F(-1);
+          break;
+        }
+      cand[k + n] = added;
+    }
+    BestK<F>& best = wk.best[0];
+    best.clear();
+    for (int64_t p = 0; p < 2 * k; ++p) best.offer(cand[p], p);
+    best.slots_ascending(positions);
+    for (int64_t e = 0; e < k; ++e) {
+      const int64_t p = positions[e];
+      out_v[e] = cand[p];
+      out_i[e] = p < k ? idx[p] : F(wk.cols[p - k]);
+    }
+  }
+
+  // Whether row i's update changes it: it was written, or it links to a written slot.
+  bool link_row_changes(int64_t i, const F* idx, const SlotMap<F>& ww) const {
+    if (ww.in[i]) return true;
+    for (int64_t m = 0; m < k; ++m)
+      if (ww.in[int64_t(idx[m])]) return true;
+    return false;
+  }
+
+  // The link update over the rows it changes (in place), logging them before the step when asked.
+  void update_link(F* s, Work& wk, std::vector<F>* log) const {
+    F *values = s + c.off_link_values, *index = s + c.off_link_index;
+    F* new_entries = wk.row_i.data();  // K values, then K indices
+    int64_t* positions = wk.positions.data();
+    for (int64_t i = 0; i < c.N; ++i) {
+      F *v = values + i * k, *idx = index + i * k;
+      if (!link_row_changes(i, idx, wk.ww)) continue;
+      if (log) {
+        log->push_back(F(i));
+        log->insert(log->end(), v, v + k);
+        log->insert(log->end(), idx, idx + k);
+      }
+      link_row(i, v, idx, wk.ww, wk, new_entries, new_entries + k, positions);
+      std::copy(new_entries, new_entries + k, v);
+      std::copy(new_entries + k, new_entries + 2 * k, idx);
+    }
+  }
+
+  // p' = (1 - sum ww) p + ww on the previous precedence's and the write's slots, cut to K
+  // (addressing.update_precedence, top_k_weights), into the tape.
+  void update_precedence_sparse(const F* s, F* tape, Work& wk) const {
+    const F* prec = field(s, c.R + 1);
+    F wsum = 0;
+    for (int64_t j = 0; j < k; ++j) wsum += tape[L.wwval + j];
+    SlotMap<F>& next = wk.mix;
+    next.clear();
+    for (int64_t q : wk.support[c.R + 1]) next.add(q, (F(1) - wsum) * prec[q] + wk.ww.value[q]);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = int64_t(tape[L.wwslot + j]);
+      if (!next.in[q]) next.add(q, (F(1) - wsum) * prec[q] + wk.ww.value[q]);
+    }
+    int64_t* slots = wk.slots.data();
+    cut(next, wk.best[0], slots);
+    for (int64_t j = 0; j < k; ++j) {
+      tape[L.pslot + j] = F(slots[j]);
+      tape[L.pval + j] = next.value[slots[j]];
+    }
+    next.clear();
+  }
+
+  // Read head r's directional weightings through the new link from its previous weighting (the
+  // state's field): b_j = sum_i w_i L[i, j] over the weighting's rows, f_i = sum_m L[i, m] w_{c_im}
+  // over every row that links to one of its slots (addressing.sparse_directional_weights).
+  void directional(const F* s, int64_t r, Work& wk) const {
+    const F *values = s + c.off_link_values, *index = s + c.off_link_index, *prev = field(s, r);
+    wk.bwd.clear();
+    wk.fwd.clear();
+    for (int64_t i : wk.support[r])
+      for (int64_t m = 0; m < k; ++m) wk.bwd.add(int64_t(index[i * k + m]), prev[i] * values[i * k + m]);
+    for (int64_t i = 0; i < c.N; ++i) {
+      F f = 0;
+      bool linked = false;
+      for (int64_t m = 0; m < k; ++m) {
+        const F w = prev[int64_t(index[i * k + m])];
+        linked |= w != F(0);
+        f += w * values[i * k + m];
+      }
+      if (linked) wk.fwd.add(i, f);
+    }
+  }
+
+  // Read head r's weighting: modes (backward, content, forward) mixed, cut to K (addressing.read_weights,
+  // top_k_weights), into the tape with the backward and forward weightings at its slots.
+  void read_weighting(const F* s, const F* act, F* tape, int64_t r, Work& wk) const {
+    directional(s, r, wk);
+    wk.content.clear();
+    for (int64_t j = 0; j < k; ++j) wk.content.add(int64_t(tape[L.rsel + r * k + j]), tape[L.rc + r * k + j]);
+    const F* modes = act + dnc.modes + 3 * r;
+    SlotMap<F>& mix = wk.mix;
+    mix.clear();
+    for (const SlotMap<F>* part : {&wk.bwd, &wk.content, &wk.fwd})
+      for (int64_t q : part->slots)
+        if (!mix.in[q])
+          mix.add(q, modes[0] * wk.bwd.value[q] + modes[1] * wk.content.value[q] + modes[2] * wk.fwd.value[q]);
+    int64_t* slots = wk.slots.data();
+    cut(mix, wk.best[0], slots);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = slots[j], at = r * k + j;
+      tape[L.rwslot + at] = F(q);
+      tape[L.rwval + at] = mix.value[q];
+      tape[L.rwb + at] = wk.bwd.value[q];
+      tape[L.rwf + at] = wk.fwd.value[q];
+    }
+    mix.clear();
+  }
+
+  // The new weightings (the tape's) replace the state's fields.
+  void set_fields(F* s, const F* tape, Work& wk) const {
+    for (int64_t f = 0; f < c.R + 2; ++f) {
+      const int64_t slot_at = f < c.R ? L.rwslot + f * k : (f == c.R ? L.wwslot : L.pslot);
+      const int64_t value_at = f < c.R ? L.rwval + f * k : (f == c.R ? L.wwval : L.pval);
+      set_field(s, f, tape + slot_at, tape + value_at, wk);
+    }
+  }
+
+  void set_field(F* s, int64_t f, const F* slots, const F* values, Work& wk) const {
+    F* wv = field(s, f);
+    for (int64_t i : wk.support[f]) wv[i] = F(0);
+    wk.support[f].clear();
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = int64_t(slots[j]);
+      wv[q] = values[j];
+      if (values[j] != F(0)) wk.support[f].push_back(q);
+    }
+    std::sort(wk.support[f].begin(), wk.support[f].end());
+  }
+
+  // One step on the row's working state s, in place.
+  void forward(const Weights<F>& wt, const F* projected, F* s, F* tape, F* features, Work& wk) const {
+    const int64_t w = c.W, R = c.R;
+    core_interface_forward(dnc, wt, projected, s, tape, s);  // the controller reads its fields before writing them
+    const F* act = tape + L.act;
+    update_usage_sparse(s, act, wk, nullptr);
+    F* knorms = wk.scratch.data();
+    scan_heads(act, knorms, R, R + 1, wk);
+    content_rows(s + c.off_memory, act, R, tape + L.wsel, tape + L.wknorm, tape + L.wcos, tape + L.cw, wk);
+    allocate(s, tape, wk);
+    write_weighting(act, tape, wk);
+    write_rows(s, act, tape, wk);
+    precedence_columns(s, wk);
+    update_link(s, wk, nullptr);
+    update_precedence_sparse(s, tape, wk);
+    scan_heads(act, knorms, 0, R, wk);
+    for (int64_t r = 0; r < R; ++r)
+      content_rows(s + c.off_memory, act, r, tape + L.rsel + r * k, tape + L.rknorm + r, tape + L.rcos + r * k,
+                   tape + L.rc + r * k, wk);
+    for (int64_t r = 0; r < R; ++r) read_weighting(s, act, tape, r, wk);
+    set_fields(s, tape, wk);
+    F* reads = s + c.off_read_vectors;
+    int64_t* slots = wk.slots.data();
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < k; ++j) slots[j] = int64_t(tape[L.rwslot + r * k + j]);
+      gather_rows(s + c.off_memory, slots, k, w, wk.rows.data());
+      read_forward(wk.rows.data(), tape + L.rwval + r * k, 1, k, w, reads + r * w);
+    }
+    std::copy(tape + L.ctrl.out, tape + L.ctrl.out + c.C, features);
+    std::copy(reads, reads + R * w, features + c.C);
+  }
+
+  // --- backward ---
+
+  // Replays a step's state updates (usage, written rows, link, weightings) from the tape, logging
+  // the usages and link rows it changes.
+  void replay(F* s, const F* tape, Work& wk, std::vector<F>& usage_log, std::vector<F>& link_log) const {
+    const F* act = tape + L.act;
+    update_usage_sparse(s, act, wk, &usage_log);
+    F* mem = s + c.off_memory;
+    wk.ww.clear();
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = int64_t(tape[L.wwslot + j]);
+      std::copy(tape + L.unew + j * c.W, tape + L.unew + (j + 1) * c.W, mem + q * c.W);
+      wk.ww.add(q, tape[L.wwval + j]);
+    }
+    precedence_columns(s, wk);
+    update_link(s, wk, &link_log);
+    set_fields(s, tape, wk);
+  }
+
+  // The weightings before a step: the previous step's (tape) or the segment's first state's.
+  void set_previous_fields(F* s, const F* before, const F* start, Work& wk) const {
+    if (before) {
+      set_fields(s, before, wk);
+      return;
+    }
+    for (int64_t f = 0; f < c.R + 2; ++f) {
+      std::copy(field(start, f), field(start, f) + c.N, field(s, f));
+      wk.support[f].clear();
+      for (int64_t i = 0; i < c.N; ++i)
+        if (field(s, f)[i] != F(0)) wk.support[f].push_back(i);
+    }
+  }
+
+  // The gradient of each new weighting at its K slots (wk.rows as scratch: R + 2 rows of K): what
+  // the state's field held, which is then cleared for the previous weighting's.
+  void take_output_gradients(const F* tape, F* dacc, F* dout, Work& wk) const {
+    for (int64_t f = 0; f < c.R + 2; ++f) {
+      const int64_t slot_at = f < c.R ? L.rwslot + f * k : (f == c.R ? L.wwslot : L.pslot);
+      F* field_grad = field(dacc, f);
+      for (int64_t j = 0; j < k; ++j) dout[f * k + j] = field_grad[int64_t(tape[slot_at + j])];
+      if (wk.dense_gradient[f]) std::fill(field_grad, field_grad + c.N, F(0));
+      for (int64_t i : wk.touched[f]) field_grad[i] = F(0);
+      wk.dense_gradient[f] = 0;
+      wk.touched[f].clear();
+    }
+  }
+
+  // Adds g to the previous weighting f's gradient at slot q.
+  void add_previous(F* dacc, int64_t f, int64_t q, F g, Work& wk) const {
+    if (g == F(0)) return;
+    F& at = field(dacc, f)[q];
+    if (at == F(0)) wk.touched[f].push_back(q);
+    at += g;
+  }
+
+  // Back through the reads and the read weightings' mixing, content and directional weightings.
+  // dout: the new weightings' gradients (take_output_gradients); the fields hold the previous ones.
+  void reads_backward(const F* s, const F* tape, const F* dreads, F* dacc, F* dout, bool whole, Work& wk) const {
+    const int64_t w = c.W;
+    const F *act = tape + L.act, *values = s + c.off_link_values, *index = s + c.off_link_index;
+    F *dact = wk.dact.data(), *dmem = dacc + c.off_memory, *dlink = dacc + c.off_link_values;
+    int64_t* slots = wk.slots.data();
+    for (int64_t r = 0; r < c.R; ++r) {
+      F* dw = dout + r * k;
+      for (int64_t j = 0; j < k; ++j) slots[j] = int64_t(tape[L.rwslot + r * k + j]);
+      gather_rows(s + c.off_memory, slots, k, w, wk.rows.data());
+      std::fill(wk.drows.begin(), wk.drows.begin() + k * w, F(0));
+      read_backward(wk.rows.data(), tape + L.rwval + r * k, dreads + r * w, 1, k, w, wk.drows.data(), dw);
+      scatter_add_rows(dmem, slots, k, w, wk.drows.data());
+      // mixing: w = m_b b + m_c c + m_f f at the kept slots
+      wk.content.clear();
+      for (int64_t j = 0; j < k; ++j) wk.content.add(int64_t(tape[L.rsel + r * k + j]), tape[L.rc + r * k + j]);
+      const F* modes = act + dnc.modes + 3 * r;
+      F* dmodes = dact + dnc.modes + 3 * r;
+      wk.bwd.clear();
+      wk.fwd.clear();
+      wk.mix.clear();  // the content weighting's gradient
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t q = slots[j];
+        dmodes[0] += dw[j] * tape[L.rwb + r * k + j];
+        dmodes[1] += dw[j] * wk.content.value[q];
+        dmodes[2] += dw[j] * tape[L.rwf + r * k + j];
+        wk.bwd.add(q, modes[0] * dw[j]);
+        wk.mix.add(q, modes[1] * dw[j]);
+        wk.fwd.add(q, modes[2] * dw[j]);
+      }
+      content_backward_rows(s + c.off_memory, tape, L.rsel + r * k, L.rknorm + r, L.rcos + r * k, L.rc + r * k, r,
+                            wk.mix, dmem, wk);
+      // directional: f_q = sum_m L[q, m] w_{c_qm}, b_j = sum_i w_i L[i, j], w the previous weighting
+      const F* prev = field(s, r);
+      for (int64_t q : wk.fwd.slots)
+        for (int64_t m = 0; m < k; ++m) {
+          const int64_t col = int64_t(index[q * k + m]);
+          dlink[q * k + m] += wk.fwd.value[q] * prev[col];
+          add_previous(dacc, r, col, wk.fwd.value[q] * values[q * k + m], wk);
+        }
+      // Every row, at a segment's first step (the state's weighting is an input there, zeros included).
+      const std::vector<int64_t>& rows = wk.support[r];
+      for (int64_t n = 0, count = whole ? c.N : int64_t(rows.size()); n < count; ++n) {
+        const int64_t i = whole ? n : rows[n];
+        F g = 0;
+        for (int64_t m = 0; m < k; ++m) {
+          const F db = wk.bwd.value[int64_t(index[i * k + m])];
+          dlink[i * k + m] += db * prev[i];
+          g += db * values[i * k + m];
+        }
+        add_previous(dacc, r, i, g, wk);
+      }
+    }
+  }
+
+  // content_backward on a head's chosen rows (of the memory as it is now) from the gradient of its
+  // weighting (dweights, over N), into dmem and the head's key and strength in dact.
+  void content_backward_rows(const F* mem, const F* tape, int64_t sel, int64_t knorm, int64_t cos, int64_t wc,
+                             int64_t head, const SlotMap<F>& dweights, F* dmem, Work& wk) const {
+    const int64_t w = c.W;
+    int64_t* slots = wk.cols.data();
+    F* dwc = wk.pcol.data();
+    for (int64_t j = 0; j < k; ++j) {
+      slots[j] = int64_t(tape[sel + j]);
+      dwc[j] = dweights.value[slots[j]];
+    }
+    gather_rows(mem, slots, k, w, wk.rows.data());
+    row_norms(wk.norms.data(), wk.rows.data(), k, w);
+    std::fill(wk.drows.begin(), wk.drows.begin() + k * w, F(0));
+    std::fill(wk.dnorms.begin(), wk.dnorms.begin() + k, F(0));
+    F* dact = wk.dact.data();
+    const F* act = tape + L.act;
+    content_backward(wk.rows.data(), wk.norms.data(), act + head * w, tape[knorm], act[dnc.strengths + head], tape + cos,
+                     tape + wc, dwc, k, w, wk.drows.data(), wk.dnorms.data(), dact + head * w,
+                     dact + dnc.strengths + head);
+    apply_norm_grad(wk.drows.data(), wk.rows.data(), wk.norms.data(), wk.dnorms.data(), k, w);
+    scatter_add_rows(dmem, slots, k, w, wk.drows.data());
+  }
+
+  // Back through the precedence (p' = (1 - sum ww) p + ww, cut to K) and the link update, whose
+  // changed rows (link_log, before the step) are reverted. dww: the write weighting's gradient
+  // (over N); dp: the new precedence's gradient at its slots (take_output_gradients).
+  void precedence_link_backward(F* s, const F* tape, const std::vector<F>& link_log, const F* dp, F* dacc,
+                                Work& wk) const {
+    const F* prec = field(s, c.R + 1);
+    F wsum = 0;
+    for (int64_t j = 0; j < k; ++j) wsum += tape[L.wwval + j];
+    F dsum = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = int64_t(tape[L.pslot + j]);
+      add_previous(dacc, c.R + 1, q, dp[j] * (F(1) - wsum), wk);
+      if (wk.ww.in[q]) wk.dw.add(q, dp[j]);
+      dsum -= dp[j] * prec[q];
+    }
+    for (int64_t j = 0; j < k; ++j) wk.dw.add(int64_t(tape[L.wwslot + j]), dsum);
+    precedence_columns(s, wk);
+    F *values = s + c.off_link_values, *index = s + c.off_link_index, *dlink = dacc + c.off_link_values;
+    // The update holds every row's diagonal entry at 0, changed or not: nothing flows back through it.
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t m = 0; m < k; ++m)
+        if (int64_t(index[i * k + m]) == i) dlink[i * k + m] = F(0);
+    int64_t* positions = wk.positions.data();
+    F* unused = wk.row_i.data();
+    for (size_t at = 0; at < link_log.size(); at += 1 + 2 * k) {
+      const int64_t i = int64_t(link_log[at]);
+      const F *old_v = link_log.data() + at + 1, *old_idx = old_v + k;
+      link_row(i, old_v, old_idx, wk.ww, wk, unused, unused + k, positions);
+      const F wi = wk.ww.value[i];
+      F* g_row = dlink + i * k;
+      F* d_old = wk.scratch.data();  // K
+      std::fill(d_old, d_old + k, F(0));
+      for (int64_t e = 0; e < k; ++e) {
+        const int64_t p = positions[e];
+        const F g = g_row[e];
+        const int64_t col = p < k ? int64_t(old_idx[p]) : wk.cols[p - k];
+        if (col == i) continue;  // the diagonal is held at 0
+        if (p < k) {
+          d_old[p] += g * ((F(1) - wi) - wk.ww.value[col]);
+          wk.dw.add(i, -g * old_v[p]);
+          wk.dw.add(col, -g * old_v[p]);
+        }
+        const int64_t n = std::lower_bound(wk.cols.begin(), wk.cols.end(), col) - wk.cols.begin();
+        if (n < k && wk.cols[n] == col) {  // w_i p_col: added here, or merged into a kept entry
+          wk.dw.add(i, g * wk.pcol[n]);
+          add_previous(dacc, c.R + 1, col, g * wi, wk);
+        }
+      }
+      std::copy(d_old, d_old + k, g_row);
+      std::copy(old_v, old_v + k, values + i * k);
+      std::copy(old_idx, old_idx + k, index + i * k);
+    }
+  }
+
+  // Back through the written rows (write_backward; reverted), the write weighting (cut, gates,
+  // content and allocation), the allocation (allocation_backward over the K slots) and the write
+  // content (on the rows as the step found them). dw: the write weighting's gradient over N.
+  void write_backward_sparse(F* s, const F* tape, F* dacc, Work& wk) const {
+    const int64_t w = c.W;
+    const F* act = tape + L.act;
+    F *dact = wk.dact.data(), *mem = s + c.off_memory, *dmem = dacc + c.off_memory;
+    int64_t* slots = wk.slots.data();
+    F* dww = wk.scratch.data();  // K
+    for (int64_t j = 0; j < k; ++j) {
+      slots[j] = int64_t(tape[L.wwslot + j]);
+      dww[j] = wk.dw.value[slots[j]];
+    }
+    gather_rows(dmem, slots, k, w, wk.drows.data());
+    std::fill(wk.rows.begin(), wk.rows.begin() + k * w, F(0));
+    write_backward(tape + L.uold, tape + L.wwval, act + dnc.gates, act + c.R * w + w, wk.drows.data(), 1, k, w,
+                   wk.rows.data(), dww, dact + dnc.gates, dact + c.R * w + w, wk.keep.data(), wk.others.data());
+    for (int64_t j = 0; j < k; ++j) {
+      std::copy(wk.rows.data() + j * w, wk.rows.data() + (j + 1) * w, dmem + slots[j] * w);
+      std::copy(tape + L.uold + j * w, tape + L.uold + (j + 1) * w, mem + slots[j] * w);
+    }
+    // ww_q = g_w lerp(c_q, a_q, g_a) at the kept slots
+    write_inputs(tape, wk);
+    const F alloc_gate = act[dnc.gates + w + c.R], write_gate = act[dnc.gates + w + c.R + 1];
+    SlotMap<F>& dcontent = wk.bwd;
+    dcontent.clear();
+    F *dalloc = wk.pcol.data(), *dgates = dact + dnc.gates + w + c.R;
+    std::fill(dalloc, dalloc + k, F(0));
+    F* dalloc_slot = wk.row_v.data();  // the allocation's gradient by slot, then in order of usage
+    wk.fwd.clear();
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = slots[j];
+      const F cq = wk.content.value[q], aq = wk.mix.value[q], dl = dww[j] * write_gate;
+      dgates[1] += dww[j] * lerp(cq, aq, alloc_gate);
+      dgates[0] += dl * (aq - cq);
+      dcontent.add(q, dl * (F(1) - alloc_gate));
+      wk.fwd.add(q, dl * alloc_gate);
+    }
+    // allocation a_j = (1 - s_j) prod_{i<j} s_i over the slots in order of usage
+    F* sorted = dalloc_slot;
+    F *before = sorted + k, *order = wk.norms.data(), *dusage = wk.dnorms.data();
+    F product = F(1);
+    for (int64_t j = 0; j < k; ++j) {
+      sorted[j] = tape[L.asorted + j];
+      before[j] = product;
+      product = product * sorted[j];
+      order[j] = F(j);
+      dalloc[j] = wk.fwd.value[int64_t(tape[L.aslot + j])];
+    }
+    std::fill(dusage, dusage + k, F(0));
+    F* dscratch = wk.drows.data();
+    allocation_backward(sorted, order, before, dalloc, k, dusage, dscratch, dscratch + k);
+    for (int64_t j = 0; j < k; ++j) dacc[c.off_usage + int64_t(tape[L.aslot + j])] += dusage[j];
+    content_backward_rows(mem, tape, L.wsel, L.wknorm, L.wcos, L.cw, c.R, dcontent, dmem, wk);
+  }
+
+  // Back through the usage update on the slots it changed (usage_log: slot and usage before, both
+  // reverted), or on every slot at a segment's first step (the state's weightings are inputs there).
+  void usage_backward_sparse(F* s, const F* act, const std::vector<F>& usage_log, bool whole, F* dacc,
+                             Work& wk) const {
+    const F* free_gates = act + dnc.gates + c.W;
+    F *dfree = wk.dact.data() + dnc.gates + c.W, *usage = s + c.off_usage, *du = dacc + c.off_usage;
+    const F* ww = field(s, c.R);
+    auto back = [&](int64_t q, F u) {
+      const F g = du[q];
+      if (g == F(0)) return;
+      const F u1 = u + ww[q] - u * ww[q];
+      F keep = F(1);
+      for (int64_t r = 0; r < c.R; ++r) keep *= F(1) - free_gates[r] * field(s, r)[q];
+      du[q] = g * keep * (F(1) - ww[q]);
+      add_previous(dacc, c.R, q, g * keep * (F(1) - u), wk);
+      for (int64_t r = 0; r < c.R; ++r) {
+        F others = F(1);
+        for (int64_t o = 0; o < c.R; ++o)
+          if (o != r) others *= F(1) - free_gates[o] * field(s, o)[q];
+        const F dkeep = g * u1 * others;
+        dfree[r] -= dkeep * field(s, r)[q];
+        add_previous(dacc, r, q, -dkeep * free_gates[r], wk);
+      }
+    };
+    wk.content.clear();  // the slots the log covers
+    for (size_t at = 0; at < usage_log.size(); at += 2) {
+      const int64_t q = int64_t(usage_log[at]);
+      usage[q] = usage_log[at + 1];
+      back(q, usage[q]);
+      wk.content.touch(q);
+    }
+    if (whole)
+      for (int64_t q = 0; q < c.N; ++q)
+        if (!wk.content.in[q]) back(q, usage[q]);
+    wk.content.clear();
+  }
+
+  using Carry = StateCarry<F>;
+  // The usages (slot, value before) and link rows (row, K values, K indices before) a step changed.
+  struct Log {
+    std::vector<F> usage, link;
+    void clear() {
+      usage.clear();
+      link.clear();
+    }
+  };
+
+  void begin_segment(const F* start, F* s, Work& wk) const {
+    std::copy(start, start + c.D, s);
+    find_support(s, wk);
+  }
+
+  void replay(F* s, const F* tape, Work& wk, Log& log) const { replay(s, tape, wk, log.usage, log.link); }
+
+  // The link's column indices are not differentiable (the reference holds them as numbers).
+  void finish_gradients(F* dacc) const { std::fill(dacc + c.off_link_index, dacc + c.off_link_index + c.N * k, F(0)); }
+
+  // One step's gradients. s: the working state as the step left it (on return as it found it);
+  // start: the segment's first state; before: the previous step's tape record, or null; whole: the
+  // step is the segment's first and its state an input (gradients for every slot of its weightings).
+  void backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, const F* dfeatures, F* dacc,
+                bool /*reset*/, bool whole, const Log& log, const Carry& dnext, Carry& dprev, F* dprojected,
+                Work& wk) const {
+    const int64_t C = c.C;
+    const F* act = tape + L.act;
+    F *dout = wk.dout.data(), *dreads = wk.dreads.data(), *dweights = wk.wgrad.data();
+    std::fill(wk.dact.begin(), wk.dact.end(), F(0));
+    std::copy(dfeatures, dfeatures + C, dout);
+    if (c.hidden_size) axpy(dout, dnext.hidden.data(), F(1), C);
+    for (int64_t j = 0; j < c.R * c.W; ++j) dreads[j] = dfeatures[C + j] + dnext.reads[j];
+    take_output_gradients(tape, dacc, dweights, wk);
+    set_previous_fields(s, before, start, wk);
+    reads_backward(s, tape, dreads, dacc, dweights, whole, wk);
+    wk.ww.clear();
+    wk.dw.clear();
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t q = int64_t(tape[L.wwslot + j]);
+      wk.ww.add(q, tape[L.wwval + j]);
+      wk.dw.add(q, dweights[c.R * k + j]);
+    }
+    precedence_link_backward(s, tape, log.link, dweights + (c.R + 1) * k, dacc, wk);
+    write_backward_sparse(s, tape, dacc, wk);
+    usage_backward_sparse(s, act, log.usage, whole, dacc, wk);
+    dnc.activate_backward(tape + L.raw, act, wk.dact.data(), tape + L.draw);
+    sparse_controller_backward(c, L, wt, start, before, tape, dnext, dprev, dprojected, dout, wk.ctrl.data());
   }
 };
 
@@ -2031,17 +2819,17 @@ int run_backward(const SmemConfig& c, const SmemBuffers& b) {
 // The sparse NTM's sequence loops. Forward: each row's state lives in state_T, updated in place.
 // Backward: per row, episode segments last to first; each segment's memory is rebuilt from its
 // first state by replaying the tape's writes, then the steps run back.
-template <typename F>
+template <typename F, template <typename> class CoreT>
 int run_sparse_forward(const SmemConfig& c, const SmemBuffers& b) {
   const Tape L = make_tape(c);
-  const SparseNtm<F> core(c, L);
+  const CoreT<F> core(c, L);
   Weights<F> wt(b);
   wt.transpose_all(c);
   const F *projected = static_cast<const F*>(b.projected), *state0 = static_cast<const F*>(b.state0);
   const F* init = static_cast<const F*>(b.init_row);
   F *features = static_cast<F*>(b.features), *state_T = static_cast<F*>(b.state_T), *tape = static_cast<F*>(b.tape);
   const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
-  typename SparseNtm<F>::Work wk = core.work();
+  typename CoreT<F>::Work wk = core.work();
   std::vector<F> scratch_record(tape ? 0 : L.size);
   for (int64_t row = 0; row < B; ++row) {
     F* s = state_T + row * D;
@@ -2055,19 +2843,24 @@ int run_sparse_forward(const SmemConfig& c, const SmemBuffers& b) {
   return all_finite(features, T * B * FD) ? kStatus_ok : kStatus_non_finite_features;
 }
 
-template <typename F>
+template <typename F, template <typename> class CoreT>
 int run_sparse_backward(const SmemConfig& c, const SmemBuffers& b) {
   const Tape L = make_tape(c);
-  const SparseNtm<F> core(c, L);
+  const CoreT<F> core(c, L);
   const Weights<F> wt(b);
   F* tape = static_cast<F*>(b.tape);
   const F *state0 = static_cast<const F*>(b.state0), *init = static_cast<const F*>(b.init_row);
   const F *dfeatures = static_cast<const F*>(b.d_features), *dstate_T = static_cast<const F*>(b.d_state_T);
   F *dprojected = static_cast<F*>(b.d_projected), *dstate0 = static_cast<F*>(b.d_state0);
   const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
-  typename SparseNtm<F>::Work wk = core.work();
-  typename SparseNtm<F>::Carry dnext = core.carry(), dprev = core.carry();
+  typename CoreT<F>::Work wk = core.work();
+  StateCarry<F> dnext(c), dprev(c);
+  std::vector<typename CoreT<F>::Log> logs(T);
   std::vector<F> s(D), dacc(D);
+  auto clear_fields = [&wk](bool dense) {
+    std::fill(wk.dense_gradient.begin(), wk.dense_gradient.end(), uint8_t(dense));
+    for (auto& touched : wk.touched) touched.clear();
+  };
   for (int64_t row = 0; row < B; ++row) {
     auto record = [&](int64_t t) { return tape + (row * T + t) * L.size; };
     auto reset = [&](int64_t t) { return b.starts && b.starts[t * B + row]; };
@@ -2075,25 +2868,32 @@ int run_sparse_backward(const SmemConfig& c, const SmemBuffers& b) {
       std::copy(dstate_T + row * D, dstate_T + (row + 1) * D, dacc.begin());
     else
       std::fill(dacc.begin(), dacc.end(), F(0));
-    core.take_carry(dacc.data(), dnext);
-    std::fill(wk.dense_gradient.begin(), wk.dense_gradient.end(), uint8_t(dstate_T != nullptr));
-    for (int64_t h = 0; h < core.heads; ++h) wk.touched[h].clear();
+    dnext.take(c, dacc.data());
+    clear_fields(dstate_T != nullptr);
     for (int64_t end = T; end > 0;) {
       int64_t begin = end - 1;
       while (begin > 0 && !reset(begin)) --begin;
       const F* start = reset(begin) ? init : state0 + row * D;
-      std::copy(start, start + D, s.begin());
-      core.find_support(s.data(), wk);
-      for (int64_t t = begin; t < end; ++t) core.replay(record(t), s.data());
+      core.begin_segment(start, s.data(), wk);
+      for (int64_t t = begin; t < end; ++t) {
+        logs[t].clear();
+        core.replay(s.data(), record(t), wk, logs[t]);
+      }
       for (int64_t t = end - 1; t >= begin; --t) {
+        const bool whole = t == begin && !reset(t);  // the segment's first state is an input
         core.backward(wt, s.data(), start, t > begin ? record(t - 1) : nullptr, record(t), dfeatures + (t * B + row) * FD,
-                      dacc.data(), reset(t), dnext, dprev, dprojected + (t * B + row) * c.G, wk);
-        if (reset(t)) core.clear_gradients(dacc.data(), dprev, wk);
+                      dacc.data(), reset(t), whole, logs[t], dnext, dprev, dprojected + (t * B + row) * c.G, wk);
+        if (reset(t)) {  // nothing before a reset gets a gradient through the state
+          std::fill(dacc.begin(), dacc.end(), F(0));
+          dprev.clear();
+          clear_fields(false);
+        }
         std::swap(dnext, dprev);
       }
       end = begin;
     }
-    core.put_carry(dnext, dacc.data());
+    dnext.put(c, dacc.data());
+    core.finish_gradients(dacc.data());
     std::copy(dacc.begin(), dacc.end(), dstate0 + row * D);
   }
   return kStatus_ok;
@@ -2103,9 +2903,12 @@ template <typename F>
 int dispatch(const SmemConfig& c, const SmemBuffers& b, bool backward) {
   switch (c.core) {
     case kNTM:
-      if (c.top_k > 0) return backward ? run_sparse_backward<F>(c, b) : run_sparse_forward<F>(c, b);
+      if (c.top_k > 0)
+        return backward ? run_sparse_backward<F, SparseNtm>(c, b) : run_sparse_forward<F, SparseNtm>(c, b);
       return backward ? run_backward<F, Ntm>(c, b) : run_forward<F, Ntm>(c, b);
     case kDNC:
+      if (c.top_k > 0)
+        return backward ? run_sparse_backward<F, SparseDnc>(c, b) : run_sparse_forward<F, SparseDnc>(c, b);
       return backward ? run_backward<F, Dnc>(c, b) : run_forward<F, Dnc>(c, b);
     case kPlain:
       return backward ? run_backward<F, Plain>(c, b) : run_forward<F, Plain>(c, b);
