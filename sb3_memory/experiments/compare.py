@@ -74,11 +74,17 @@ ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
     "memory_a2c-lstm": ("memory_a2c", "memory_a2c.yml", ["policy:'LSTMPolicy'"], _NO_MEMORY),
     "ppo_lstm": ("ppo_lstm", "ppo_lstm.yml", [], {}),
     "ppo": ("ppo", "ppo.yml", [], {}),
-    # Sparse reads and writes (Rae et al., 2016): the NTM with 1,024 slots, each step touching 8.
+    # Sparse reads and writes (Rae et al., 2016): 1,024 slots, each step touching 8.
     "memory_ppo-ntm-sparse": (
         "memory_ppo",
         "memory_ppo.yml",
         ["policy:'NTMPolicy'"],
+        {"memory_units": 1024, "sparse_top_k": 8},
+    ),
+    "memory_ppo-dnc-sparse": (
+        "memory_ppo",
+        "memory_ppo.yml",
+        ["policy:'DNCPolicy'"],
         {"memory_units": 1024, "sparse_top_k": 8},
     ),
     # Csordás and Schmidhuber's (2019) DNC repairs, all three (on the reference path, slower).
@@ -100,6 +106,7 @@ CONTROLS = {
     "memory_a2c-dnc": "memory_a2c-lstm",
     "memory_ppo-dnc-repairs": "memory_ppo-lstm",
     "memory_ppo-ntm-sparse": "memory_ppo-lstm",
+    "memory_ppo-dnc-sparse": "memory_ppo-lstm",
 }
 MEMORY_ALGOS = ("memory_ppo", "memory_a2c")
 ALGO_ORDER = list(ALGOS)  # table rows, legend and colours (an algorithm keeps its colour in every figure)
