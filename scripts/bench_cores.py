@@ -9,9 +9,10 @@ DNC with a 64-unit LSTM controller, N=64, W=32, R=4, input 16; NTM with a 100-un
 controller, N=128, W=20, one read and one write head, input 9; T=50 steps at batch 16.
 Rows: the default path (the native kernels), and on request the PyTorch reference path, eager
 (``--reference``) and with ``compile_step=True`` (``--compile``), and sparse reads and writes
-(``--sparse-top-k K``, the cores' ``sparse_top_k``: their sparse kernels). ``--memory-units`` makes the memory size an axis (NTM and DNC), ``--memory-unit-size`` sets
-W. The paths alternate repeat by repeat, so machine noise hits them alike. Each row also gives the
-bytes of one environment's state (float32), what a rollout buffer stores per chunk.
+(``--sparse-top-k K``, the cores' ``sparse_top_k``: their sparse kernels). ``--memory-units``
+makes the memory size an axis (NTM and DNC), ``--memory-unit-size`` sets W. The paths alternate
+repeat by repeat, so machine noise hits them alike. Each row also gives the bytes of one
+environment's state (float32), what a rollout buffer stores per chunk.
 """
 
 import argparse
