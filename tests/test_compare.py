@@ -198,6 +198,8 @@ def test_every_variant_builds_the_model_it_names(tmp_path, name):
     for key, value in overrides.items():
         if key == "critic_memory":
             assert model.policy.critic_memory == value
+        elif value is not None and key in ("memory_units", "sparse_top_k"):
+            assert getattr(core, key) == value
         elif value is not None:
             assert core.options[key] == value
     if name in CONTROLS:

@@ -188,12 +188,48 @@ def test_native_sparse_dnc_equals_reference_step_by_step(controller, kwargs):
 
 
 @pytest.mark.parametrize(
-    "controller,kwargs", [case for case in SPARSE_DNC_CASES if "top_k9" not in str(case.id)]  # K < N
+    "controller,kwargs",
+    [case for case in SPARSE_DNC_CASES if "top_k9" not in str(case.id)],  # K < N
 )
 def test_native_sparse_dnc_equals_reference_over_a_chunk(controller, kwargs):
     """Whole chunks with resets inside (the segment replay), where K < N keeps allocation shares above an ulp."""
     core_ = make_core("dnc", controller, torch.float64, **kwargs)
     assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize(
+    "name, kwargs", [("ntm", {}), ("dnc", {}), ("ntm", {"sparse_top_k": 3}), ("dnc", {"sparse_top_k": 3})]
+)
+def test_a_row_computes_the_same_bits_alone_step_by_step_or_in_a_chunk(name, kwargs):
+    """
+    A rollout step and the replay of its chunk agree to the bit: each row's numbers, the input
+    projection included, do not depend on the call's batch or length (a batched matrix product's
+    rounding would, and a sparse core's choice of slots can follow the last bit).
+    """
+    core_ = make_core(name, "lstm", torch.float32, **kwargs)
+    x, starts, flat = chunk(core_, torch.float32, steps=16, batch=6)
+    with torch.no_grad():
+        chunked, final = core_.forward_flat(x, flat, starts)
+        state, steps = flat[2:3], []
+        for t in range(x.shape[0]):  # row 2 alone, one step per call, as a rollout runs it
+            features, state = core_.forward_flat(x[t : t + 1, 2:3], state, starts[t : t + 1, 2:3])
+            steps.append(features)
+    assert torch.equal(torch.cat(steps), chunked[:, 2:3]) and torch.equal(state, final[2:3])
+
+
+def test_wide_inputs_come_projected_and_still_equal_the_reference():
+    """Inputs wider than KERNEL_PROJECTION_MAX_INPUT are projected by one matrix product before the kernels."""
+    width = core.KERNEL_PROJECTION_MAX_INPUT + 8
+    torch.manual_seed(0)
+    core_ = NTMCell(width, controller_dim=7, memory_units=9, memory_unit_size=4).double()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 3, width, generator=generator, dtype=torch.float64)
+    starts = torch.rand(12, 3, generator=generator) < 0.2
+    flat = core_.flatten_state(core_.initial_state(3, dtype=torch.float64))
+    reference, fused = run(core_, "reference", x, starts, flat), run(core_, "native", x, starts, flat)
+    for key in reference:
+        torch.testing.assert_close(fused[key], reference[key], **TOLERANCES[torch.float64], msg=_labelled(key))
+    assert reference["controller.weight_input"].abs().sum() > 0
 
 
 def test_native_sparse_dnc_tape_does_not_grow_with_the_memory():
@@ -285,16 +321,16 @@ def test_native_gradients_match_finite_differences(name):
     core_ = make_core(name, "gru" if name == "lstm" else "lstm", torch.float64)
     x, starts, flat = chunk(core_, torch.float64, steps=6, batch=2)
     kernel = core_._native_for(x)
-    projected = core_.controller.project_input(x).detach().requires_grad_(True)
+    inputs = x.detach().clone().requires_grad_(True)
     weights = tuple(None if w is None else w.detach().clone().requires_grad_(True) for w in core_._native_weights())
     present = [w for w in weights if w is not None]
 
-    def function(projected_, state_, *present_):
+    def function(inputs_, state_, *present_):
         it = iter(present_)
         full = tuple(None if w is None else next(it) for w in weights)
-        return native.fused_sequence(kernel, projected_, state_, starts, full)
+        return native.fused_sequence(kernel, inputs_, state_, starts, full)
 
-    assert torch.autograd.gradcheck(function, (projected, flat.clone().requires_grad_(True), *present), atol=1e-6)
+    assert torch.autograd.gradcheck(function, (inputs, flat.clone().requires_grad_(True), *present), atol=1e-6)
 
 
 def test_native_is_the_default_on_cpu_and_reference_runs_without_it(monkeypatch):

@@ -12,6 +12,10 @@ from sb3_memory.memory.checks import check_float, check_int
 from sb3_memory.memory.controller import Controller
 
 BACKENDS = ("auto", "native", "reference")
+# Inputs up to this wide are projected by the native kernels one row at a time, so that a rollout
+# step and the replay of its chunk agree to the bit; wider ones (a CNN's features, which are not
+# bitwise anyway) by one batched matrix product, several times faster there.
+KERNEL_PROJECTION_MAX_INPUT = 64
 # A core's state: a NamedTuple of batch-first tensors, of the core's ``state_type``.
 State = Any
 _warned: set[str] = set()
@@ -210,8 +214,12 @@ class MemoryCore(nn.Module):
                 f"flat state must have shape (batch, {self.state_size}) for this core, got {tuple(flat_state.shape)}"
             )
         self._check_inputs(x, flat_state.shape[0], episode_starts)
-        projected = self.controller.project_input(x)
-        return native.fused_sequence(kernel, projected, flat_state, episode_starts, self._native_weights())
+        weights = self._native_weights()
+        if self.input_dim > KERNEL_PROJECTION_MAX_INPUT:
+            return native.fused_sequence(
+                kernel, self.controller.project_input(x), flat_state, episode_starts, (None, None, *weights[2:])
+            )
+        return native.fused_sequence(kernel, x, flat_state, episode_starts, weights)
 
     def reference_sequence(self, x: Tensor, state: State, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, State]:
         """
@@ -264,6 +272,7 @@ class MemoryCore(nn.Module):
         config = dict(
             controller=native.CONTROLLER_IDS[controller.kind],
             C=controller.hidden_dim,
+            I=controller.weight_input.shape[1],
             G=controller.weight_input.shape[0],
             K=0 if recurrent is None else recurrent.shape[1],
             D=self.state_size,
@@ -289,6 +298,8 @@ class MemoryCore(nn.Module):
         gru = controller.kind == "gru"
         interface = getattr(self, "interface", None)
         return (
+            controller.weight_input,
+            controller.bias,
             controller.weight_recurrent,
             controller.weight_hidden if gru else None,
             controller.bias_hidden if gru else None,

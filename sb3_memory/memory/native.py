@@ -29,12 +29,14 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
 # The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in the C++ file).
-ABI_VERSION = 8
+ABI_VERSION = 9
 CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
 CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
 SUPPORTED_DTYPES = {torch.float32: "SMEM_FLOAT32", torch.float64: "SMEM_FLOAT64"}
-# Weights in the order the kernels take them; a core passes None for those it does not have.
-WEIGHT_NAMES = ("w_rec", "w_hid", "b_hid", "w_if", "b_if")
+# Weights in the order the kernels take them; a core passes None for those it does not have. With
+# w_in and b_in the kernels project the inputs themselves, one row at a time (step_input there);
+# without, the inputs come projected.
+WEIGHT_NAMES = ("w_in", "b_in", "w_rec", "w_hid", "b_hid", "w_if", "b_if")
 
 
 class NativeUnavailableError(RuntimeError):
@@ -243,24 +245,24 @@ class NativeSequence:
         return function(ctypes.byref(self.config), ctypes.byref(pointers))
 
     def forward(
-        self, projected: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...], record: bool
+        self, inputs: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...], record: bool
     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         """
         Run the chunk.
 
-        :param projected: (T, B, G) contiguous
+        :param inputs: (T, B, I) contiguous, the controller's inputs
         :param state: (B, D) contiguous
         :param starts: (T, B) uint8, or None
         :param weights: in :data:`WEIGHT_NAMES` order
         :param record: keep the tape for :meth:`backward`
         :return: features (T, B, F), final state (B, D), tape (or None)
         """
-        steps, batch = projected.shape[0], projected.shape[1]
-        features = projected.new_empty((steps, batch, self.feature_size))
+        steps, batch = inputs.shape[0], inputs.shape[1]
+        features = inputs.new_empty((steps, batch, self.feature_size))
         final = state.new_empty(state.shape)
-        tape = projected.new_empty((batch, steps, self.tape_size)) if record else None
+        tape = inputs.new_empty((batch, steps, self.tape_size)) if record else None
         status = self._call(
-            self.library.smem_forward, steps, batch, projected=projected, state0=state, starts=starts,
+            self.library.smem_forward, steps, batch, inputs=inputs, state0=state, starts=starts,
             init_row=self.init_row, features=features, state_T=final, tape=tape, **dict(zip(WEIGHT_NAMES, weights)),
         )  # fmt: skip
         if status != 0:
@@ -270,6 +272,7 @@ class NativeSequence:
     def backward(
         self,
         tape: Tensor,
+        inputs: Tensor,
         state: Tensor,
         final: Tensor,
         starts: Optional[Tensor],
@@ -278,8 +281,8 @@ class NativeSequence:
         d_state: Optional[Tensor],
     ) -> tuple[Tensor, Tensor, tuple[Optional[Tensor], ...]]:
         """
-        Gradients of the projected input, the initial state and the weights (``state`` and ``final``:
-        the forward's initial and final states; the sparse NTM rebuilds its memory from them).
+        Gradients of the inputs, the initial state and the weights (``inputs``, ``state`` and
+        ``final``: the forward's; the sparse cores rebuild their memory from the states).
         """
         batch, steps = tape.shape[0], tape.shape[1]
         config = self.config
@@ -297,7 +300,12 @@ class NativeSequence:
         # d(out) / dW summed over the chunk = d(out)^T @ (what W multiplied).
         records = tape.reshape(batch * steps, self.tape_size)
         gates = d_projected.transpose(0, 1).reshape(batch * steps, config.G)
-        w_rec, w_hid, _, w_if, _ = weights
+        w_in, _, w_rec, w_hid, _, w_if, _ = weights
+        d_inputs, d_w_in, d_b_in = d_projected, None, None  # inputs the caller projected
+        if w_in is not None:
+            d_inputs = d_projected @ w_in
+            d_w_in = d_projected.reshape(steps * batch, config.G).t() @ inputs.reshape(steps * batch, config.I)
+            d_b_in = d_projected.sum(dim=(0, 1))
 
         def columns(start: int, width: int) -> Tensor:
             return records[:, start : start + width]
@@ -312,7 +320,7 @@ class NativeSequence:
             d_raw = columns(self.tape_draw, config.P)
             d_w_if = d_raw.t() @ columns(self.tape_out, config.C)
             d_b_if = d_raw.sum(0)
-        return d_projected, d_state0, (d_w_rec, d_w_hid, d_b_hid, d_w_if, d_b_if)
+        return d_inputs, d_state0, (d_w_in, d_b_in, d_w_rec, d_w_hid, d_b_hid, d_w_if, d_b_if)
 
     def _status_error(self, status: int) -> Exception:
         if status == self.interface.statuses["non_finite_features"]:
@@ -330,24 +338,25 @@ class _FusedSequenceFunction(torch.autograd.Function):
         ctx: Any,
         kernel: NativeSequence,
         starts: Optional[Tensor],
-        projected: Tensor,
+        inputs: Tensor,
         state: Tensor,
         *weights: Optional[Tensor],
     ):  # type: ignore[override]
-        features, final, tape = kernel.forward(projected, state, starts, weights, record=True)
+        features, final, tape = kernel.forward(inputs, state, starts, weights, record=True)
         ctx.kernel = kernel
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(tape, state, final, starts, *weights)
+        ctx.save_for_backward(tape, inputs, state, final, starts, *weights)
         return features, final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_features: Optional[Tensor], d_final: Optional[Tensor]):  # type: ignore[override]
-        tape, state, final, starts, *weights = ctx.saved_tensors
+        tape, inputs, state, final, starts, *weights = ctx.saved_tensors
         if d_features is None:
             d_features = tape.new_zeros((tape.shape[1], tape.shape[0], ctx.kernel.feature_size))
-        d_projected, d_state0, d_weights = ctx.kernel.backward(
+        d_inputs, d_state0, d_weights = ctx.kernel.backward(
             tape,
+            inputs,
             state,
             final,
             starts,
@@ -355,29 +364,30 @@ class _FusedSequenceFunction(torch.autograd.Function):
             d_features.contiguous(),
             None if d_final is None else d_final.contiguous(),
         )
-        return (None, None, d_projected, d_state0, *d_weights)
+        return (None, None, d_inputs, d_state0, *d_weights)
 
 
 def fused_sequence(
-    kernel: NativeSequence, projected: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...]
+    kernel: NativeSequence, inputs: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...]
 ) -> tuple[Tensor, Tensor]:
     """
     Features and final state of a chunk through the native kernels, differentiable with respect to
-    the projected input, the initial flat state and the weights.
+    the controller's inputs, the initial flat state and the weights.
 
-    :param projected: (T, B, G)
+    :param inputs: (T, B, I), what the controller projects (inside the kernels, one row at a time), or
+        (T, B, G) already projected when the weights hold no ``w_in``
     :param state: (B, D) flat state before the first step
     :param starts: (T, B) episode starts (any dtype; nonzero resets the row before that step), or None
     :param weights: in :data:`WEIGHT_NAMES` order, None where the core has no such weight
     """
-    projected = projected.contiguous()
+    inputs = inputs.contiguous()
     state = state.contiguous()
     starts = None if starts is None else starts.to(torch.uint8).contiguous()
     weights = tuple(None if weight is None else weight.contiguous() for weight in weights)
     needs_grad = torch.is_grad_enabled() and any(
-        tensor is not None and tensor.requires_grad for tensor in (projected, state, *weights)
+        tensor is not None and tensor.requires_grad for tensor in (inputs, state, *weights)
     )
     if not needs_grad:
-        features, final, _ = kernel.forward(projected, state, starts, weights, record=False)
+        features, final, _ = kernel.forward(inputs, state, starts, weights, record=False)
         return features, final
-    return _FusedSequenceFunction.apply(kernel, starts, projected, state, *weights)
+    return _FusedSequenceFunction.apply(kernel, starts, inputs, state, *weights)

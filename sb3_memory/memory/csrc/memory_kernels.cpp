@@ -9,7 +9,8 @@
 //
 // No PyTorch headers: the library is compiled once per machine with the system C++ compiler
 // and called through ctypes (see native.py). Every buffer is contiguous and row-major:
-//   projected (T, B, G), starts (T, B) uint8, state (B, D), features (T, B, F), tape (B, T, TS).
+//   inputs (T, B, I), or (T, B, G) projected, starts (T, B) uint8, state (B, D), features (T, B, F),
+//   tape (B, T, TS).
 // Weights keep PyTorch's (out_features, in_features) layout.
 
 #include <algorithm>
@@ -41,16 +42,16 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 8  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 9  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
-//   G width of the projected input (gates * C); C controller output size; K columns of the
+//   I input size; G width of the projected input (gates * C); C controller output size; K columns of the
 //   recurrent weight (fed-back reads, + hidden for an LSTM); N, W, R memory slots, word size, read
 //   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width; top_k the
 //   slots a weighting keeps (sparse_top_k, 0 for the dense model; the sparse DNC's link then keeps
 //   top_k values and column indices per row, at off_link_values and off_link_index).
 #define SMEM_CONFIG_FIELDS(X)                                                                      \
-  X(core) X(controller) X(T) X(B) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)                  \
+  X(core) X(controller) X(T) X(B) X(I) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)            \
   X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
   X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size) \
   X(top_k) X(off_link_values) X(off_link_index)
@@ -61,9 +62,9 @@ extern "C" {
 // writes the tape's gradient fields (smem_tape_fields).
 #define SMEM_BUFFER_FIELDS(X)                                                                      \
   /* forward inputs */                                                                             \
-  X(const void*, projected) X(const void*, state0) X(const uint8_t*, starts) X(const void*, init_row) \
-  X(const void*, w_rec) X(const void*, w_hid) X(const void*, b_hid) X(const void*, w_if)           \
-  X(const void*, b_if)                                                                             \
+  X(const void*, inputs) X(const void*, state0) X(const uint8_t*, starts) X(const void*, init_row)  \
+  X(const void*, w_in) X(const void*, b_in) X(const void*, w_rec) X(const void*, w_hid)            \
+  X(const void*, b_hid) X(const void*, w_if) X(const void*, b_if)                                  \
   /* forward outputs */                                                                            \
   X(void*, features) X(void*, state_T) X(void*, tape)                                              \
   /* backward inputs, then outputs */                                                              \
@@ -854,26 +855,44 @@ Tape make_tape(const SmemConfig& c) {
 // PyTorch's (out, in) weights for the backward pass, and their transposes for the forward pass.
 template <typename F>
 struct Weights {
+  const F* w_in;
+  const F* b_in;
   const F* w_rec;
   const F* w_hid;
   const F* b_hid;
   const F* w_if;
   const F* b_if;
-  std::vector<F> t_rec, t_hid, t_if;
+  std::vector<F> t_in, t_rec, t_hid, t_if;
 
   explicit Weights(const SmemBuffers& b)
-      : w_rec(static_cast<const F*>(b.w_rec)),
+      : w_in(static_cast<const F*>(b.w_in)),
+        b_in(static_cast<const F*>(b.b_in)),
+        w_rec(static_cast<const F*>(b.w_rec)),
         w_hid(static_cast<const F*>(b.w_hid)),
         b_hid(static_cast<const F*>(b.b_hid)),
         w_if(static_cast<const F*>(b.w_if)),
         b_if(static_cast<const F*>(b.b_if)) {}
 
   void transpose_all(const SmemConfig& c) {
+    if (w_in) transpose(w_in, c.G, c.I, t_in);
     if (w_rec) transpose(w_rec, c.G, c.K, t_rec);
     if (w_hid) transpose(w_hid, 3 * c.C, c.C, t_hid);
     if (w_if) transpose(w_if, c.P, c.C, t_if);
   }
 };
+
+// The controller's projected input of step t of a row, b_in + W_in x (controller.project_input),
+// into out (G). Computed here, one row at a time, so that a row's numbers do not depend on how many
+// rows and steps a call holds: a rollout step and the replay of its chunk agree to the bit (a
+// batched matrix product rounds by its shape, and a sparse core's choice of slots can follow).
+// Without w_in the caller projected the inputs already (wide inputs: see core.py).
+template <typename F>
+const F* step_input(const SmemConfig& c, const SmemBuffers& b, const Weights<F>& wt, int64_t t, int64_t row, F* out) {
+  if (!wt.w_in) return static_cast<const F*>(b.inputs) + (t * c.B + row) * c.G;
+  std::copy(wt.b_in, wt.b_in + c.G, out);
+  gemv_cols(out, wt.t_in.data(), static_cast<const F*>(b.inputs) + (t * c.B + row) * c.I, c.G, c.I);
+  return out;
+}
 
 // ----------------------------------------------------------------------------------------------
 // Controller (controller.py): one step from the projected input, the fed-back reads and its state.
@@ -2756,14 +2775,13 @@ int run_forward(const SmemConfig& c, const SmemBuffers& b) {
   const CoreT<F> core(c, L);
   Weights<F> wt(b);
   wt.transpose_all(c);
-  const F* projected = static_cast<const F*>(b.projected);
   const F* state0 = static_cast<const F*>(b.state0);
   const F* init = static_cast<const F*>(b.init_row);
   F* features = static_cast<F*>(b.features);
   F* state_T = static_cast<F*>(b.state_T);
   F* tape = static_cast<F*>(b.tape);
   const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
-  std::vector<F> scratch_record(tape ? 0 : L.size), buffers(tape ? 0 : 2 * D);
+  std::vector<F> scratch_record(tape ? 0 : L.size), buffers(tape ? 0 : 2 * D), projected(c.G);
   for (int64_t row = 0; row < B; ++row) {
     auto record = [&](int64_t t) { return tape ? tape + (row * T + t) * L.size : scratch_record.data(); };
     F* entering = tape ? record(0) + L.state : buffers.data();
@@ -2772,7 +2790,7 @@ int run_forward(const SmemConfig& c, const SmemBuffers& b) {
       const F* s = (b.starts && b.starts[t * B + row]) ? init : entering;
       F* out = t + 1 == T ? state_T + row * D
                           : (tape ? record(t + 1) + L.state : buffers.data() + (entering == buffers.data() ? D : 0));
-      core.forward(wt, projected + (t * B + row) * c.G, s, record(t), out, features + (t * B + row) * FD);
+      core.forward(wt, step_input(c, b, wt, t, row, projected.data()), s, record(t), out, features + (t * B + row) * FD);
       entering = out;
     }
   }
@@ -2825,19 +2843,19 @@ int run_sparse_forward(const SmemConfig& c, const SmemBuffers& b) {
   const CoreT<F> core(c, L);
   Weights<F> wt(b);
   wt.transpose_all(c);
-  const F *projected = static_cast<const F*>(b.projected), *state0 = static_cast<const F*>(b.state0);
+  const F* state0 = static_cast<const F*>(b.state0);
   const F* init = static_cast<const F*>(b.init_row);
   F *features = static_cast<F*>(b.features), *state_T = static_cast<F*>(b.state_T), *tape = static_cast<F*>(b.tape);
   const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
   typename CoreT<F>::Work wk = core.work();
-  std::vector<F> scratch_record(tape ? 0 : L.size);
+  std::vector<F> scratch_record(tape ? 0 : L.size), projected(c.G);
   for (int64_t row = 0; row < B; ++row) {
     F* s = state_T + row * D;
     core.load(state0 + row * D, s, wk);
     for (int64_t t = 0; t < T; ++t) {
       if (b.starts && b.starts[t * B + row]) core.load(init, s, wk);
       F* record = tape ? tape + (row * T + t) * L.size : scratch_record.data();
-      core.forward(wt, projected + (t * B + row) * c.G, s, record, features + (t * B + row) * FD, wk);
+      core.forward(wt, step_input(c, b, wt, t, row, projected.data()), s, record, features + (t * B + row) * FD, wk);
     }
   }
   return all_finite(features, T * B * FD) ? kStatus_ok : kStatus_non_finite_features;
