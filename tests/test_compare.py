@@ -371,3 +371,30 @@ def test_report_keeps_its_runs_and_rebuilds_from_them(tmp_path):
     assert len(merge_results(kept, [run("memory_ppo-lstm", 0, 6.5, wall_clock=100.0)])) == len(kept) + 1
     with pytest.raises(FileNotFoundError, match=RESULTS_FILE):
         read_results([tmp_path / "missing.jsonl"])
+
+
+def test_long_lengths_scores_every_finished_seed_at_each_length(tmp_path):
+    """scripts/long_lengths.py: a finished run's final model scored at lengths it never saw, seed by seed."""
+    import numpy as np
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_memory import MemoryPPO
+    from sb3_memory.experiments.compare import episode_scores
+    from sb3_memory.experiments.long_lengths import score_lengths
+
+    env = make_vec_env("sb3_memory/BinaryCopy-v0", n_envs=2, env_kwargs=dict(max_length=3))
+    models = {}
+    for seed in (1, 0):
+        model = MemoryPPO("DNCPolicy", env, n_steps=16, batch_size=32, seed=seed, policy_kwargs=dict(memory_units=8))
+        folder = tmp_path / "memory_ppo-dnc" / "sb3_memory__BinaryCopy-v0" / f"seed_{seed}"
+        model.save(folder / "zoo" / "memory_ppo" / "run_1" / "sb3_memory-BinaryCopy-v0.zip")
+        (folder / "result.json").write_text("{}")
+        models[seed] = model
+    (tmp_path / "memory_ppo-dnc" / "sb3_memory__BinaryCopy-v0" / "seed_2").mkdir()  # unfinished: skipped
+    scores = score_lengths(tmp_path, "memory_ppo-dnc", [4, 9], episodes=2)
+    for length in (4, 9):
+        expected = [
+            np.mean(episode_scores(models[s], "sb3_memory/BinaryCopy-v0", dict(min_length=length, max_length=length), 2))
+            for s in (0, 1)
+        ]
+        assert scores[length] == pytest.approx(expected)

@@ -238,11 +238,8 @@ def episode_scores(model: Any, env: str, env_kwargs: dict[str, Any], n_episodes:
     return scores
 
 
-def score_final_model(folder: Path, zoo_algo: str, env: str, env_kwargs: dict[str, Any], n_episodes: int) -> dict[str, float]:
-    """Mean :func:`episode_scores` of a finished zoo run's final model at each of :func:`length_settings`."""
-    settings = length_settings(env, env_kwargs)
-    if not settings:
-        return {}
+def load_final_model(folder: Path, zoo_algo: str) -> Any:
+    """The final model of a finished zoo run (not its best_model.zip), on one torch thread."""
     import torch
     from rl_zoo3.utils import ALGOS as ZOO_ALGOS
 
@@ -251,7 +248,15 @@ def score_final_model(folder: Path, zoo_algo: str, env: str, env_kwargs: dict[st
     zoo.register()
     torch.set_num_threads(1)
     path = next(p for p in (folder / "zoo").glob("*/*/*.zip") if p.name != "best_model.zip")
-    model = ZOO_ALGOS[zoo_algo].load(path, device="cpu")
+    return ZOO_ALGOS[zoo_algo].load(path, device="cpu")
+
+
+def score_final_model(folder: Path, zoo_algo: str, env: str, env_kwargs: dict[str, Any], n_episodes: int) -> dict[str, float]:
+    """Mean :func:`episode_scores` of a finished zoo run's final model at each of :func:`length_settings`."""
+    settings = length_settings(env, env_kwargs)
+    if not settings:
+        return {}
+    model = load_final_model(folder, zoo_algo)
     return {name: float(np.mean(episode_scores(model, env, kwargs, n_episodes))) for name, kwargs in settings.items()}
 
 
