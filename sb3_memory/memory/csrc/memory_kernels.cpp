@@ -1542,6 +1542,23 @@ constexpr int64_t kScanBlock = 512;  // rows per block of a content scan: its lo
 
 inline int64_t wrap(int64_t i, int64_t n) { return i < 0 ? i + n : (i >= n ? i - n : i); }
 
+// The slots of a weighting with a non-zero weight, ascending.
+template <typename F>
+void nonzero_slots(const F* weights, int64_t n, std::vector<int64_t>& out) {
+  out.clear();
+  for (int64_t i = 0; i < n; ++i)
+    if (weights[i] != F(0)) out.push_back(i);
+}
+
+// A sparse core's row state from a flat state (into s), with what its content scans read: the
+// memory rows' norms and the memory transposed.
+template <typename F>
+void load_for_scans(const SmemConfig& c, const F* from, F* s, std::vector<F>& mnorm, std::vector<F>& memory_t) {
+  std::copy(from, from + c.D, s);
+  row_norms(mnorm.data(), s + c.off_memory, c.N, c.W);
+  transpose(s + c.off_memory, c.N, c.W, memory_t);
+}
+
 template <typename F>
 void gather_rows(const F* mem, const int64_t* slots, int64_t count, int64_t w, F* out) {
   for (int64_t j = 0; j < count; ++j) std::copy(mem + slots[j] * w, mem + (slots[j] + 1) * w, out + j * w);
@@ -1642,19 +1659,12 @@ struct SparseNtm : CoreView {
 
   // The non-zero slots of each head's weighting in a flat state.
   void find_support(const F* s, Work& wk) const {
-    for (int64_t h = 0; h < heads; ++h) {
-      const F* wv = ntm.weights_of(s, h);
-      wk.support[h].clear();
-      for (int64_t i = 0; i < c.N; ++i)
-        if (wv[i] != F(0)) wk.support[h].push_back(i);
-    }
+    for (int64_t h = 0; h < heads; ++h) nonzero_slots(ntm.weights_of(s, h), c.N, wk.support[h]);
   }
 
   // A row's working state (in s, updated in place by forward) from a flat state.
   void load(const F* from, F* s, Work& wk) const {
-    std::copy(from, from + c.D, s);
-    row_norms(wk.mnorm.data(), s + c.off_memory, c.N, c.W);
-    transpose(s + c.off_memory, c.N, c.W, wk.memory_t);
+    load_for_scans(c, from, s, wk.mnorm, wk.memory_t);
     find_support(s, wk);
   }
 
@@ -2049,18 +2059,11 @@ struct SparseDnc : CoreView {
   }
 
   void find_support(const F* s, Work& wk) const {
-    for (int64_t f = 0; f < c.R + 2; ++f) {
-      const F* wv = field(s, f);
-      wk.support[f].clear();
-      for (int64_t i = 0; i < c.N; ++i)
-        if (wv[i] != F(0)) wk.support[f].push_back(i);
-    }
+    for (int64_t f = 0; f < c.R + 2; ++f) nonzero_slots(field(s, f), c.N, wk.support[f]);
   }
 
   void load(const F* from, F* s, Work& wk) const {
-    std::copy(from, from + c.D, s);
-    row_norms(wk.mnorm.data(), s + c.off_memory, c.N, c.W);
-    transpose(s + c.off_memory, c.N, c.W, wk.memory_t);
+    load_for_scans(c, from, s, wk.mnorm, wk.memory_t);
     find_support(s, wk);
   }
 
@@ -2766,21 +2769,43 @@ bool all_finite(const F* x, int64_t n) {
   return ok;
 }
 
+// A forward call's buffers, typed, and its weights with their transposes.
+template <typename F>
+struct ForwardCall {
+  const Tape L;
+  Weights<F> wt;
+  const F *state0, *init;
+  F *features, *state_T, *tape;
+  int64_t T, B, D, FD;
+
+  ForwardCall(const SmemConfig& c, const SmemBuffers& b)
+      : L(make_tape(c)),
+        wt(b),
+        state0(static_cast<const F*>(b.state0)),
+        init(static_cast<const F*>(b.init_row)),
+        features(static_cast<F*>(b.features)),
+        state_T(static_cast<F*>(b.state_T)),
+        tape(static_cast<F*>(b.tape)),
+        T(c.T),
+        B(c.B),
+        D(c.D),
+        FD(c.C + c.R * c.W) {
+    wt.transpose_all(c);
+  }
+};
+
 // With a tape, step t reads the state from record t (or the initial row at an episode start) and
 // writes its new state into record t + 1 (state_T after the last step): no copies, and the
 // backward pass finds each step's output there. Without one, two buffers take turns.
 template <typename F, template <typename> class CoreT>
 int run_forward(const SmemConfig& c, const SmemBuffers& b) {
-  const Tape L = make_tape(c);
+  const ForwardCall<F> call(c, b);
+  const Tape& L = call.L;
   const CoreT<F> core(c, L);
-  Weights<F> wt(b);
-  wt.transpose_all(c);
-  const F* state0 = static_cast<const F*>(b.state0);
-  const F* init = static_cast<const F*>(b.init_row);
-  F* features = static_cast<F*>(b.features);
-  F* state_T = static_cast<F*>(b.state_T);
-  F* tape = static_cast<F*>(b.tape);
-  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
+  const Weights<F>& wt = call.wt;
+  const F *state0 = call.state0, *init = call.init;
+  F *features = call.features, *state_T = call.state_T, *tape = call.tape;
+  const int64_t T = call.T, B = call.B, D = call.D, FD = call.FD;
   std::vector<F> scratch_record(tape ? 0 : L.size), buffers(tape ? 0 : 2 * D), projected(c.G);
   for (int64_t row = 0; row < B; ++row) {
     auto record = [&](int64_t t) { return tape ? tape + (row * T + t) * L.size : scratch_record.data(); };
@@ -2834,19 +2859,18 @@ int run_backward(const SmemConfig& c, const SmemBuffers& b) {
   return kStatus_ok;
 }
 
-// The sparse NTM's sequence loops. Forward: each row's state lives in state_T, updated in place.
-// Backward: per row, episode segments last to first; each segment's memory is rebuilt from its
-// first state by replaying the tape's writes, then the steps run back.
+// The sparse cores' sequence loops. Forward: each row's state lives in state_T, updated in place.
+// Backward: per row, episode segments last to first; each segment's state is rebuilt from its
+// first state by replaying the tape (and, for the DNC, what the tape implies), then the steps run back.
 template <typename F, template <typename> class CoreT>
 int run_sparse_forward(const SmemConfig& c, const SmemBuffers& b) {
-  const Tape L = make_tape(c);
+  const ForwardCall<F> call(c, b);
+  const Tape& L = call.L;
   const CoreT<F> core(c, L);
-  Weights<F> wt(b);
-  wt.transpose_all(c);
-  const F* state0 = static_cast<const F*>(b.state0);
-  const F* init = static_cast<const F*>(b.init_row);
-  F *features = static_cast<F*>(b.features), *state_T = static_cast<F*>(b.state_T), *tape = static_cast<F*>(b.tape);
-  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
+  const Weights<F>& wt = call.wt;
+  const F *state0 = call.state0, *init = call.init;
+  F *features = call.features, *state_T = call.state_T, *tape = call.tape;
+  const int64_t T = call.T, B = call.B, D = call.D, FD = call.FD;
   typename CoreT<F>::Work wk = core.work();
   std::vector<F> scratch_record(tape ? 0 : L.size), projected(c.G);
   for (int64_t row = 0; row < B; ++row) {
