@@ -590,8 +590,11 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str) -> None
     # One legend for the figure: an algorithm may be missing from some panels.
     labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
     names = sorted(labelled, key=ALGO_ORDER.index)
-    fig.legend([labelled[n] for n in names], names, loc="upper center", ncol=max(len(names), 1), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    # About three names fit across a 5-inch panel; more go on further rows above the plots.
+    ncol = max(min(len(names), 3 * len(tasks)), 1)
+    rows = -(-len(names) // ncol)
+    fig.legend([labelled[n] for n in names], names, loc="upper center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.06 * max(rows, 1) - 0.02))
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "comparison.png", dpi=100)
     plt.close(fig)

@@ -11,7 +11,7 @@ Usage (``scripts/copy_task.py`` runs :func:`main`):
 
 import argparse
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -111,17 +111,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.1, help="bit errors per sequence counted as solved")
     parser.add_argument("--compile", action="store_true", help="compile the core step (faster after ~30 s)")
+    parser.add_argument("--memory-units", type=int, help="N, the memory's slots (default: each core's own)")
+    parser.add_argument("--sparse-top-k", type=int, help="sparse reads and writes over the top K slots (NTM, DNC)")
+    parser.add_argument("--eval-batch-size", type=int, default=256, help="sequences per generalisation length")
     args = parser.parse_args()
+    memory_kwargs: dict[str, Any] = {}
+    if args.memory_units is not None:
+        memory_kwargs["memory_units"] = args.memory_units
+    if args.sparse_top_k is not None:
+        memory_kwargs["sparse_top_k"] = args.sparse_top_k
     torch.set_num_threads(1)
     for core_name in args.core:
         start = time.perf_counter()
+        extra = {} if core_name == "lstm" else memory_kwargs
         model, curve = train(
-            core_name, args.steps, args.max_length, args.batch_size, args.lr, args.seed, compile_step=args.compile
+            core_name, args.steps, args.max_length, args.batch_size, args.lr, args.seed, compile_step=args.compile, **extra
         )
         solved = next((step for step, error in curve if error < args.threshold), None)
         params = sum(p.numel() for p in model.parameters())
         generator = torch.Generator().manual_seed(args.seed + 2)
-        generalisation = {length: bit_errors(model, length, 256, generator) for length in args.eval_length}
+        generalisation = {length: bit_errors(model, length, args.eval_batch_size, generator) for length in args.eval_length}
         print(
             f"RESULT {core_name}: params={params} steps_to_{args.threshold}_bits="
             f"{solved if solved is not None else f'>{args.steps}'} final_bits@{args.max_length}={curve[-1][1]:.3f} "
