@@ -4,9 +4,16 @@ A sequence of random 8-bit vectors is shown, then a delimiter; the model must th
 same vectors in order, with no input. Error is counted in wrong bits per sequence (outputs
 thresholded at 0.5), averaged over a batch, as in the NTM paper's figures.
 
+Several ``--max-length`` values train in stages, a length curriculum, each stage for its own
+number of ``--steps``: with ``--memory-units 2048 --sparse-top-k 8`` the sparse DNC learns copies
+of more than a thousand vectors, which the dense DNC (an N x N link per sequence) cannot be
+trained on at that size.
+
 Usage (``scripts/copy_task.py`` runs :func:`main`):
     python scripts/copy_task.py --core ntm --steps 20000 --max-length 20 --eval-length 40
     python scripts/copy_task.py --core dnc lstm --steps 20000
+    python scripts/copy_task.py --core dnc --memory-units 2048 --sparse-top-k 8 --lr 3e-3 \
+        --max-length 20 100 300 --steps 2000 1200 600 --eval-length 500 1000 2000 --eval-batch-size 8
 """
 
 import argparse
@@ -73,16 +80,20 @@ def train(
     seed: int = 0,
     eval_every: int = 250,
     log=print,
+    model: Optional[CoreWithReadout] = None,
     **core_kwargs,
 ) -> tuple[CoreWithReadout, list[tuple[int, float]]]:
     """
     Train on lengths drawn uniformly from 1..max_length; return the model and the curve of
     (step, bit errors per sequence at max_length).
+
+    :param model: a model to train further (a curriculum's next stage); None builds a new one
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     eval_generator = torch.Generator().manual_seed(seed + 1)
-    model = CoreWithReadout(core_name, **{**CORE_KWARGS[core_name], **core_kwargs})
+    if model is None:
+        model = CoreWithReadout(core_name, **{**CORE_KWARGS[core_name], **core_kwargs})
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
     curve = []
@@ -103,8 +114,8 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--core", nargs="+", default=["ntm", "dnc", "lstm"], choices=list(CORE_KWARGS))
-    parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--max-length", type=int, default=20)
+    parser.add_argument("--steps", type=int, nargs="+", default=[20000], help="steps of each curriculum stage")
+    parser.add_argument("--max-length", type=int, nargs="+", default=[20], help="longest length of each stage")
     parser.add_argument("--eval-length", type=int, nargs="*", default=[40], help="lengths to test generalisation on")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -115,6 +126,8 @@ def main() -> None:
     parser.add_argument("--sparse-top-k", type=int, help="sparse reads and writes over the top K slots (NTM, DNC)")
     parser.add_argument("--eval-batch-size", type=int, default=256, help="sequences per generalisation length")
     args = parser.parse_args()
+    if len(args.steps) != len(args.max_length):
+        parser.error(f"--steps has {len(args.steps)} values and --max-length {len(args.max_length)}: give one per stage")
     memory_kwargs: dict[str, Any] = {}
     if args.memory_units is not None:
         memory_kwargs["memory_units"] = args.memory_units
@@ -124,16 +137,28 @@ def main() -> None:
     for core_name in args.core:
         start = time.perf_counter()
         extra = {} if core_name == "lstm" else memory_kwargs
-        model, curve = train(
-            core_name, args.steps, args.max_length, args.batch_size, args.lr, args.seed, compile_step=args.compile, **extra
-        )
-        solved = next((step for step, error in curve if error < args.threshold), None)
+        model: Optional[CoreWithReadout] = None
+        for stage, (steps, max_length) in enumerate(zip(args.steps, args.max_length)):
+            model, curve = train(
+                core_name,
+                steps,
+                max_length,
+                args.batch_size,
+                args.lr,
+                args.seed + stage,
+                model=model,
+                compile_step=args.compile,
+                **extra,
+            )
+            if stage == 0:
+                solved = next((step for step, error in curve if error < args.threshold), None)
+        assert model is not None
         params = sum(p.numel() for p in model.parameters())
         generator = torch.Generator().manual_seed(args.seed + 2)
         generalisation = {length: bit_errors(model, length, args.eval_batch_size, generator) for length in args.eval_length}
         print(
             f"RESULT {core_name}: params={params} steps_to_{args.threshold}_bits="
-            f"{solved if solved is not None else f'>{args.steps}'} final_bits@{args.max_length}={curve[-1][1]:.3f} "
+            f"{solved if solved is not None else f'>{args.steps[0]}'} final_bits@{args.max_length[-1]}={curve[-1][1]:.3f} "
             + " ".join(f"bits@{length}={error:.2f}" for length, error in generalisation.items())
             + f" wall={time.perf_counter() - start:.0f}s"
         )
