@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from gymnasium.wrappers import TimeLimit
 from stable_baselines3 import DQN
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -53,6 +54,82 @@ def test_hand_n_step_targets():
     dones = th.zeros(4, 1)
     targets = n_step_targets(rewards, dones, bootstrap, gamma=0.5, n_steps=2)
     assert targets.flatten().tolist() == [1 + 1 + 0.25 * 10, 2 + 2 + 0.25 * 20]
+
+
+def test_hand_n_step_targets_bootstrap_where_a_time_limit_cut_the_episode():
+    """gamma 0.5, n = 2, a timeout after step 1 whose last observation is worth 6."""
+    rewards = th.tensor([[1.0], [2.0], [4.0], [8.0]])
+    dones = th.tensor([[0.0], [1.0], [0.0], [0.0]])
+    bootstrap = th.tensor([[10.0], [20.0]])
+    timeout_values = th.tensor([[0.0], [6.0], [0.0], [0.0]])
+    targets = n_step_targets(rewards, dones, bootstrap, gamma=0.5, n_steps=2, timeout_values=timeout_values)
+    # t=0: 1 + 0.5 * 2 + 0.25 * 6 (the cut episode's value, one step further); t=1: 2 + 0.5 * 6.
+    assert targets.flatten().tolist() == [3.5, 5.0]
+
+
+def time_limited_env() -> TimeLimit:
+    """Episodes that never terminate, cut by a time limit after 5 steps."""
+    return TimeLimit(RandomEpisodeEnv(min_length=1000, max_length=1000), max_episode_steps=5)
+
+
+def test_the_buffer_keeps_where_a_time_limit_stopped_and_forgets_it_when_overwritten():
+    model = make_model(env_fn=time_limited_env, n_envs=2, buffer_size=80, learning_starts=1000)
+    model.learn(100)  # 50 steps per environment: the ring of 40 wrapped
+    buffer = model.replay_buffer
+    assert buffer.full and buffer.timeouts.sum() == buffer.dones.sum() > 0  # every end here is a time limit
+    kept = {(int(p), int(e)) for p, e in zip(*np.nonzero(buffer.timeouts))}
+    assert set(buffer.terminal_observations) == kept  # and nothing of overwritten steps
+    for position, env_index in kept:
+        next_position = (position + 1) % buffer.buffer_size
+        # the stopped-at observation is not the next episode's first one, which follows it in the ring
+        assert not np.array_equal(
+            buffer.terminal_observations[(position, env_index)], buffer.observations[next_position, env_index]
+        )
+    ignoring = SequenceReplayBuffer(
+        80, model.observation_space, model.action_space, n_envs=2, handle_timeout_termination=False
+    )
+    ignoring.add(np.zeros((2, 4)), np.zeros(2), np.zeros(2), np.ones(2), np.zeros(2), th.zeros(2, 3),
+                 [{"TimeLimit.truncated": True, "terminal_observation": np.ones(4)}] * 2)  # fmt: skip
+    assert ignoring.timeouts.sum() == 0 and not ignoring.terminal_observations
+
+
+@pytest.mark.parametrize("double_q", [True, False])
+def test_a_timed_out_step_bootstraps_from_its_last_observation_with_the_episodes_memory(double_q):
+    model = make_model(env_fn=time_limited_env, learning_starts=30, double_q=double_q)
+    model.learn(90)
+    with th.no_grad():
+        for parameter in model.q_net.parameters():  # online and target differ
+            parameter.add_(0.1 * th.randn_like(parameter))
+    buffer, batch = model.replay_buffer, 16
+    data = buffer.sample(batch)
+    while data.timeouts[model.burn_in : -1].sum() == 0:
+        data = buffer.sample(batch)
+    values = model.timeout_values(data)
+    assert values is not None
+    checked = 0
+    for step, sequence in zip(*np.nonzero(data.timeouts.numpy())):
+        if not model.burn_in <= step < model.sequence_length - 1:
+            continue  # in the burn-in, or the last step: no trained step bootstraps from it
+        # Independently: this sequence alone, up to the timed-out step, then its last observation.
+        rows = [t * batch + sequence for t in range(step + 1)]
+        obs = th.cat([data.observations[rows], data.terminal_observations[step * batch + sequence][None]])
+        starts = th.cat([data.episode_starts[rows], th.zeros(1)])
+        state = data.states[sequence : sequence + 1]
+        with th.no_grad():
+            target_q = model.q_net_target(obs, state, starts)[0][-1]
+            chooser = model.q_net(obs, state, starts)[0][-1] if double_q else target_q
+            # what the next row would give instead: the new episode's first observation, from a reset
+            unspliced = [*rows, (step + 1) * batch + sequence]
+            next_row = model.q_net_target(data.observations[unspliced], state, data.episode_starts[unspliced])[0][-1]
+        expected = target_q[chooser.argmax()]
+        assert float(values[step - model.burn_in, sequence]) == pytest.approx(float(expected), abs=1e-5)
+        assert abs(float(next_row.max() - expected)) > 1e-4
+        checked += 1
+    assert checked > 0
+    # and the loss uses them: without the timeouts the targets differ
+    assert model.sequence_loss(data).item() != pytest.approx(
+        model.sequence_loss(data._replace(timeouts=None)).item(), rel=1e-6
+    )
 
 
 def test_double_q_takes_the_online_argmax_and_the_target_value(monkeypatch):

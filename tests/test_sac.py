@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from gymnasium.wrappers import TimeLimit
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 from test_algorithms import RandomEpisodeEnv
@@ -115,3 +116,38 @@ def test_bad_settings_name_the_fix():
         make_model(policy_kwargs={**CORE, "share_features_extractor": True})
     with pytest.raises(AssertionError, match="Box"):  # SB3's own check of the action space
         MemorySAC("NTMPolicy", make_vec_env(lambda: RandomEpisodeEnv(), n_envs=1))
+
+
+def test_a_timed_out_step_bootstraps_from_its_last_observation_with_both_cores_memory(monkeypatch):
+    def time_limited() -> TimeLimit:
+        space = spaces.Box(-2.0, 2.0, (2,), np.float32)
+        return TimeLimit(RandomEpisodeEnv(action_space=space, min_length=1000, max_length=1000), max_episode_steps=5)
+
+    settings = dict(learning_starts=30, buffer_size=400, batch_size=6, burn_in=2, train_length=4, n_steps=2, seed=0)
+    model = MemorySAC("NTMPolicy", make_vec_env(time_limited, n_envs=2, seed=0), device="cpu", policy_kwargs=CORE, **settings)
+    model.learn(80)
+    # A deterministic actor (its mean action, log-probability 1), so the value can be recomputed.
+    monkeypatch.setattr(
+        model.actor, "action_log_prob", lambda latent: (th.tanh(model.actor._params(latent)[0]), th.ones(latent.shape[0]))
+    )
+    batch, ent_coef = 12, th.tensor([0.3])
+    data = model.replay_buffer.sample(batch)
+    while data.timeouts[model.burn_in : -1].sum() == 0:
+        data = model.replay_buffer.sample(batch)
+    values = model.timeout_values(data, ent_coef)
+    assert values is not None
+    checked = 0
+    for step, sequence in zip(*np.nonzero(data.timeouts.numpy())):
+        if not model.burn_in <= step < model.sequence_length - 1:
+            continue
+        rows = [t * batch + sequence for t in range(step + 1)]
+        obs = th.cat([data.observations[rows], data.terminal_observations[step * batch + sequence][None]])
+        starts = th.cat([data.episode_starts[rows], th.zeros(1)])
+        actor_state, critic_state = model.policy.split_state(data.states[sequence : sequence + 1])
+        with th.no_grad():
+            action = th.tanh(model.actor._params(model.actor.latent(obs, actor_state, starts)[0][-1:])[0])
+            latent = model.critic_target.latent(obs, critic_state, starts)[0][-1:]
+            expected = th.cat(model.critic_target.q_values(latent, action), dim=1).min() - 0.3
+        assert float(values[step - model.burn_in, sequence]) == pytest.approx(float(expected), abs=1e-5)
+        checked += 1
+    assert checked > 0

@@ -25,6 +25,48 @@ def burn_in_split(data: SequenceReplayBufferSamples, burn_in: int) -> tuple[slic
     return slice(0, split), slice(split, None)
 
 
+def timeout_splices(
+    data: SequenceReplayBufferSamples, first_step: int
+) -> list[tuple[PyTorchObs, th.Tensor, th.Tensor, th.Tensor]]:
+    """
+    The sampled sequences with their episodes continued past a time limit, for the value of where
+    each was cut off: for a timeout at step ``j >= first_step`` (``j + 1 < L``), step ``j + 1``
+    gets the observation the episode stopped at and no episode start, so a core that replays the
+    sequence from its stored state holds, at ``j + 1``, the state it would have had. A second
+    timeout in one sequence needs a pass of its own (the first one's continuation would run into
+    it): pass m continues each sequence's m-th timeout.
+
+    :return: per pass, the observations and episode starts to replay, and the timed-out steps
+        ``j`` with their sequences (the values to read are at rows ``(j + 1) * B + b``)
+    """
+    if data.timeouts is None or data.terminal_observations is None:
+        return []
+    length, batch = data.timeouts.shape
+    cut = data.timeouts.clone()
+    cut[:first_step] = 0.0
+    cut[length - 1] = 0.0  # a timeout at the last step is bootstrapped by no trained step
+    rank = cut.cumsum(dim=0) * cut
+    passes = []
+    for m in range(1, int(rank.max().item()) + 1):
+        steps, sequences = th.nonzero(rank == m, as_tuple=True)
+        source, target = steps * batch + sequences, (steps + 1) * batch + sequences
+        terminal = data.terminal_observations
+        if isinstance(data.observations, dict):
+            assert isinstance(terminal, dict)
+            spliced = {key: value.clone() for key, value in data.observations.items()}
+            for key, value in spliced.items():
+                value[target] = terminal[key][source]
+            observations: PyTorchObs = spliced
+        else:
+            assert isinstance(terminal, th.Tensor)
+            observations = data.observations.clone()
+            observations[target] = terminal[source]
+        episode_starts = data.episode_starts.clone()
+        episode_starts[target] = 0.0
+        passes.append((observations, episode_starts, steps, sequences))
+    return passes
+
+
 class MemoryOffPolicyMixin:
     """
     Rollouts for an off-policy algorithm whose policy carries a memory state (mixed in before SB3's
@@ -118,8 +160,21 @@ class MemoryOffPolicyMixin:
             new_obs_, reward_ = self._vec_normalize_env.get_original_obs(), self._vec_normalize_env.get_original_reward()
         else:
             self._last_original_obs, new_obs_, reward_ = self._last_obs, new_obs, reward
+        if self._vec_normalize_env is not None:  # the buffer keeps unnormalised observations, as SB3's
+            infos = [
+                {**info, "terminal_observation": self._vec_normalize_env.unnormalize_obs(info["terminal_observation"])}
+                if "terminal_observation" in info
+                else info
+                for info in infos
+            ]
         replay_buffer.add(
-            self._last_original_obs, buffer_action, reward_, dones, self._last_episode_starts, self._memory_state_before
+            self._last_original_obs,
+            buffer_action,
+            reward_,
+            dones,
+            self._last_episode_starts,
+            self._memory_state_before,
+            infos,
         )
         self._last_obs = new_obs
         self._last_episode_starts = dones

@@ -23,8 +23,10 @@ class SequenceReplayBuffer(ReplayBuffer):
 
     It is a ``ReplayBuffer`` for SB3's checks (``load_replay_buffer``), but keeps its own arrays.
     The transition's next observation is not stored: it is the next step's observation (or, after
-    an episode's end, not needed: an ended episode is not bootstrapped). The state is allocated at the
-    first :meth:`add` (its size comes from the policy).
+    an episode's end, not needed: an ended episode is not bootstrapped), except where a time limit
+    cut the episode (``handle_timeout_termination``, as SB3's): then the observation it stopped at
+    is kept, for the value to bootstrap from. The state is allocated at the first :meth:`add` (its
+    size comes from the policy).
 
     :param buffer_size: steps kept, over all environments (per environment: rounded down to whole
         ``state_stride``)
@@ -47,6 +49,7 @@ class SequenceReplayBuffer(ReplayBuffer):
         device: Union[th.device, str] = "auto",
         n_envs: int = 1,
         optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
         sequence_length: int = 16,
         state_stride: int = 8,
     ) -> None:
@@ -56,7 +59,7 @@ class SequenceReplayBuffer(ReplayBuffer):
             raise ValueError(f"sequence_length ({sequence_length}) and state_stride ({state_stride}) must be positive")
         # Not ReplayBuffer.__init__: its transition arrays (observations twice) would go unused.
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
-        self.optimize_memory_usage, self.handle_timeout_termination = False, False
+        self.optimize_memory_usage, self.handle_timeout_termination = False, handle_timeout_termination
         # Per environment, as ReplayBuffer's, rounded down to whole strides (a state per stride).
         self.buffer_size = buffer_size // n_envs // state_stride * state_stride
         if self.buffer_size < max(sequence_length, state_stride):
@@ -83,6 +86,10 @@ class SequenceReplayBuffer(ReplayBuffer):
         self.rewards = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
         self.dones = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
         self.episode_starts = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        self.timeouts = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        # (ring position, environment) -> the observation a time limit stopped the episode at (rare:
+        # one per truncated episode, so not an array as large as the observations)
+        self.terminal_observations: dict[tuple[int, int], Any] = {}
         self.states = None
 
     def add(  # type: ignore[override]
@@ -93,6 +100,7 @@ class SequenceReplayBuffer(ReplayBuffer):
         done: np.ndarray,
         episode_start: np.ndarray,
         state: th.Tensor,
+        infos: Optional[list[dict[str, Any]]] = None,
     ) -> None:
         """
         One step of every environment.
@@ -102,6 +110,8 @@ class SequenceReplayBuffer(ReplayBuffer):
         :param episode_start: ``obs`` is its episode's first observation
         :param state: the policy's flat state before this step, ``(n_envs, state_size)`` (kept every
             ``state_stride`` steps)
+        :param infos: the environments' infos: ``"TimeLimit.truncated"`` marks a timeout, whose
+            ``"terminal_observation"`` (unnormalised) is kept
         """
         if isinstance(self.observations, dict):
             for key in self.observations:
@@ -112,6 +122,13 @@ class SequenceReplayBuffer(ReplayBuffer):
         self.rewards[self.pos] = np.asarray(reward).reshape(self.n_envs)
         self.dones[self.pos] = np.asarray(done).reshape(self.n_envs)
         self.episode_starts[self.pos] = np.asarray(episode_start).reshape(self.n_envs)
+        self.timeouts[self.pos] = 0.0
+        for env_index in range(self.n_envs):
+            self.terminal_observations.pop((self.pos, env_index), None)
+            info = infos[env_index] if infos is not None else {}
+            if self.handle_timeout_termination and self.dones[self.pos, env_index] and info.get("TimeLimit.truncated"):
+                self.timeouts[self.pos, env_index] = 1.0
+                self.terminal_observations[(self.pos, env_index)] = info["terminal_observation"]
         if self.pos % self.state_stride == 0:
             flat = state.detach().cpu().numpy()
             if self.states is None:
@@ -170,6 +187,7 @@ class SequenceReplayBuffer(ReplayBuffer):
         else:
             observations = self.to_torch(self._normalize_obs(per_step(self.observations), env))  # type: ignore[arg-type]
         rewards = self._normalize_reward(self.rewards[steps, envs], env)
+        timeouts = self.timeouts[steps, envs]
         return SequenceReplayBufferSamples(
             observations=observations,
             actions=self.to_torch(per_step(self.actions)),
@@ -177,4 +195,28 @@ class SequenceReplayBuffer(ReplayBuffer):
             rewards=self.to_torch(rewards),
             dones=self.to_torch(self.dones[steps, envs]),
             states=self.to_torch(self.states[starts // self.state_stride, env_indices]),
+            timeouts=self.to_torch(timeouts),
+            terminal_observations=self._terminal_observations(steps, envs, timeouts, env),
         )
+
+    def _terminal_observations(
+        self, steps: np.ndarray, envs: np.ndarray, timeouts: np.ndarray, env: Optional[VecNormalize]
+    ) -> Any:
+        """Flattened like the sequences' observations: where a step timed out, the observation it stopped at."""
+        if not timeouts.any():
+            return None
+        rows = [
+            (t * steps.shape[1] + b, self.terminal_observations[(steps[t, b], envs[t, b])])
+            for t, b in zip(*np.nonzero(timeouts))
+        ]
+        if isinstance(self.observations, dict):
+            obs: Any = {key: np.zeros((steps.size, *value.shape[2:]), value.dtype) for key, value in self.observations.items()}
+            for row, terminal in rows:
+                for key in obs:
+                    obs[key][row] = np.asarray(terminal[key]).reshape(self.obs_shape[key])
+            normalized: Any = self._normalize_obs(obs, env)
+            return {key: self.to_torch(value) for key, value in normalized.items()}
+        flat = np.zeros((steps.size, *self.observations.shape[2:]), self.observations.dtype)
+        for row, terminal in rows:
+            flat[row] = np.asarray(terminal).reshape(self.obs_shape)
+        return self.to_torch(self._normalize_obs(flat, env))  # type: ignore[arg-type]

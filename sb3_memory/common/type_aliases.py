@@ -1,6 +1,6 @@
 """Common aliases and sample types, as SB3's ``common/type_aliases.py`` holds its buffers' samples."""
 
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 import torch as th
 from stable_baselines3.common.type_aliases import TensorDict
@@ -52,3 +52,8 @@ class SequenceReplayBufferSamples(NamedTuple):
     rewards: th.Tensor  # (L, B)
     dones: th.Tensor  # (L, B): the episode ended with this step's transition
     states: th.Tensor  # (B, state_size)
+    # (L, B): the episode was cut by a time limit with this step (its done is set too); the value of
+    # where it was cut off is bootstrapped from the observation it stopped at:
+    timeouts: Optional[th.Tensor] = None
+    # like observations, that last observation at the rows of steps with a timeout (None if there are none)
+    terminal_observations: Optional[Union[th.Tensor, TensorDict]] = None

@@ -10,7 +10,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from torch.nn import functional as F
 
-from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin, burn_in_split, split_rows
+from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin, burn_in_split, split_rows, timeout_splices
 from sb3_memory.common.replay_buffers import SequenceReplayBuffer
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
 from sb3_memory.dqn.policies import POLICY_ALIASES, MemoryDQNPolicy
@@ -19,14 +19,23 @@ from sb3_memory.memory.checks import check_int
 SelfMemoryDQN = TypeVar("SelfMemoryDQN", bound="MemoryDQN")
 
 
-def n_step_targets(rewards: th.Tensor, dones: th.Tensor, bootstrap: th.Tensor, gamma: float, n_steps: int) -> th.Tensor:
+def n_step_targets(
+    rewards: th.Tensor,
+    dones: th.Tensor,
+    bootstrap: th.Tensor,
+    gamma: float,
+    n_steps: int,
+    timeout_values: Optional[th.Tensor] = None,
+) -> th.Tensor:
     """
     n-step TD targets ``sum_{k<n} gamma^k r_{t+k} + gamma^n Q(t+n)``, the sum cut at an episode's
-    end (an ended episode is not bootstrapped).
+    end (an ended episode is not bootstrapped, unless a time limit ended it).
 
     :param rewards: ``(T + n, B)``
     :param dones: ``(T + n, B)``, 1 where the episode ended with that step's transition
     :param bootstrap: ``(T, B)``, the value of step ``t + n``
+    :param timeout_values: ``(T + n, B)``, where a time limit cut the episode after step ``t + k``,
+        the value of the observation it stopped at (added as ``gamma^(k+1) V``), else 0
     :return: ``(T, B)``
     """
     steps = bootstrap.shape[0]
@@ -34,6 +43,8 @@ def n_step_targets(rewards: th.Tensor, dones: th.Tensor, bootstrap: th.Tensor, g
     alive = th.ones_like(bootstrap)
     for k in range(n_steps):
         target = target + alive * gamma**k * rewards[k : k + steps]
+        if timeout_values is not None:
+            target = target + alive * gamma ** (k + 1) * timeout_values[k : k + steps]
         alive = alive * (1.0 - dones[k : k + steps])
     return target + alive * gamma**n_steps * bootstrap
 
@@ -50,8 +61,10 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
 
     Rollouts carry the online core's state from step to step and reset it at episode starts;
     ``predict`` takes and returns it (``state``, ``episode_start``), so SB3's ``evaluate_policy``
-    and rl-zoo3's ``enjoy`` work as with ``RecurrentPPO``. Episode ends are not bootstrapped:
-    a time-limit truncation is treated as an end (as ``handle_timeout_termination=False``).
+    and rl-zoo3's ``enjoy`` work as with ``RecurrentPPO``. Episode ends are not bootstrapped,
+    except a time limit's (``TimeLimit.truncated``, as SB3's ``handle_timeout_termination``): the
+    target then bootstraps from the observation the episode stopped at, replayed with the memory
+    the episode had.
 
     :param burn_in: steps replayed without gradient before the trained ones
     :param train_length: trained steps per sequence
@@ -203,8 +216,27 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
             best = chooser[n : n + steps].argmax(dim=-1, keepdim=True)
             bootstrap = target_q[n : n + steps].gather(-1, best).squeeze(-1)
             rewards, dones = data.rewards[self.burn_in :], data.dones[self.burn_in :]
-            target = n_step_targets(rewards, dones, bootstrap, self.gamma, n)
+            target = n_step_targets(rewards, dones, bootstrap, self.gamma, n, self.timeout_values(data))
         return F.smooth_l1_loss(current, target)
+
+    @th.no_grad()
+    def timeout_values(self, data: SequenceReplayBufferSamples) -> Optional[th.Tensor]:
+        """
+        ``(L - burn_in, B)``: where a time limit cut an episode after a step, the (double-Q) target
+        value of the observation it stopped at, with the memory the episode had; else 0. None if
+        no sampled step timed out.
+        """
+        passes = timeout_splices(data, self.burn_in)
+        if not passes:
+            return None
+        batch = data.states.shape[0]
+        values = th.zeros_like(data.rewards)
+        for observations, episode_starts, steps, sequences in passes:
+            rows = (steps + 1) * batch + sequences
+            target_q = self.q_net_target(observations, data.states, episode_starts)[0][rows]
+            chooser = self.q_net(observations, data.states, episode_starts)[0][rows] if self.double_q else target_q
+            values[steps, sequences] = target_q.gather(-1, chooser.argmax(dim=-1, keepdim=True)).squeeze(-1)
+        return values[self.burn_in :]
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Rewritten from stable_baselines3 2.9.2's DQN.train for sequences (tests/test_sb3_forks.py

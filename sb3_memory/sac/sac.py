@@ -11,7 +11,7 @@ from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
 from stable_baselines3.common.utils import polyak_update
 from torch.nn import functional as F
 
-from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin, burn_in_split, split_rows
+from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin, burn_in_split, split_rows, timeout_splices
 from sb3_memory.common.replay_buffers import SequenceReplayBuffer
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
 from sb3_memory.dqn.dqn import n_step_targets
@@ -160,7 +160,9 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
             next_q = th.cat(self.critic_target.q_values(target_latent[rows], actions_pi[rows].detach()), dim=1)
             soft_value = next_q.min(dim=1).values - ent_coef * log_prob[rows].detach()
             rewards, dones = data.rewards[self.burn_in :], data.dones[self.burn_in :]
-            target = n_step_targets(rewards, dones, soft_value.view(steps, batch), self.gamma, n).reshape(-1, 1)
+            timeout_values = self.timeout_values(data, ent_coef)
+            target = n_step_targets(rewards, dones, soft_value.view(steps, batch), self.gamma, n, timeout_values)
+            target = target.reshape(-1, 1)
         trained = slice(0, steps * batch)
         critic_latent, _ = self.critic.latent(obs_late, critic_state, starts)
         replayed = data.actions[late][trained]
@@ -172,6 +174,28 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
             log_prob=log_prob[trained].reshape(-1, 1),
             critic_latent=critic_latent[trained].detach(),
         )
+
+    @th.no_grad()
+    def timeout_values(self, data: SequenceReplayBufferSamples, ent_coef: th.Tensor) -> Optional[th.Tensor]:
+        """
+        ``(L - burn_in, B)``: where a time limit cut an episode after a step, the soft value of the
+        observation it stopped at (an action drawn there by the actor, scored by the target critics),
+        with the memory the episode had; else 0. None if no sampled step timed out.
+        """
+        passes = timeout_splices(data, self.burn_in)
+        if not passes:
+            return None
+        batch = data.states.shape[0]
+        actor_state, critic_state = self.policy.split_state(data.states)
+        values = th.zeros_like(data.rewards)
+        for observations, episode_starts, steps, sequences in passes:
+            rows = (steps + 1) * batch + sequences
+            latent_pi, _ = self.actor.latent(observations, actor_state, episode_starts)
+            actions, log_prob = self.actor.action_log_prob(latent_pi[rows])
+            target_latent, _ = self.critic_target.latent(observations, critic_state, episode_starts)
+            q_values = th.cat(self.critic_target.q_values(target_latent[rows], actions), dim=1)
+            values[steps, sequences] = q_values.min(dim=1).values - ent_coef * log_prob.reshape(-1)
+        return values[self.burn_in :]
 
     def actor_loss(self, losses: dict[str, th.Tensor], ent_coef: th.Tensor) -> th.Tensor:
         """SAC's actor loss, ``ent_coef * log pi - min_k Q_k``, with the critics' heads as they are now."""
