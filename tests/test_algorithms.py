@@ -520,9 +520,10 @@ def test_ppo_zero_learning_rate_replays_rollout(policy, policy_kwargs, env):
     starts = model.rollout_buffer.episode_starts.reshape(-1, model.sequence_length)  # rows are chunks
     assert starts[:, 1:].sum() >= 6
     # Some chunks begin in the middle of an episode, so their stored state is not the initial one.
-    stored = model.rollout_buffer.chunk_states.reshape(-1, model.policy.state_size)
+    stored = model.rollout_buffer.stored_chunk_states().reshape(-1, model.policy.state_size)
     fresh = model.policy.initial_state(1)
     assert (stored - fresh).abs().amax(dim=1).gt(1e-3).sum() >= 2
+    assert model.rollout_buffer.compact_states == ("sparse_top_k" in policy_kwargs)  # and replayed from them below
 
     assert_rollout_replay_matches(model, model.batch_size)
     assert_logged_losses_match_buffer(model)
@@ -617,6 +618,25 @@ def test_buffer_stores_state_at_chunk_starts(sequence_length, policy):
             end_state = policy_.join_state(*end_states)
             target = buffer.chunk_states[chunk + 1] if chunk + 1 < N_STEPS // sequence_length else model._last_memory_state
             th.testing.assert_close(end_state, target, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("policy", ["NTMPolicy", "DNCPolicy"])
+def test_sparse_cores_keep_compact_chunk_states_that_rebuild_exactly(policy):
+    memory = dict(memory_units=64, memory_unit_size=4, controller_dim=16, sparse_top_k=2)
+    model = make_model(MemoryPPO, policy, short_episode_env, sequence_length=4, policy_kwargs=memory)
+    recorder = RecordSteps()
+    collect_one_rollout(model, recorder)
+    buffer = model.rollout_buffer
+    assert buffer.compact_states and buffer.chunk_states is None
+    rebuilt = buffer.stored_chunk_states()
+    for chunk in range(N_STEPS // 4):
+        assert th.equal(rebuilt[chunk], recorder.states[chunk * 4])  # to the bit: values are kept, not differences
+    # A state that differs from the initial one in a few slots is stored as those few entries.
+    dense_bytes = model.policy.state_size * 4 / 4
+    assert buffer.state_nbytes_per_transition() < dense_bytes / 3
+    with pytest.raises(ValueError, match="pass initial_state"):
+        buffer.pos = 0
+        buffer.add_state(recorder.states[0])
 
 
 class RecordRolloutEnds(BaseCallback):

@@ -20,7 +20,14 @@ class ChunkedStateMixin:
 
     The state is allocated at the first :meth:`add_state` (its size comes from the policy).
 
+    With ``compact_states``, a chunk's state is kept as the entries where it differs from the
+    initial state, values and indices (exact: the values themselves, not differences). That is what
+    sparse cores want: their reads and writes touch K slots a step, so an episode's memory differs
+    from a fresh one in at most K rows per step so far, and a large memory (tens of thousands of
+    slots) costs what its episode wrote, not N x W floats per chunk.
+
     :param sequence_length: chunk length, a divisor of ``buffer_size``
+    :param compact_states: keep each chunk's state as its entries that differ from the initial state
     The other parameters are those of SB3's ``RolloutBuffer``.
     """
 
@@ -69,6 +76,7 @@ class ChunkedStateMixin:
         gamma: float = 0.99,
         n_envs: int = 1,
         sequence_length: int = 1,
+        compact_states: bool = False,
     ) -> None:
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)  # type: ignore[call-arg]
         if sequence_length < 1 or buffer_size % sequence_length != 0:
@@ -79,10 +87,27 @@ class ChunkedStateMixin:
         self.sequence_length = sequence_length
         self.chunks_per_env = buffer_size // sequence_length
         self.chunk_states: Optional[th.Tensor] = None
+        self.compact_states = compact_states
+        # compact_states: per chunk, per env, the (indices, values) where the state is not the initial row
+        self.compact_chunk_states: list[list[tuple[th.Tensor, th.Tensor]]] = [[] for _ in range(self.chunks_per_env)]
+        self.initial_state_row: Optional[th.Tensor] = None
 
-    def add_state(self, states: th.Tensor) -> None:
-        """Record the state of every env before the step about to be added, if it starts a chunk."""
+    def add_state(self, states: th.Tensor, initial_state: Optional[th.Tensor] = None) -> None:
+        """
+        Record the state of every env before the step about to be added, if it starts a chunk.
+
+        :param initial_state: the state an episode starts from, ``(1, state_size)`` (needed with ``compact_states``)
+        """
         if self.pos % self.sequence_length != 0:
+            return
+        if self.compact_states:
+            if initial_state is None:
+                raise ValueError("a buffer with compact_states=True keeps states against the initial one: pass initial_state")
+            self.initial_state_row = initial_state.reshape(-1)
+            differs = states != self.initial_state_row
+            self.compact_chunk_states[self.pos // self.sequence_length] = [
+                (mask.nonzero().flatten().to(th.int32), row[mask]) for row, mask in zip(states, differs)
+            ]
             return
         if self.chunk_states is None or self.chunk_states.shape[-1] != states.shape[-1]:
             self.chunk_states = th.zeros((self.chunks_per_env, self.n_envs, states.shape[-1]), device=self.device)
@@ -113,15 +138,44 @@ class ChunkedStateMixin:
                 else:
                     setattr(self, name, self.swap_and_flatten(value))
             self.generator_ready = True
-        assert self.chunk_states is not None
         # Same chunk order as the flattened arrays: chunk k = env * chunks_per_env + c.
-        states = self.chunk_states.transpose(0, 1).reshape(total // self.sequence_length, -1)
+        states = None
+        if not self.compact_states:
+            assert self.chunk_states is not None
+            states = self.chunk_states.transpose(0, 1).reshape(total // self.sequence_length, -1)
         order = np.random.permutation(total // self.sequence_length)
         per_batch = batch_size // self.sequence_length
         for start in range(0, len(order), per_batch):
             yield self._get_chunk_samples(order[start : start + per_batch], states)
 
-    def _get_chunk_samples(self, chunk_ids: np.ndarray, states: th.Tensor) -> MemoryRolloutBufferSamples:
+    def chunk_start_states(self, chunk_ids: np.ndarray, states: Optional[th.Tensor] = None) -> th.Tensor:
+        """
+        The stored states of chunks ``env * chunks_per_env + c``, ``(len(chunk_ids), state_size)``.
+
+        :param states: all chunks' states in that order, if already flattened (not compact)
+        """
+        if not self.compact_states:
+            if states is None:
+                assert self.chunk_states is not None
+                states = self.chunk_states.transpose(0, 1).reshape(-1, self.chunk_states.shape[-1])
+            return states[th.as_tensor(chunk_ids, device=states.device)]
+        assert self.initial_state_row is not None
+        out = self.initial_state_row.expand(len(chunk_ids), -1).clone()
+        for row, chunk_id in enumerate(chunk_ids):
+            env, chunk = divmod(int(chunk_id), self.chunks_per_env)
+            indices, values = self.compact_chunk_states[chunk][env]
+            out[row, indices.long()] = values
+        return out
+
+    def stored_chunk_states(self) -> th.Tensor:
+        """Every chunk's stored state, ``(chunks_per_env, n_envs, state_size)`` (compact ones rebuilt)."""
+        if not self.compact_states:
+            assert self.chunk_states is not None
+            return self.chunk_states
+        env_major = self.chunk_start_states(np.arange(self.n_envs * self.chunks_per_env))
+        return env_major.reshape(self.n_envs, self.chunks_per_env, -1).transpose(0, 1)
+
+    def _get_chunk_samples(self, chunk_ids: np.ndarray, states: Optional[th.Tensor]) -> MemoryRolloutBufferSamples:
         rows = self._chunk_rows(chunk_ids)
         observations = self.observations
         obs: Union[th.Tensor, TensorDict]
@@ -139,7 +193,7 @@ class ChunkedStateMixin:
             returns=self.to_torch(self.returns[rows].flatten()),
             episode_starts=self.to_torch(self.episode_starts[rows].flatten()),
             rewards=self.to_torch(self.rewards[rows].flatten()),
-            states=states[th.as_tensor(chunk_ids, device=states.device)],
+            states=self.chunk_start_states(chunk_ids, states),
         )
 
     def _chunk_rows(self, chunk_ids: np.ndarray) -> np.ndarray:
@@ -148,6 +202,9 @@ class ChunkedStateMixin:
 
     def state_nbytes_per_transition(self) -> float:
         """Bytes of stored memory state per stored transition."""
+        if self.compact_states:
+            stored = [tensor for chunk in self.compact_chunk_states for entry in chunk for tensor in entry]
+            return sum(tensor.element_size() * tensor.nelement() for tensor in stored) / (self.buffer_size * self.n_envs)
         if self.chunk_states is None:
             return 0.0
         return self.chunk_states.element_size() * self.chunk_states.nelement() / (self.buffer_size * self.n_envs)

@@ -146,7 +146,7 @@ class _MaskableChunks(ChunkedStateMixin):
     action_masks: np.ndarray
     mask_dims: int
 
-    def _get_chunk_samples(self, chunk_ids: np.ndarray, states: th.Tensor) -> MaskableMemoryRolloutBufferSamples:  # type: ignore[override]
+    def _get_chunk_samples(self, chunk_ids: np.ndarray, states: Optional[th.Tensor]) -> MaskableMemoryRolloutBufferSamples:  # type: ignore[override]
         samples = super()._get_chunk_samples(chunk_ids, states)
         masks = self.to_torch(self.action_masks[self._chunk_rows(chunk_ids)].reshape(-1, self.mask_dims))
         return MaskableMemoryRolloutBufferSamples(**samples._asdict(), action_masks=masks)

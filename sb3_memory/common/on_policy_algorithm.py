@@ -182,7 +182,13 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
             self.policy_kwargs = {**self.policy_kwargs, "auxiliary_tasks": tasks, "recall_horizon": self.recall_horizon}
         box_buffer, dict_buffer = self.rollout_buffer_classes
         self.rollout_buffer_class = dict_buffer if isinstance(self.observation_space, spaces.Dict) else box_buffer
-        self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "sequence_length": self.sequence_length}
+        # Sparse cores change K slots a step: their states are kept as what differs from a fresh one.
+        compact = self.policy_kwargs.get("sparse_top_k") is not None
+        self.rollout_buffer_kwargs = {
+            "compact_states": compact,
+            **self.rollout_buffer_kwargs,
+            "sequence_length": self.sequence_length,
+        }
         super()._setup_model()
         if not isinstance(self.policy, MemoryActorCriticPolicy):
             raise TypeError(
@@ -269,6 +275,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_start()
         state = self._last_memory_state  # sb3-memory: the memory state rides along
         assert state is not None  # sb3-memory
+        initial_state = self.policy.initial_state(1)  # sb3-memory: what compact chunk states are kept against
 
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
@@ -330,7 +337,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                         terminal_value = self.policy.predict_values(terminal_obs, new_state[idx : idx + 1], no_start)[0]  # type: ignore[arg-type]
                     rewards[idx] += self.gamma * terminal_value
 
-            rollout_buffer.add_state(state)  # sb3-memory: kept once per chunk
+            rollout_buffer.add_state(state, initial_state)  # sb3-memory: kept once per chunk
             rollout_buffer.add(
                 self._last_obs,  # type: ignore[arg-type]
                 actions,
