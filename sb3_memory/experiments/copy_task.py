@@ -111,6 +111,22 @@ def train(
     return model, curve
 
 
+def time_one_sequence(core_name: str, length: int, repeats: int = 2, **core_kwargs: Any) -> None:
+    """Print the fastest of ``repeats`` forward + backward passes over one copy sequence, and the state's size."""
+    model = CoreWithReadout(core_name, **{**CORE_KWARGS[core_name], **core_kwargs})
+    inputs, _ = copy_batch(1, length)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(inputs).square().mean().backward()
+        seconds.append(time.perf_counter() - start)
+    settings = " ".join(f"{key}={value}" for key, value in core_kwargs.items())
+    print(
+        f"TIME {core_name} {settings}: length {length} ({inputs.shape[0]} steps), batch 1, forward + backward "
+        f"{min(seconds):.3f} s; state {model.core.state_size * 4 / 1e6:.2f} MB per sequence"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--core", nargs="+", default=["ntm", "dnc", "lstm"], choices=list(CORE_KWARGS))
@@ -125,6 +141,9 @@ def main() -> None:
     parser.add_argument("--memory-units", type=int, help="N, the memory's slots (default: each core's own)")
     parser.add_argument("--sparse-top-k", type=int, help="sparse reads and writes over the top K slots (NTM, DNC)")
     parser.add_argument("--eval-batch-size", type=int, default=256, help="sequences per generalisation length")
+    parser.add_argument(
+        "--time-length", type=int, help="only time one forward + backward of one sequence of this length (no training)"
+    )
     args = parser.parse_args()
     if len(args.steps) != len(args.max_length):
         parser.error(f"--steps has {len(args.steps)} values and --max-length {len(args.max_length)}: give one per stage")
@@ -134,6 +153,10 @@ def main() -> None:
     if args.sparse_top_k is not None:
         memory_kwargs["sparse_top_k"] = args.sparse_top_k
     torch.set_num_threads(1)
+    if args.time_length is not None:
+        for core_name in args.core:
+            time_one_sequence(core_name, args.time_length, **({} if core_name == "lstm" else memory_kwargs))
+        return
     for core_name in args.core:
         start = time.perf_counter()
         extra = {} if core_name == "lstm" else memory_kwargs
