@@ -779,11 +779,12 @@ Tape make_tape(const SmemConfig& c) {
   t.state = take(is_sparse_ntm(c) || is_sparse_dnc(c) ? 0 : c.D);
   t.ctrl = controller_tape(c, a);
   const int64_t n = c.N, r = c.R;
+  // Every core's interface vector: raw, activated, and its gradient.
+  t.raw = take(c.P);
+  t.act = take(c.P);
+  t.draw = take(c.P);
   if (is_sparse_ntm(c)) {
     const int64_t heads = c.R + c.Hw, k = c.top_k, rows = c.Hw * c.top_k;
-    t.raw = take(c.P);
-    t.act = take(c.P);
-    t.draw = take(c.P);
     t.knorm = take(heads);
     t.sel = take(heads * k);  // slots, as numbers (exact below 2^24 in float)
     t.cos = take(heads * k);
@@ -795,9 +796,6 @@ Tape make_tape(const SmemConfig& c) {
     t.unew = take(rows * c.W);
   } else if (is_sparse_dnc(c)) {
     const int64_t k = c.top_k;
-    t.raw = take(c.P);
-    t.act = take(c.P);
-    t.draw = take(c.P);
     t.wsel = take(k);
     t.wknorm = take(1);
     t.wcos = take(k);
@@ -820,17 +818,11 @@ Tape make_tape(const SmemConfig& c) {
     t.rwf = take(r * k);
   } else if (c.core == kNTM) {
     const int64_t heads = c.R + c.Hw;
-    t.raw = take(c.P);
-    t.act = take(c.P);
-    t.draw = take(c.P);
     t.knorm = take(heads);
     t.mnorm = take(n);
     t.cos = take(heads * n);
     t.wc = take(heads * n);
   } else if (c.core == kDNC) {
-    t.raw = take(c.P);
-    t.act = take(c.P);
-    t.draw = take(c.P);
     t.mnorm = take(n);
     t.wknorm = take(1);
     t.wcos = take(n);
@@ -2769,176 +2761,206 @@ bool all_finite(const F* x, int64_t n) {
   return ok;
 }
 
-// A forward call's buffers, typed, and its weights with their transposes.
+// A forward call's buffers, typed, its weights with their transposes, and the sequence loops of
+// the dense and the sparse cores over them.
 template <typename F>
 struct ForwardCall {
+  const SmemConfig& c;
+  const SmemBuffers& b;
   const Tape L;
   Weights<F> wt;
   const F *state0, *init;
   F *features, *state_T, *tape;
-  int64_t T, B, D, FD;
+  const int64_t T, B, D, FD;
 
-  ForwardCall(const SmemConfig& c, const SmemBuffers& b)
-      : L(make_tape(c)),
-        wt(b),
-        state0(static_cast<const F*>(b.state0)),
-        init(static_cast<const F*>(b.init_row)),
-        features(static_cast<F*>(b.features)),
-        state_T(static_cast<F*>(b.state_T)),
-        tape(static_cast<F*>(b.tape)),
-        T(c.T),
-        B(c.B),
-        D(c.D),
-        FD(c.C + c.R * c.W) {
-    wt.transpose_all(c);
+  ForwardCall(const SmemConfig& config, const SmemBuffers& buffers)
+      : c(config),
+        b(buffers),
+        L(make_tape(config)),
+        wt(buffers),
+        state0(static_cast<const F*>(buffers.state0)),
+        init(static_cast<const F*>(buffers.init_row)),
+        features(static_cast<F*>(buffers.features)),
+        state_T(static_cast<F*>(buffers.state_T)),
+        tape(static_cast<F*>(buffers.tape)),
+        T(config.T),
+        B(config.B),
+        D(config.D),
+        FD(config.C + config.R * config.W) {
+    wt.transpose_all(config);
+  }
+
+  int status() const { return all_finite(features, T * B * FD) ? kStatus_ok : kStatus_non_finite_features; }
+
+  // With a tape, step t reads the state from record t (or the initial row at an episode start) and
+  // writes its new state into record t + 1 (state_T after the last step): no copies, and the
+  // backward pass finds each step's output there. Without one, two buffers take turns.
+  template <template <typename> class CoreT>
+  int dense() {
+    const CoreT<F> core(c, L);
+    std::vector<F> scratch_record(tape ? 0 : L.size), buffers(tape ? 0 : 2 * D), projected(c.G);
+    for (int64_t row = 0; row < B; ++row) {
+      auto record = [&](int64_t t) { return tape ? tape + (row * T + t) * L.size : scratch_record.data(); };
+      F* entering = tape ? record(0) + L.state : buffers.data();
+      std::copy(state0 + row * D, state0 + (row + 1) * D, entering);
+      for (int64_t t = 0; t < T; ++t) {
+        const F* s = (b.starts && b.starts[t * B + row]) ? init : entering;
+        F* out = t + 1 == T ? state_T + row * D
+                            : (tape ? record(t + 1) + L.state : buffers.data() + (entering == buffers.data() ? D : 0));
+        core.forward(wt, step_input(c, b, wt, t, row, projected.data()), s, record(t), out, features + (t * B + row) * FD);
+        entering = out;
+      }
+    }
+    return status();
+  }
+
+  // The sparse cores: each row's state lives in state_T, updated in place.
+  template <template <typename> class CoreT>
+  int sparse() {
+    const CoreT<F> core(c, L);
+    typename CoreT<F>::Work wk = core.work();
+    std::vector<F> scratch_record(tape ? 0 : L.size), projected(c.G);
+    for (int64_t row = 0; row < B; ++row) {
+      F* s = state_T + row * D;
+      core.load(state0 + row * D, s, wk);
+      for (int64_t t = 0; t < T; ++t) {
+        if (b.starts && b.starts[t * B + row]) core.load(init, s, wk);
+        F* record = tape ? tape + (row * T + t) * L.size : scratch_record.data();
+        core.forward(wt, step_input(c, b, wt, t, row, projected.data()), s, record, features + (t * B + row) * FD, wk);
+      }
+    }
+    return status();
   }
 };
 
-// With a tape, step t reads the state from record t (or the initial row at an episode start) and
-// writes its new state into record t + 1 (state_T after the last step): no copies, and the
-// backward pass finds each step's output there. Without one, two buffers take turns.
 template <typename F, template <typename> class CoreT>
 int run_forward(const SmemConfig& c, const SmemBuffers& b) {
-  const ForwardCall<F> call(c, b);
-  const Tape& L = call.L;
-  const CoreT<F> core(c, L);
-  const Weights<F>& wt = call.wt;
-  const F *state0 = call.state0, *init = call.init;
-  F *features = call.features, *state_T = call.state_T, *tape = call.tape;
-  const int64_t T = call.T, B = call.B, D = call.D, FD = call.FD;
-  std::vector<F> scratch_record(tape ? 0 : L.size), buffers(tape ? 0 : 2 * D), projected(c.G);
-  for (int64_t row = 0; row < B; ++row) {
-    auto record = [&](int64_t t) { return tape ? tape + (row * T + t) * L.size : scratch_record.data(); };
-    F* entering = tape ? record(0) + L.state : buffers.data();
-    std::copy(state0 + row * D, state0 + (row + 1) * D, entering);
-    for (int64_t t = 0; t < T; ++t) {
-      const F* s = (b.starts && b.starts[t * B + row]) ? init : entering;
-      F* out = t + 1 == T ? state_T + row * D
-                          : (tape ? record(t + 1) + L.state : buffers.data() + (entering == buffers.data() ? D : 0));
-      core.forward(wt, step_input(c, b, wt, t, row, projected.data()), s, record(t), out, features + (t * B + row) * FD);
-      entering = out;
-    }
-  }
-  return all_finite(features, T * B * FD) ? kStatus_ok : kStatus_non_finite_features;
+  return ForwardCall<F>(c, b).template dense<CoreT>();
 }
+
+// A backward call's buffers, typed, and the sequence loops of the dense and the sparse cores.
+template <typename F>
+struct BackwardCall {
+  const SmemConfig& c;
+  const SmemBuffers& b;
+  const Tape L;
+  const Weights<F> wt;
+  F* tape;
+  const F *state0, *init, *state_T, *dfeatures, *dstate_T;
+  F *dprojected, *dstate0;
+  const int64_t T, B, D, FD;
+
+  BackwardCall(const SmemConfig& config, const SmemBuffers& buffers)
+      : c(config),
+        b(buffers),
+        L(make_tape(config)),
+        wt(buffers),
+        tape(static_cast<F*>(buffers.tape)),
+        state0(static_cast<const F*>(buffers.state0)),
+        init(static_cast<const F*>(buffers.init_row)),
+        state_T(static_cast<const F*>(buffers.state_T)),
+        dfeatures(static_cast<const F*>(buffers.d_features)),
+        dstate_T(static_cast<const F*>(buffers.d_state_T)),
+        dprojected(static_cast<F*>(buffers.d_projected)),
+        dstate0(static_cast<F*>(buffers.d_state0)),
+        T(config.T),
+        B(config.B),
+        D(config.D),
+        FD(config.C + config.R * config.W) {}
+
+  // Steps run back from each record of the tape, which holds the state entering the step.
+  template <template <typename> class CoreT>
+  int dense() {
+    const CoreT<F> core(c, L);
+    Scratch<F> sc{std::vector<F>(core.scratch_size())};
+    std::vector<F> dout(D), din(D);
+    for (int64_t row = 0; row < B; ++row) {
+      if (dstate_T)
+        std::copy(dstate_T + row * D, dstate_T + (row + 1) * D, dout.data());
+      else
+        std::fill(dout.begin(), dout.end(), F(0));
+      for (int64_t t = T - 1; t >= 0; --t) {
+        F* record = tape + (row * T + t) * L.size;
+        const bool reset = b.starts && b.starts[t * B + row];
+        const F* s = reset ? init : record + L.state;
+        const F* next = t + 1 == T ? state_T + row * D : tape + (row * T + t + 1) * L.size + L.state;
+        std::fill(din.begin(), din.end(), F(0));
+        core.backward(wt, s, next, record, dfeatures + (t * B + row) * FD, dout.data(), din.data(),
+                      dprojected + (t * B + row) * c.G, sc);
+        // A reset replaced the state: what came before gets no gradient through it.
+        if (reset) std::fill(din.begin(), din.end(), F(0));
+        std::swap(dout, din);
+      }
+      std::copy(dout.begin(), dout.end(), dstate0 + row * D);
+    }
+    return kStatus_ok;
+  }
+
+  // Per row, episode segments last to first; each segment's state is rebuilt from its first state
+  // by replaying the tape (and, for the DNC, what the tape implies), then the steps run back.
+  template <template <typename> class CoreT>
+  int sparse() {
+    const CoreT<F> core(c, L);
+    typename CoreT<F>::Work wk = core.work();
+    StateCarry<F> dnext(c), dprev(c);
+    std::vector<typename CoreT<F>::Log> logs(T);
+    std::vector<F> s(D), dacc(D);
+    auto clear_fields = [&wk](bool dense) {
+      std::fill(wk.dense_gradient.begin(), wk.dense_gradient.end(), uint8_t(dense));
+      for (auto& touched : wk.touched) touched.clear();
+    };
+    for (int64_t row = 0; row < B; ++row) {
+      auto record = [&](int64_t t) { return tape + (row * T + t) * L.size; };
+      auto reset = [&](int64_t t) { return b.starts && b.starts[t * B + row]; };
+      if (dstate_T)
+        std::copy(dstate_T + row * D, dstate_T + (row + 1) * D, dacc.begin());
+      else
+        std::fill(dacc.begin(), dacc.end(), F(0));
+      dnext.take(c, dacc.data());
+      clear_fields(dstate_T != nullptr);
+      for (int64_t end = T; end > 0;) {
+        int64_t begin = end - 1;
+        while (begin > 0 && !reset(begin)) --begin;
+        const F* start = reset(begin) ? init : state0 + row * D;
+        core.begin_segment(start, s.data(), wk);
+        for (int64_t t = begin; t < end; ++t) {
+          logs[t].clear();
+          core.replay(s.data(), record(t), wk, logs[t]);
+        }
+        for (int64_t t = end - 1; t >= begin; --t) {
+          const bool whole = t == begin && !reset(t);  // the segment's first state is an input
+          core.backward(wt, s.data(), start, t > begin ? record(t - 1) : nullptr, record(t), dfeatures + (t * B + row) * FD,
+                        dacc.data(), reset(t), whole, logs[t], dnext, dprev, dprojected + (t * B + row) * c.G, wk);
+          if (reset(t)) {  // nothing before a reset gets a gradient through the state
+            std::fill(dacc.begin(), dacc.end(), F(0));
+            dprev.clear();
+            clear_fields(false);
+          }
+          std::swap(dnext, dprev);
+        }
+        end = begin;
+      }
+      dnext.put(c, dacc.data());
+      core.finish_gradients(dacc.data());
+      std::copy(dacc.begin(), dacc.end(), dstate0 + row * D);
+    }
+    return kStatus_ok;
+  }
+};
 
 template <typename F, template <typename> class CoreT>
 int run_backward(const SmemConfig& c, const SmemBuffers& b) {
-  const Tape L = make_tape(c);
-  const CoreT<F> core(c, L);
-  const Weights<F> wt(b);
-  F* tape = static_cast<F*>(b.tape);
-  const F* init = static_cast<const F*>(b.init_row);
-  const F* state_T = static_cast<const F*>(b.state_T);
-  const F* dfeatures = static_cast<const F*>(b.d_features);
-  const F* dstate_T = static_cast<const F*>(b.d_state_T);
-  F* dprojected = static_cast<F*>(b.d_projected);
-  F* dstate0 = static_cast<F*>(b.d_state0);
-  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
-  Scratch<F> sc{std::vector<F>(core.scratch_size())};
-  std::vector<F> dout(D), din(D);
-  for (int64_t row = 0; row < B; ++row) {
-    if (dstate_T)
-      std::copy(dstate_T + row * D, dstate_T + (row + 1) * D, dout.data());
-    else
-      std::fill(dout.begin(), dout.end(), F(0));
-    for (int64_t t = T - 1; t >= 0; --t) {
-      F* record = tape + (row * T + t) * L.size;
-      const bool reset = b.starts && b.starts[t * B + row];
-      const F* s = reset ? init : record + L.state;
-      const F* next = t + 1 == T ? state_T + row * D : tape + (row * T + t + 1) * L.size + L.state;
-      std::fill(din.begin(), din.end(), F(0));
-      core.backward(wt, s, next, record, dfeatures + (t * B + row) * FD, dout.data(), din.data(),
-                    dprojected + (t * B + row) * c.G, sc);
-      // A reset replaced the state: what came before gets no gradient through it.
-      if (reset) std::fill(din.begin(), din.end(), F(0));
-      std::swap(dout, din);
-    }
-    std::copy(dout.begin(), dout.end(), dstate0 + row * D);
-  }
-  return kStatus_ok;
+  return BackwardCall<F>(c, b).template dense<CoreT>();
 }
 
-// The sparse cores' sequence loops. Forward: each row's state lives in state_T, updated in place.
-// Backward: per row, episode segments last to first; each segment's state is rebuilt from its
-// first state by replaying the tape (and, for the DNC, what the tape implies), then the steps run back.
 template <typename F, template <typename> class CoreT>
 int run_sparse_forward(const SmemConfig& c, const SmemBuffers& b) {
-  const ForwardCall<F> call(c, b);
-  const Tape& L = call.L;
-  const CoreT<F> core(c, L);
-  const Weights<F>& wt = call.wt;
-  const F *state0 = call.state0, *init = call.init;
-  F *features = call.features, *state_T = call.state_T, *tape = call.tape;
-  const int64_t T = call.T, B = call.B, D = call.D, FD = call.FD;
-  typename CoreT<F>::Work wk = core.work();
-  std::vector<F> scratch_record(tape ? 0 : L.size), projected(c.G);
-  for (int64_t row = 0; row < B; ++row) {
-    F* s = state_T + row * D;
-    core.load(state0 + row * D, s, wk);
-    for (int64_t t = 0; t < T; ++t) {
-      if (b.starts && b.starts[t * B + row]) core.load(init, s, wk);
-      F* record = tape ? tape + (row * T + t) * L.size : scratch_record.data();
-      core.forward(wt, step_input(c, b, wt, t, row, projected.data()), s, record, features + (t * B + row) * FD, wk);
-    }
-  }
-  return all_finite(features, T * B * FD) ? kStatus_ok : kStatus_non_finite_features;
+  return ForwardCall<F>(c, b).template sparse<CoreT>();
 }
 
 template <typename F, template <typename> class CoreT>
 int run_sparse_backward(const SmemConfig& c, const SmemBuffers& b) {
-  const Tape L = make_tape(c);
-  const CoreT<F> core(c, L);
-  const Weights<F> wt(b);
-  F* tape = static_cast<F*>(b.tape);
-  const F *state0 = static_cast<const F*>(b.state0), *init = static_cast<const F*>(b.init_row);
-  const F *dfeatures = static_cast<const F*>(b.d_features), *dstate_T = static_cast<const F*>(b.d_state_T);
-  F *dprojected = static_cast<F*>(b.d_projected), *dstate0 = static_cast<F*>(b.d_state0);
-  const int64_t T = c.T, B = c.B, D = c.D, FD = c.C + c.R * c.W;
-  typename CoreT<F>::Work wk = core.work();
-  StateCarry<F> dnext(c), dprev(c);
-  std::vector<typename CoreT<F>::Log> logs(T);
-  std::vector<F> s(D), dacc(D);
-  auto clear_fields = [&wk](bool dense) {
-    std::fill(wk.dense_gradient.begin(), wk.dense_gradient.end(), uint8_t(dense));
-    for (auto& touched : wk.touched) touched.clear();
-  };
-  for (int64_t row = 0; row < B; ++row) {
-    auto record = [&](int64_t t) { return tape + (row * T + t) * L.size; };
-    auto reset = [&](int64_t t) { return b.starts && b.starts[t * B + row]; };
-    if (dstate_T)
-      std::copy(dstate_T + row * D, dstate_T + (row + 1) * D, dacc.begin());
-    else
-      std::fill(dacc.begin(), dacc.end(), F(0));
-    dnext.take(c, dacc.data());
-    clear_fields(dstate_T != nullptr);
-    for (int64_t end = T; end > 0;) {
-      int64_t begin = end - 1;
-      while (begin > 0 && !reset(begin)) --begin;
-      const F* start = reset(begin) ? init : state0 + row * D;
-      core.begin_segment(start, s.data(), wk);
-      for (int64_t t = begin; t < end; ++t) {
-        logs[t].clear();
-        core.replay(s.data(), record(t), wk, logs[t]);
-      }
-      for (int64_t t = end - 1; t >= begin; --t) {
-        const bool whole = t == begin && !reset(t);  // the segment's first state is an input
-        core.backward(wt, s.data(), start, t > begin ? record(t - 1) : nullptr, record(t), dfeatures + (t * B + row) * FD,
-                      dacc.data(), reset(t), whole, logs[t], dnext, dprev, dprojected + (t * B + row) * c.G, wk);
-        if (reset(t)) {  // nothing before a reset gets a gradient through the state
-          std::fill(dacc.begin(), dacc.end(), F(0));
-          dprev.clear();
-          clear_fields(false);
-        }
-        std::swap(dnext, dprev);
-      }
-      end = begin;
-    }
-    dnext.put(c, dacc.data());
-    core.finish_gradients(dacc.data());
-    std::copy(dacc.begin(), dacc.end(), dstate0 + row * D);
-  }
-  return kStatus_ok;
+  return BackwardCall<F>(c, b).template sparse<CoreT>();
 }
 
 template <typename F>
