@@ -172,7 +172,13 @@ def collect_with_recorded_q(model: MemoryDQN, steps: int) -> list[th.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "policy, policy_kwargs", [("NTMPolicy", {}), ("DNCPolicy", {}), ("LSTMPolicy", {"controller_dim": 16})]
+    "policy, policy_kwargs",
+    [
+        ("NTMPolicy", {}),
+        ("DNCPolicy", {}),
+        ("LSTMPolicy", {"controller_dim": 16}),
+        ("DNCPolicy", {"sparse_top_k": 3}),  # its states stored compact
+    ],
 )
 def test_zero_learning_rate_replays_the_rollout(policy, policy_kwargs):
     core = CORE if policy != "LSTMPolicy" else {}
@@ -182,6 +188,7 @@ def test_zero_learning_rate_replays_the_rollout(policy, policy_kwargs):
     assert all(th.equal(v, before[k]) for k, v in model.policy.state_dict().items())
     buffer = model.replay_buffer
     assert not buffer.full and buffer.episode_starts[1 : buffer.pos].sum() >= 20  # episodes start inside sequences
+    assert buffer.compact_states == ("sparse_top_k" in policy_kwargs)
     starts = buffer.valid_starts()
     envs = np.arange(model.n_envs)
     gaps = {"stored": 0.0, "fresh": 0.0, "no starts": 0.0}
@@ -280,6 +287,35 @@ def test_save_load_predicts_the_same_and_the_replay_buffer_round_trips(tmp_path)
     assert model.replay_buffer.buffer_size == 600 // model.n_envs
     loaded.learn(48, reset_num_timesteps=False)  # training continues into the loaded buffer: 16 more steps
     assert loaded.replay_buffer.pos == model.replay_buffer.pos + 16
+
+
+def test_sparse_cores_store_compact_states_that_rebuild_exactly_and_survive_save_load(tmp_path):
+    memory = dict(memory_units=64, memory_unit_size=4, controller_dim=16, sparse_top_k=2)
+    model = make_model("NTMPolicy", learning_starts=1000, policy_kwargs=memory)
+    recorded: list[th.Tensor] = []
+    original = model._step_memory
+
+    def recording():
+        action = original()
+        recorded.append(model._memory_state_before.clone())
+        return action
+
+    model._step_memory = recording  # type: ignore[method-assign]
+    model.learn(60)
+    buffer = model.replay_buffer
+    assert buffer.compact_states and buffer.states is None
+    slots = np.arange(0, buffer.pos, buffer.state_stride)
+    for env_index in range(model.n_envs):
+        rebuilt = buffer.stored_states(slots, np.full(len(slots), env_index))
+        expected = th.stack([recorded[position][env_index] for position in slots])
+        assert th.equal(rebuilt, expected)  # to the bit
+    dense_bytes = len(slots) * model.n_envs * model.policy.q_net.core.state_size * 4
+    assert buffer.state_nbytes() < dense_bytes / 3
+    model.save_replay_buffer(tmp_path / "buffer")
+    loaded = make_model("NTMPolicy", learning_starts=1000, policy_kwargs=memory)
+    loaded.load_replay_buffer(tmp_path / "buffer")
+    starts, envs = np.array([0, 8]), np.array([1, 2])
+    assert th.equal(loaded.replay_buffer.stored_states(starts, envs), buffer.stored_states(starts, envs))
 
 
 def test_evaluate_policy_carries_the_state():

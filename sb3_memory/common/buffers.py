@@ -11,6 +11,31 @@ from stable_baselines3.common.type_aliases import TensorDict
 
 from sb3_memory.common.type_aliases import MemoryRolloutBufferSamples
 
+# A state kept compact: the indices (int32) and values of its entries that differ from the initial state.
+CompactState = tuple[th.Tensor, th.Tensor]
+
+
+def compact_states(states: th.Tensor, initial_state: th.Tensor) -> list[CompactState]:
+    """
+    Each row of ``states`` as the entries where it differs from ``initial_state`` (one row): its
+    values, not differences, so :func:`rebuild_states` is exact.
+    """
+    differs = states != initial_state.reshape(1, -1)
+    return [(mask.nonzero().flatten().to(th.int32), row[mask]) for row, mask in zip(states, differs)]
+
+
+def rebuild_states(initial_state: th.Tensor, rows: list[CompactState]) -> th.Tensor:
+    """The dense ``(len(rows), state_size)`` states of :func:`compact_states` rows."""
+    out = initial_state.reshape(1, -1).expand(len(rows), -1).clone()
+    for index, (indices, values) in enumerate(rows):
+        out[index, indices.long()] = values.to(out.device)
+    return out
+
+
+def compact_nbytes(rows: list[CompactState]) -> int:
+    """Bytes that compact rows keep."""
+    return sum(t.element_size() * t.nelement() for row in rows for t in row)
+
 
 class ChunkedStateMixin:
     """
@@ -89,7 +114,7 @@ class ChunkedStateMixin:
         self.chunk_states: Optional[th.Tensor] = None
         self.compact_states = compact_states
         # compact_states: per chunk, per env, the (indices, values) where the state is not the initial row
-        self.compact_chunk_states: list[list[tuple[th.Tensor, th.Tensor]]] = [[] for _ in range(self.chunks_per_env)]
+        self.compact_chunk_states: list[list[CompactState]] = [[] for _ in range(self.chunks_per_env)]
         self.initial_state_row: Optional[th.Tensor] = None
 
     def add_state(self, states: th.Tensor, initial_state: Optional[th.Tensor] = None) -> None:
@@ -104,10 +129,7 @@ class ChunkedStateMixin:
             if initial_state is None:
                 raise ValueError("a buffer with compact_states=True keeps states against the initial one: pass initial_state")
             self.initial_state_row = initial_state.reshape(-1)
-            differs = states != self.initial_state_row
-            self.compact_chunk_states[self.pos // self.sequence_length] = [
-                (mask.nonzero().flatten().to(th.int32), row[mask]) for row, mask in zip(states, differs)
-            ]
+            self.compact_chunk_states[self.pos // self.sequence_length] = compact_states(states, self.initial_state_row)
             return
         if self.chunk_states is None or self.chunk_states.shape[-1] != states.shape[-1]:
             self.chunk_states = th.zeros((self.chunks_per_env, self.n_envs, states.shape[-1]), device=self.device)
@@ -160,12 +182,10 @@ class ChunkedStateMixin:
                 states = self.chunk_states.transpose(0, 1).reshape(-1, self.chunk_states.shape[-1])
             return states[th.as_tensor(chunk_ids, device=states.device)]
         assert self.initial_state_row is not None
-        out = self.initial_state_row.expand(len(chunk_ids), -1).clone()
-        for row, chunk_id in enumerate(chunk_ids):
-            env, chunk = divmod(int(chunk_id), self.chunks_per_env)
-            indices, values = self.compact_chunk_states[chunk][env]
-            out[row, indices.long()] = values
-        return out
+        rows = [
+            self.compact_chunk_states[chunk][env] for env, chunk in (divmod(int(k), self.chunks_per_env) for k in chunk_ids)
+        ]
+        return rebuild_states(self.initial_state_row, rows)
 
     def stored_chunk_states(self) -> th.Tensor:
         """Every chunk's stored state, ``(chunks_per_env, n_envs, state_size)`` (compact ones rebuilt)."""
@@ -203,8 +223,8 @@ class ChunkedStateMixin:
     def state_nbytes_per_transition(self) -> float:
         """Bytes of stored memory state per stored transition."""
         if self.compact_states:
-            stored = [tensor for chunk in self.compact_chunk_states for entry in chunk for tensor in entry]
-            return sum(tensor.element_size() * tensor.nelement() for tensor in stored) / (self.buffer_size * self.n_envs)
+            stored = [row for chunk in self.compact_chunk_states for row in chunk]
+            return compact_nbytes(stored) / (self.buffer_size * self.n_envs)
         if self.chunk_states is None:
             return 0.0
         return self.chunk_states.element_size() * self.chunk_states.nelement() / (self.buffer_size * self.n_envs)

@@ -78,12 +78,15 @@ class MemoryOffPolicyMixin:
 
     _last_memory_state: Optional[th.Tensor] = None
     _memory_state_before: Optional[th.Tensor] = None
+    _initial_memory_state: Optional[th.Tensor] = None  # what compact stored states are kept against
     burn_in: int
     train_length: int
     return_steps: int
     state_stride: int
 
     if TYPE_CHECKING:  # provided by SB3's OffPolicyAlgorithm
+        policy_kwargs: dict[str, Any]
+        replay_buffer_kwargs: dict[str, Any]
         policy: Any
         policy_class: Any
         n_envs: int
@@ -108,6 +111,11 @@ class MemoryOffPolicyMixin:
         """Steps per replayed sequence: burn-in, trained steps and the n-step lookahead."""
         return self.burn_in + self.train_length + self.return_steps
 
+    def _compact_replay_states(self) -> None:
+        """Sparse cores' stored states are kept compact (before SB3's ``_setup_model`` builds the buffer)."""
+        sparse = (self.policy_kwargs or {}).get("sparse_top_k") is not None
+        self.replay_buffer_kwargs = {"compact_states": sparse, **(self.replay_buffer_kwargs or {})}
+
     def _check_memory_policy(self, base: type, aliases: dict[str, Any], plain: str) -> None:
         """A policy of ``base``'s family, or an error naming them (and SB3's algorithm for plain policies)."""
         if not isinstance(self.policy_class, type) or not issubclass(self.policy_class, base):
@@ -127,6 +135,7 @@ class MemoryOffPolicyMixin:
         result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)  # type: ignore[misc]
         if self._last_memory_state is None or reset_num_timesteps:
             self._last_memory_state = self.policy.initial_state(self.n_envs)
+        self._initial_memory_state = self.policy.initial_state(1)
         return result
 
     def _memory_step(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> tuple[np.ndarray, th.Tensor]:
@@ -175,6 +184,7 @@ class MemoryOffPolicyMixin:
             self._last_episode_starts,
             self._memory_state_before,
             infos,
+            self._initial_memory_state,
         )
         self._last_obs = new_obs
         self._last_episode_starts = dones
@@ -182,4 +192,4 @@ class MemoryOffPolicyMixin:
             self._last_original_obs = new_obs_
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_memory_state", "_memory_state_before"]  # type: ignore[misc]
+        return [*super()._excluded_save_params(), "_last_memory_state", "_memory_state_before", "_initial_memory_state"]  # type: ignore[misc]

@@ -9,6 +9,7 @@ from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
 from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_memory.common.buffers import CompactState, compact_nbytes, compact_states, rebuild_states
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
 
 
@@ -33,6 +34,9 @@ class SequenceReplayBuffer(ReplayBuffer):
     :param sequence_length: steps per sampled sequence (burn-in, trained steps and n-step lookahead)
     :param state_stride: a state is stored every this many steps; sequences start only there, so a
         stride shorter than the sequence makes sampled sequences overlap
+    :param compact_states: keep each stored state as its entries that differ from the initial
+        state (exact; for sparse cores, whose states differ from a fresh one in the slots their
+        episode wrote), see :func:`~sb3_memory.common.buffers.compact_states`
     The other parameters are those of SB3's ``ReplayBuffer``.
     """
 
@@ -52,6 +56,7 @@ class SequenceReplayBuffer(ReplayBuffer):
         handle_timeout_termination: bool = True,
         sequence_length: int = 16,
         state_stride: int = 8,
+        compact_states: bool = False,
     ) -> None:
         if optimize_memory_usage:
             raise ValueError("SequenceReplayBuffer keeps each step once already: leave optimize_memory_usage=False")
@@ -91,6 +96,10 @@ class SequenceReplayBuffer(ReplayBuffer):
         # one per truncated episode, so not an array as large as the observations)
         self.terminal_observations: dict[tuple[int, int], Any] = {}
         self.states = None
+        self.compact_states = compact_states
+        # compact_states: per stored state (ring slot, environment), its entries that differ from the initial one
+        self.compact_stored_states: dict[tuple[int, int], CompactState] = {}
+        self.initial_state_row: Optional[th.Tensor] = None
 
     def add(  # type: ignore[override]
         self,
@@ -101,6 +110,7 @@ class SequenceReplayBuffer(ReplayBuffer):
         episode_start: np.ndarray,
         state: th.Tensor,
         infos: Optional[list[dict[str, Any]]] = None,
+        initial_state: Optional[th.Tensor] = None,
     ) -> None:
         """
         One step of every environment.
@@ -112,6 +122,7 @@ class SequenceReplayBuffer(ReplayBuffer):
             ``state_stride`` steps)
         :param infos: the environments' infos: ``"TimeLimit.truncated"`` marks a timeout, whose
             ``"terminal_observation"`` (unnormalised) is kept
+        :param initial_state: the state an episode starts from, ``(1, state_size)`` (needed with ``compact_states``)
         """
         if isinstance(self.observations, dict):
             for key in self.observations:
@@ -129,7 +140,14 @@ class SequenceReplayBuffer(ReplayBuffer):
             if self.handle_timeout_termination and self.dones[self.pos, env_index] and info.get("TimeLimit.truncated"):
                 self.timeouts[self.pos, env_index] = 1.0
                 self.terminal_observations[(self.pos, env_index)] = info["terminal_observation"]
-        if self.pos % self.state_stride == 0:
+        if self.pos % self.state_stride == 0 and self.compact_states:
+            if initial_state is None:
+                raise ValueError("a buffer with compact_states=True keeps states against the initial one: pass initial_state")
+            self.initial_state_row = initial_state.detach().cpu().reshape(-1)
+            rows = compact_states(state.detach().cpu(), self.initial_state_row)
+            for env_index, row in enumerate(rows):
+                self.compact_stored_states[(self.pos // self.state_stride, env_index)] = row
+        elif self.pos % self.state_stride == 0:
             flat = state.detach().cpu().numpy()
             if self.states is None:
                 self.states = np.zeros((self.buffer_size // self.state_stride, self.n_envs, flat.shape[1]), dtype=np.float32)
@@ -173,7 +191,6 @@ class SequenceReplayBuffer(ReplayBuffer):
         The sequences of ``length`` (default ``sequence_length``) steps at ring positions ``starts``
         (where states are stored) of these environments.
         """
-        assert self.states is not None
         length = self.sequence_length if length is None else length
         steps = (starts[None, :] + np.arange(length)[:, None]) % self.buffer_size  # (L, B), time-major
         envs = np.broadcast_to(env_indices, steps.shape)
@@ -194,10 +211,26 @@ class SequenceReplayBuffer(ReplayBuffer):
             episode_starts=self.to_torch(per_step(self.episode_starts)),
             rewards=self.to_torch(rewards),
             dones=self.to_torch(self.dones[steps, envs]),
-            states=self.to_torch(self.states[starts // self.state_stride, env_indices]),
+            states=self.stored_states(starts, env_indices),
             timeouts=self.to_torch(timeouts),
             terminal_observations=self._terminal_observations(steps, envs, timeouts, env),
         )
+
+    def stored_states(self, starts: np.ndarray, env_indices: np.ndarray) -> th.Tensor:
+        """The states stored before ring positions ``starts`` (multiples of the stride) of these environments."""
+        slots = starts // self.state_stride
+        if self.compact_states:
+            assert self.initial_state_row is not None
+            rows = [self.compact_stored_states[(int(slot), int(env))] for slot, env in zip(slots, env_indices)]
+            return rebuild_states(self.initial_state_row, rows).to(self.device)
+        assert self.states is not None
+        return self.to_torch(self.states[slots, env_indices])
+
+    def state_nbytes(self) -> int:
+        """Bytes of the stored states."""
+        if self.compact_states:
+            return compact_nbytes(list(self.compact_stored_states.values()))
+        return 0 if self.states is None else self.states.nbytes
 
     def _terminal_observations(
         self, steps: np.ndarray, envs: np.ndarray, timeouts: np.ndarray, env: Optional[VecNormalize]

@@ -147,6 +147,7 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
 
     def _setup_model(self) -> None:
         self._check_memory_policy(MemoryDQNPolicy, POLICY_ALIASES, "DQN")
+        self._compact_replay_states()
         super()._setup_model()
 
     # --- rollouts -----------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
 
     def _setup_model(self) -> None:
         self._check_memory_policy(MemorySACPolicy, POLICY_ALIASES, "SAC")
+        self._compact_replay_states()
         super()._setup_model()
 
     # --- rollouts -----------------------------------------------------------------------------
