@@ -1,6 +1,6 @@
 """What the off-policy memory algorithms share: rollouts that carry the memory state, stored-state replay."""
 
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import numpy as np
 import torch as th
@@ -25,19 +25,25 @@ def burn_in_split(data: SequenceReplayBufferSamples, burn_in: int) -> tuple[slic
     return slice(0, split), slice(split, None)
 
 
-def timeout_splices(
-    data: SequenceReplayBufferSamples, first_step: int
-) -> list[tuple[PyTorchObs, th.Tensor, th.Tensor, th.Tensor]]:
+class TimeoutSplice(NamedTuple):
+    """One pass of :func:`timeout_splices`: the sequences that hold a timeout, continued past it."""
+
+    observations: PyTorchObs  # (L * n, ...), time-major, the n sequences with a timeout
+    episode_starts: th.Tensor  # (L * n,)
+    states: th.Tensor  # (n, state_size), their stored states
+    rows: th.Tensor  # rows of the replayed outputs that hold the values: step j + 1 of each
+    steps: th.Tensor  # the timed-out steps j
+    sequences: th.Tensor  # and their sequences in the sampled batch
+
+
+def timeout_splices(data: SequenceReplayBufferSamples, first_step: int) -> list[TimeoutSplice]:
     """
     The sampled sequences with their episodes continued past a time limit, for the value of where
     each was cut off: for a timeout at step ``j >= first_step`` (``j + 1 < L``), step ``j + 1``
     gets the observation the episode stopped at and no episode start, so a core that replays the
-    sequence from its stored state holds, at ``j + 1``, the state it would have had. A second
-    timeout in one sequence needs a pass of its own (the first one's continuation would run into
-    it): pass m continues each sequence's m-th timeout.
-
-    :return: per pass, the observations and episode starts to replay, and the timed-out steps
-        ``j`` with their sequences (the values to read are at rows ``(j + 1) * B + b``)
+    sequence from its stored state holds, at ``j + 1``, the state it would have had. Only the
+    sequences with such a timeout are replayed. A second timeout in one sequence needs a pass of
+    its own (the first one's continuation would run into it): pass m continues the m-th ones.
     """
     if data.timeouts is None or data.terminal_observations is None:
         return []
@@ -48,22 +54,25 @@ def timeout_splices(
     rank = cut.cumsum(dim=0) * cut
     passes = []
     for m in range(1, int(rank.max().item()) + 1):
-        steps, sequences = th.nonzero(rank == m, as_tuple=True)
-        source, target = steps * batch + sequences, (steps + 1) * batch + sequences
+        steps, sequences = th.nonzero(rank == m, as_tuple=True)  # one step per sequence
+        n = len(sequences)
+        columns = (th.arange(length, device=steps.device)[:, None] * batch + sequences[None, :]).reshape(-1)
+        position = th.arange(n, device=steps.device)
+        source, target = steps * batch + sequences, (steps + 1) * n + position
         terminal = data.terminal_observations
         if isinstance(data.observations, dict):
             assert isinstance(terminal, dict)
-            spliced = {key: value.clone() for key, value in data.observations.items()}
+            spliced = {key: value[columns] for key, value in data.observations.items()}
             for key, value in spliced.items():
                 value[target] = terminal[key][source]
             observations: PyTorchObs = spliced
         else:
             assert isinstance(terminal, th.Tensor)
-            observations = data.observations.clone()
+            observations = data.observations[columns]
             observations[target] = terminal[source]
-        episode_starts = data.episode_starts.clone()
+        episode_starts = data.episode_starts[columns]
         episode_starts[target] = 0.0
-        passes.append((observations, episode_starts, steps, sequences))
+        passes.append(TimeoutSplice(observations, episode_starts, data.states[sequences], target, steps, sequences))
     return passes
 
 

@@ -230,13 +230,13 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
         passes = timeout_splices(data, self.burn_in)
         if not passes:
             return None
-        batch = data.states.shape[0]
         values = th.zeros_like(data.rewards)
-        for observations, episode_starts, steps, sequences in passes:
-            rows = (steps + 1) * batch + sequences
-            target_q = self.q_net_target(observations, data.states, episode_starts)[0][rows]
-            chooser = self.q_net(observations, data.states, episode_starts)[0][rows] if self.double_q else target_q
-            values[steps, sequences] = target_q.gather(-1, chooser.argmax(dim=-1, keepdim=True)).squeeze(-1)
+        for splice in passes:
+            replay = (splice.observations, splice.states, splice.episode_starts)
+            target_q = self.q_net_target(*replay)[0][splice.rows]
+            chooser = self.q_net(*replay)[0][splice.rows] if self.double_q else target_q
+            best = target_q.gather(-1, chooser.argmax(dim=-1, keepdim=True)).squeeze(-1)
+            values[splice.steps, splice.sequences] = best
         return values[self.burn_in :]
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:

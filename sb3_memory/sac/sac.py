@@ -186,16 +186,14 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
         passes = timeout_splices(data, self.burn_in)
         if not passes:
             return None
-        batch = data.states.shape[0]
-        actor_state, critic_state = self.policy.split_state(data.states)
         values = th.zeros_like(data.rewards)
-        for observations, episode_starts, steps, sequences in passes:
-            rows = (steps + 1) * batch + sequences
-            latent_pi, _ = self.actor.latent(observations, actor_state, episode_starts)
-            actions, log_prob = self.actor.action_log_prob(latent_pi[rows])
-            target_latent, _ = self.critic_target.latent(observations, critic_state, episode_starts)
-            q_values = th.cat(self.critic_target.q_values(target_latent[rows], actions), dim=1)
-            values[steps, sequences] = q_values.min(dim=1).values - ent_coef * log_prob.reshape(-1)
+        for splice in passes:
+            actor_state, critic_state = self.policy.split_state(splice.states)
+            latent_pi, _ = self.actor.latent(splice.observations, actor_state, splice.episode_starts)
+            actions, log_prob = self.actor.action_log_prob(latent_pi[splice.rows])
+            target_latent, _ = self.critic_target.latent(splice.observations, critic_state, splice.episode_starts)
+            q_values = th.cat(self.critic_target.q_values(target_latent[splice.rows], actions), dim=1)
+            values[splice.steps, splice.sequences] = q_values.min(dim=1).values - ent_coef * log_prob.reshape(-1)
         return values[self.burn_in :]
 
     def actor_loss(self, losses: dict[str, th.Tensor], ent_coef: th.Tensor) -> th.Tensor:
