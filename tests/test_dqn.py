@@ -72,6 +72,11 @@ def time_limited_env() -> TimeLimit:
     return TimeLimit(RandomEpisodeEnv(min_length=1000, max_length=1000), max_episode_steps=5)
 
 
+def mixed_end_env() -> TimeLimit:
+    """Episodes that end by themselves after 2-3 steps or are cut by a time limit after 4."""
+    return TimeLimit(RandomEpisodeEnv(min_length=2, max_length=9), max_episode_steps=4)
+
+
 def test_the_buffer_keeps_where_a_time_limit_stopped_and_forgets_it_when_overwritten():
     model = make_model(env_fn=time_limited_env, n_envs=2, buffer_size=80, learning_starts=1000)
     model.learn(100)  # 50 steps per environment: the ring of 40 wrapped
@@ -95,15 +100,20 @@ def test_the_buffer_keeps_where_a_time_limit_stopped_and_forgets_it_when_overwri
 
 @pytest.mark.parametrize("double_q", [True, False])
 def test_a_timed_out_step_bootstraps_from_its_last_observation_with_the_episodes_memory(double_q):
-    model = make_model(env_fn=time_limited_env, learning_starts=30, double_q=double_q)
-    model.learn(90)
+    model = make_model(env_fn=mixed_end_env, learning_starts=30, double_q=double_q)
+    model.learn(150)
     with th.no_grad():
         for parameter in model.q_net.parameters():  # online and target differ
             parameter.add_(0.1 * th.randn_like(parameter))
     buffer, batch = model.replay_buffer, 16
-    data = buffer.sample(batch)
-    while data.timeouts[model.burn_in : -1].sum() == 0:
+    # A batch where some sequences hold no timeout and some hold two (a second replay pass).
+    for _ in range(200):
         data = buffer.sample(batch)
+        per_sequence = data.timeouts[model.burn_in : -1].sum(dim=0)
+        if per_sequence.min() == 0 and per_sequence.max() >= 2:
+            break
+    else:
+        pytest.fail("no batch with sequences of 0 and of 2 timeouts")
     values = model.timeout_values(data)
     assert values is not None
     checked = 0
