@@ -172,19 +172,9 @@ def test_native_sparse_dnc_equals_reference_step_by_step(controller, kwargs):
     near-equal usages and similarities tie at float32's precision, and a single step can keep
     another slot (as the dense DNC's can); the float32 build is the same code.
     """
-    dtype = torch.float64
-    core_ = make_core("dnc", controller, dtype, **kwargs)
+    core_ = make_core("dnc", controller, torch.float64, **kwargs)
     assert core_.native_config()["top_k"] == kwargs["sparse_top_k"]
-    x, starts, flat = chunk(core_, dtype, steps=24, batch=6)
-    assert starts.any(dim=1).sum() >= 3
-    for t in range(x.shape[0]):
-        reference = run(core_, "reference", x[t : t + 1], starts[t : t + 1], flat, seed=t)
-        fused = run(core_, "native", x[t : t + 1], starts[t : t + 1], flat, seed=t)
-        for key in reference:
-            torch.testing.assert_close(
-                fused[key], reference[key], **TOLERANCES[dtype], msg=lambda m, k=key, t=t: f"step {t}, {k}: {m}"
-            )
-        flat = fused["final state"]
+    assert_step_by_step(core_)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +259,11 @@ def test_native_dnc_equals_reference_step_by_step(name, controller, kwargs):
     step can (about 1 sequence in 60 here). So: step by step in float64, and whole chunks in both
     precisions from a state without ties (below); gradcheck covers the chained backward pass.
     """
-    core_ = make_core(name, controller, torch.float64, **kwargs)
+    assert_step_by_step(make_core(name, controller, torch.float64, **kwargs))
+
+
+def assert_step_by_step(core_):
+    """In float64, each step of a chunk with resets, native against reference from the same state."""
     x, starts, flat = chunk(core_, torch.float64, steps=24, batch=6)
     assert starts.any(dim=1).sum() >= 3
     for t in range(x.shape[0]):
