@@ -362,6 +362,14 @@ def derived_config(
     return out_path
 
 
+def print_table(text: str, path: Optional[Path] = None) -> None:
+    """Print a Markdown table, and write it to ``path`` too when one is given."""
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def t_interval(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% Student-t interval."""
     from scipy import stats

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sb3_memory.experiments.compare import ALGOS, episode_scores, load_final_model, t_interval
+from sb3_memory.experiments.compare import ALGOS, episode_scores, load_final_model, print_table, t_interval
 
 ENV = "sb3_memory/BinaryCopy-v0"
 
@@ -66,10 +66,7 @@ def main() -> None:
             cells.append(f"{mean:.3f} ± {half:.3f} ({', '.join(f'{s:.2f}' for s in scores[length])})")
         lines.append(f"| {algo} | {seeds} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(text)
+    print_table(text, args.table)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 from sb3_memory import MemoryDQN, MemorySAC
-from sb3_memory.experiments.compare import t_interval, welch_p_value
+from sb3_memory.experiments.compare import print_table, t_interval, welch_p_value
 
 SEQUENCES, TRAIN_LENGTH = 32, 8
 #: Per task: env, n_envs, evaluation episodes, the score that counts as solved, what every agent
@@ -196,10 +196,7 @@ def main() -> None:
         parser.error(f"no agents {unknown} on {args.task}; it has {list(TASKS[args.task]['agents'])}")
     results = [run_one(agent, seed, args) for agent in agents for seed in args.seeds]
     text = table(results, args)
-    print(text)
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(text)
+    print_table(text, args.table)
 
 
 if __name__ == "__main__":
