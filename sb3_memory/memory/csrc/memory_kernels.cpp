@@ -24,6 +24,9 @@
 #include <vector>
 
 #define RESTRICT __restrict__
+// The element-wise math below must inline into the `omp simd` loops that call it, or those loops
+// stop vectorising: GCC stopped inlining vexp once this file grew (a 1.8x slower forward pass).
+#define SCALAR_MATH inline __attribute__((always_inline))
 
 namespace {
 
@@ -190,14 +193,14 @@ struct FloatBits<double> {
 };
 
 template <typename F>
-inline F from_bits(typename FloatBits<F>::Int bits) {
+SCALAR_MATH F from_bits(typename FloatBits<F>::Int bits) {
   F value;
   std::memcpy(&value, &bits, sizeof(F));
   return value;
 }
 
 template <typename F>
-inline typename FloatBits<F>::Int to_bits(F value) {
+SCALAR_MATH typename FloatBits<F>::Int to_bits(F value) {
   typename FloatBits<F>::Int bits;
   std::memcpy(&bits, &value, sizeof(F));
   return bits;
@@ -220,7 +223,7 @@ constexpr double kInverseFactorials[] = {1.0,
                                          1.0 / 6227020800};
 
 template <typename F>
-inline F vexp(F x) {
+SCALAR_MATH F vexp(F x) {
   using B = FloatBits<F>;
   // Clamped with comparisons that send NaN to exp_min: a NaN reaching the integer conversion
   // below would be undefined behaviour (UBSan); the NaN itself is returned at the end.
@@ -243,7 +246,7 @@ inline F vexp(F x) {
 
 // Natural log of a positive number.
 template <typename F>
-inline F vlog(F x) {
+SCALAR_MATH F vlog(F x) {
   using B = FloatBits<F>;
   using Int = typename B::Int;
   const Int bits = to_bits(x);
@@ -269,24 +272,24 @@ inline F vlog(F x) {
 }
 
 template <typename F>
-inline F sigmoid(F x) {
+SCALAR_MATH F sigmoid(F x) {
   return F(1) / (F(1) + vexp(-x));
 }
 
 template <typename F>
-inline F vtanh(F x) {
+SCALAR_MATH F vtanh(F x) {
   const F e = vexp(F(-2) * std::abs(x));
   const F t = (F(1) - e) / (F(1) + e);
   return x < F(0) ? -t : (x != x ? x : t);
 }
 
 template <typename F>
-inline F softplus(F x) {
+SCALAR_MATH F softplus(F x) {
   return x > F(kSoftplusThreshold) ? x : vlog(F(1) + vexp(x));
 }
 
 template <typename F>
-inline F softplus_grad(F x) {
+SCALAR_MATH F softplus_grad(F x) {
   if (x > F(kSoftplusThreshold)) return F(1);
   const F z = vexp(x);
   return z / (z + F(1));
@@ -294,7 +297,7 @@ inline F softplus_grad(F x) {
 
 // torch.lerp's formula (exact at both ends)
 template <typename F>
-inline F lerp(F start, F end, F weight) {
+SCALAR_MATH F lerp(F start, F end, F weight) {
   return weight < F(0.5) ? start + weight * (end - start) : end - (end - start) * (F(1) - weight);
 }
 
