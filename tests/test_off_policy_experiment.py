@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from sb3_memory.experiments.compare import welch_p_value
-from sb3_memory.experiments.off_policy import TASKS, table
+from sb3_memory.experiments.off_policy import TASKS, recurrent_ppo, table
 
 
 def test_table_scores_solved_counts_and_welch_p_against_the_plain_agent():
@@ -26,3 +26,18 @@ def test_every_task_compares_memory_agents_with_the_same_algorithm_without_memor
         assert any(policy is not None for policy, _ in task["agents"].values()), name
     with pytest.raises(KeyError):
         TASKS["atari"]
+
+
+@pytest.mark.parametrize("task_name", [name for name, task in TASKS.items() if "RecurrentPPO" in task["agents"]])
+def test_recurrent_ppo_reference_takes_the_tasks_zoo_entry(task_name):
+    import yaml
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_memory.zoo_configs import config_path
+
+    env_id = TASKS[task_name]["env"]
+    entry = yaml.safe_load(config_path("ppo_lstm").read_text())[env_id]
+    model = recurrent_ppo(env_id, make_vec_env(env_id, n_envs=2, seed=0), seed=0)
+    assert (model.n_steps, model.batch_size, model.n_epochs) == (entry["n_steps"], entry["batch_size"], entry["n_epochs"])
+    assert (model.gamma, model.gae_lambda, model.ent_coef) == (entry["gamma"], entry["gae_lambda"], entry["ent_coef"])
+    assert model.policy.lstm_actor.hidden_size == 64 and model.policy.lstm_critic is None  # shared_lstm=True

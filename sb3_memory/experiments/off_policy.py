@@ -1,15 +1,18 @@
 """The off-policy memory agents against SB3's (with and without frame stacking).
 
-Two tasks: ``tmaze`` (MemoryDQN against DQN on the passive T-maze) and ``pendulum`` (MemorySAC
-against SAC on PendulumNoVel-v1, Pendulum without its angular velocity). On a task every agent gets
-the same budget, environments, learning rate, target updates, exploration, n-step return and
-transitions per gradient step (a memory agent: ``batch_size`` sequences of ``train_length`` trained
-steps; SB3's: ``batch_size * train_length`` transitions). Each run is scored by the mean return of
-deterministic episodes of its final model; wall time and steps/s are per run, one torch thread.
-Results go to a JSON file per run (resumable) and a Markdown table.
+Three tasks: ``tmaze`` (MemoryDQN against DQN on the passive T-maze), ``repeat`` (the same agents on
+RepeatAfterDelay) and ``pendulum`` (MemorySAC against SAC on PendulumNoVel-v1, Pendulum without its
+angular velocity). On a task every agent gets the same budget, environments, learning rate, target
+updates, exploration, n-step return and transitions per gradient step (a memory agent:
+``batch_size`` sequences of ``train_length`` trained steps; SB3's and sb3-contrib's QRDQN:
+``batch_size * train_length`` transitions). RecurrentPPO, the on-policy reference, runs with the
+task's entry of ``zoo_configs/ppo_lstm.yml``. Each run is scored by the mean return of deterministic
+episodes of its final model; wall time and steps/s are per run, one torch thread. Results go to a
+JSON file per run (resumable) and a Markdown table.
 
 Usage (``scripts/off_policy.py`` runs :func:`main`):
     python scripts/off_policy.py --seeds 0 1 2 --out runs/off_policy --table docs/results/off_policy_tmaze.md
+    python scripts/off_policy.py --task repeat --steps 300000 --table docs/results/off_policy_repeat.md
     python scripts/off_policy.py --task pendulum --seeds 0 1 2 --table docs/results/off_policy_pendulum.md
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from stable_baselines3 import DQN, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -40,6 +44,8 @@ SEQUENCES, TRAIN_LENGTH = 32, 8
 TASKS: dict[str, dict[str, Any]] = {
     "tmaze": dict(
         env="sb3_memory/PassiveTMaze-v0",
+        env_kwargs={},  # corridor_length comes from --corridor-length
+        about="optimal 1, memoryless 0.5 in expectation",
         n_envs=8,
         episodes=100,
         solved=0.95,
@@ -66,11 +72,14 @@ TASKS: dict[str, dict[str, Any]] = {
             "MemoryDQN-NTM, library defaults": ("NTMPolicy", 1),
             "DQN": (None, 1),
             "DQN, 4 frames stacked": (None, 4),
+            "QRDQN, 4 frames stacked": ("QRDQN", 4),
             "RecurrentPPO": ("RecurrentPPO", 1),
         },
     ),
     "pendulum": dict(
         env="PendulumNoVel-v1",
+        env_kwargs={},
+        about="no angular velocity in the observation",
         n_envs=1,
         episodes=10,
         solved=-300.0,
@@ -87,6 +96,17 @@ TASKS: dict[str, dict[str, Any]] = {
         },
     ),
 }
+# RepeatAfterDelay at the easy difficulty of the on-policy comparison (docs/results/easy): the
+# T-maze's shared settings, three times its budget (pass --steps 300000, the on-policy agents' budget).
+TASKS["repeat"] = dict(
+    TASKS["tmaze"],
+    env="sb3_memory/RepeatAfterDelay-v0",
+    env_kwargs=dict(delay=3),
+    about="delay=3, optimal 20, chance 2.5",
+    episodes=20,
+    solved=18.0,
+    agents={name: agent for name, agent in TASKS["tmaze"]["agents"].items() if "library defaults" not in name},
+)
 
 
 def make_env(task: dict[str, Any], seed: int, env_kwargs: dict[str, Any], n_envs: int, frames: int) -> VecEnv:
@@ -97,7 +117,21 @@ def make_env(task: dict[str, Any], seed: int, env_kwargs: dict[str, Any], n_envs
 
 
 def env_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(corridor_length=args.corridor_length) if args.task == "tmaze" else {}
+    return dict(corridor_length=args.corridor_length) if args.task == "tmaze" else TASKS[args.task]["env_kwargs"]
+
+
+def recurrent_ppo(env_id: str, env: VecEnv, seed: int) -> Any:
+    """sb3-contrib's RecurrentPPO with the hyperparameters of ``env_id``'s entry in ``zoo_configs/ppo_lstm.yml``."""
+    from sb3_contrib import RecurrentPPO
+
+    from sb3_memory.zoo import _evaluate_policy_kwargs
+    from sb3_memory.zoo_configs import config_path
+
+    entry = dict(yaml.safe_load(config_path("ppo_lstm").read_text())[env_id])
+    for key in ("env_kwargs", "n_envs", "n_timesteps", "normalize"):
+        entry.pop(key, None)
+    policy_kwargs = _evaluate_policy_kwargs(entry.pop("policy_kwargs", None))
+    return RecurrentPPO(entry.pop("policy"), env, seed=seed, policy_kwargs=policy_kwargs, **entry)
 
 
 def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -110,15 +144,11 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     policy, frames = task["agents"][agent]
     env = make_env(task, seed, env_kwargs_of(args), task["n_envs"], frames)
     if policy == "RecurrentPPO":
-        from sb3_contrib import RecurrentPPO
+        model: Any = recurrent_ppo(task["env"], env, seed)
+    elif policy == "QRDQN":
+        from sb3_contrib import QRDQN
 
-        model: Any = RecurrentPPO(
-            "MlpLstmPolicy", env, n_steps=512, batch_size=1024, gae_lambda=0.95, gamma=0.99, n_epochs=10, ent_coef=0.01,
-            learning_rate=3e-4, clip_range=0.2, seed=seed,
-            policy_kwargs=dict(
-                lstm_hidden_size=64, shared_lstm=True, enable_critic_lstm=False, net_arch=dict(pi=[64], vf=[64])
-            ),
-        )  # fmt: skip
+        model = QRDQN("MlpPolicy", env, batch_size=SEQUENCES * TRAIN_LENGTH, seed=seed, **task["common"])
     elif policy is None:
         model = task["plain"]("MlpPolicy", env, batch_size=SEQUENCES * TRAIN_LENGTH, seed=seed, **task["common"])
     elif agent.endswith("library defaults"):
@@ -145,11 +175,7 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     task = TASKS[args.task]
     plain = task["plain"].__name__
-    what = (
-        f"corridor_length={args.corridor_length}, optimal 1, memoryless 0.5 in expectation"
-        if args.task == "tmaze"
-        else "no angular velocity in the observation"
-    )
+    what = f"corridor_length={args.corridor_length}, {task['about']}" if args.task == "tmaze" else task["about"]
     lines = [
         f"# {task['memory'].__name__} on {task['env']}",
         "",
