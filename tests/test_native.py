@@ -187,6 +187,32 @@ def test_native_sparse_dnc_equals_reference_over_a_chunk(controller, kwargs):
     assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
 
 
+@pytest.mark.parametrize("name", ["ntm", "dnc"])
+def test_native_sparse_scans_of_a_mostly_unwritten_memory_equal_the_reference(name):
+    """
+    The kernels' content scans (and the DNC's search for the least used slots) visit the rows
+    written since the initial state and the K lowest unwritten ones, which are all alike; the
+    reference scans every row. With 64 slots and K = 2 most rows stay unwritten, resets included.
+    """
+    core_ = make_core(name, "lstm", torch.float64, sparse_top_k=2, memory_units=64)
+    assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
+    x, starts, flat = chunk(core_, torch.float64, steps=32, batch=8)
+    final = core_.unflatten_state(run(core_, "native", x, starts, flat)["final state"])
+    unwritten = (final.memory == core_.memory_init).all(dim=-1).sum(dim=-1)
+    assert (unwritten > 16).all() and (unwritten < 64).all()  # the shortcut was taken, and rows were written
+
+
+@pytest.mark.parametrize("name", ["ntm", "dnc"])
+def test_native_sparse_scans_of_an_initial_memory_with_unlike_rows_equal_the_reference(name):
+    """Without memory_init's equal rows no row stands for another: the kernels scan every row."""
+    core_ = make_core(name, "lstm", torch.float64, sparse_top_k=2, memory_units=16)
+    key = (torch.device("cpu"), torch.float64)
+    row = core_.initial_row(*key)
+    generator = torch.Generator().manual_seed(5)
+    core_._initial_rows[key] = row._replace(memory=torch.randn(row.memory.shape, generator=generator, dtype=torch.float64))
+    assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
+
+
 @pytest.mark.parametrize(
     "name, kwargs", [("ntm", {}), ("dnc", {}), ("ntm", {"sparse_top_k": 3}), ("dnc", {"sparse_top_k": 3})]
 )

@@ -1545,14 +1545,114 @@ void nonzero_slots(const F* weights, int64_t n, std::vector<int64_t>& out) {
     if (weights[i] != F(0)) out.push_back(i);
 }
 
-// A sparse core's row state from a flat state (into s), with what its content scans read: the
-// memory rows' norms and the memory transposed.
+// What a sparse core's content scans (and the DNC's allocation) read, per batch row. memory_init
+// makes every row of the initial memory alike, and a row nobody has written since (a "pristine"
+// row) still equals it: all pristine rows score alike, so a scan visits the rows that changed and
+// the K lowest pristine ones. Its cost follows how much of the memory was written, not N. The
+// candidates are scored with the same operations in the same order as a scan of every row would,
+// so the logits, and hence the choice, are the same to the bit.
 template <typename F>
-void load_for_scans(const SmemConfig& c, const F* from, F* s, std::vector<F>& mnorm, std::vector<F>& memory_t) {
-  std::copy(from, from + c.D, s);
-  row_norms(mnorm.data(), s + c.off_memory, c.N, c.W);
-  transpose(s + c.off_memory, c.N, c.W, memory_t);
-}
+struct ScanRows {
+  std::vector<F> mnorm;           // every row's norm
+  std::vector<uint8_t> changed;   // the row differs from the initial state's (memory, or usage)
+  std::vector<int64_t> changed_rows, candidates;
+  std::vector<F> block, norms, logits;  // candidates' rows transposed (W x kScanBlock), norms, per-head logits
+  std::vector<const F*> keys;           // each head's key (W), strength and key norm, set by the caller
+  std::vector<F> betas, knorms;
+  const F* checked = nullptr;     // the initial row last checked, and whether its rows are all alike
+  bool uniform = false;
+
+  ScanRows(const SmemConfig& c, int64_t heads)
+      : mnorm(c.N),
+        changed(c.N, 0),
+        block(c.W * kScanBlock),
+        norms(kScanBlock),
+        logits(heads * kScanBlock),
+        keys(heads),
+        betas(heads),
+        knorms(heads) {}
+
+  static bool same(const F* a, const F* b, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+      if (to_bits(a[i]) != to_bits(b[i])) return false;
+    return true;
+  }
+
+  // Slot i is pristine in state s: its memory row (and its usage, at usage_offset >= 0) as init's.
+  static bool pristine(const SmemConfig& c, const F* s, const F* init, int64_t usage_offset, int64_t i) {
+    const bool usage_same = usage_offset < 0 || to_bits(s[usage_offset + i]) == to_bits(init[usage_offset + i]);
+    return usage_same && same(s + c.off_memory + i * c.W, init + c.off_memory + i * c.W, c.W);
+  }
+
+  // A row's working state (into s) from a flat state, with its rows' norms and which rows changed.
+  void load(const SmemConfig& c, const F* from, const F* init, int64_t usage_offset, F* s) {
+    std::copy(from, from + c.D, s);
+    row_norms(mnorm.data(), s + c.off_memory, c.N, c.W);
+    if (init != checked) {
+      checked = init;
+      uniform = true;
+      for (int64_t i = 1; i < c.N && uniform; ++i)
+        uniform = same(init + c.off_memory, init + c.off_memory + i * c.W, c.W) &&
+                  (usage_offset < 0 || to_bits(init[usage_offset]) == to_bits(init[usage_offset + i]));
+    }
+    for (int64_t i : changed_rows) changed[i] = 0;
+    changed_rows.clear();
+    for (int64_t i = 0; i < c.N; ++i)
+      if (!uniform || !pristine(c, s, init, usage_offset, i)) mark(i);
+  }
+
+  void mark(int64_t i) {
+    if (!changed[i]) {
+      changed[i] = 1;
+      changed_rows.push_back(i);
+    }
+  }
+
+  // The rows a search over every slot has to visit: the changed ones and the K lowest pristine ones.
+  const std::vector<int64_t>& candidate_rows(int64_t n, int64_t k) {
+    candidates.assign(changed_rows.begin(), changed_rows.end());
+    for (int64_t i = 0, pristine_rows = 0; i < n && pristine_rows < k; ++i)
+      if (!changed[i]) {
+        candidates.push_back(i);
+        ++pristine_rows;
+      }
+    return candidates;
+  }
+
+  // The K largest content logits beta_h cos(key_h, M_i) over every row of heads [h0, h1), into
+  // best[h]. The dot products accumulate down the block's columns, so the loops run along the rows
+  // (vectorised) with no reduction across a word.
+  void scan(const SmemConfig& c, const F* mem, int64_t h0, int64_t h1, BestK<F>* best) {
+    const int64_t w = c.W;
+    const std::vector<int64_t>& rows = candidate_rows(c.N, c.top_k);
+    for (int64_t h = h0; h < h1; ++h) best[h].clear();
+    for (int64_t b0 = 0; b0 < int64_t(rows.size()); b0 += kScanBlock) {
+      const int64_t len = std::min(kScanBlock, int64_t(rows.size()) - b0);
+      const int64_t* at = rows.data() + b0;
+      for (int64_t i = 0; i < len; ++i) {
+        norms[i] = mnorm[at[i]];
+        for (int64_t j = 0; j < w; ++j) block[j * kScanBlock + i] = mem[at[i] * w + j];
+      }
+      for (int64_t h = h0; h < h1; ++h) {
+        F* RESTRICT y = logits.data() + h * kScanBlock;
+        std::fill(y, y + len, F(0));
+        for (int64_t j = 0; j < w; ++j) axpy(y, block.data() + j * kScanBlock, keys[h][j], len);
+        const F kn = knorms[h], beta = betas[h];
+        const F* RESTRICT nm = norms.data();
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) y[i] = beta * (y[i] / (kn * nm[i] + F(kCosineEps)));
+        for (int64_t i = 0; i < len; ++i)
+          if (best[h].beats_worst(y[i], at[i])) best[h].offer(y[i], at[i]);
+      }
+    }
+  }
+
+  // Row i of the memory mem was written.
+  void written(const SmemConfig& c, const F* mem, int64_t i) {
+    mark(i);
+    row_norms(mnorm.data() + i, mem + i * c.W, 1, c.W);
+  }
+};
 
 template <typename F>
 void gather_rows(const F* mem, const int64_t* slots, int64_t count, int64_t w, F* out) {
@@ -1622,9 +1722,7 @@ struct SparseNtm : CoreView {
 
   // One batch row's working storage, reused from row to row.
   struct Work {
-    std::vector<F> mnorm;                        // norms of the memory rows (forward)
-    std::vector<F> memory_t;                     // the memory transposed, (W, N): a content scan streams it
-    std::vector<F> logits;                       // one block of rows' content logits, per head
+    ScanRows<F> scan;                            // content scans (forward)
     std::vector<std::vector<int64_t>> support;   // each head's slots with a non-zero weight
     std::vector<BestK<F>> best;                  // each head's choice
     SlotMap<F> wc, wg, ws, dwg, prev;            // one head's location addressing
@@ -1636,8 +1734,7 @@ struct SparseNtm : CoreView {
 
   Work work() const {
     const int64_t n = c.N, w = c.W, m = std::max(k, rows);
-    return Work{std::vector<F>(n), std::vector<F>(n * w), std::vector<F>(heads * kScanBlock),
-                std::vector<std::vector<int64_t>>(heads), std::vector<BestK<F>>(heads, BestK<F>(k)),
+    return Work{ScanRows<F>(c, heads), std::vector<std::vector<int64_t>>(heads), std::vector<BestK<F>>(heads, BestK<F>(k)),
                 SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n),
                 std::vector<std::vector<int64_t>>(heads), std::vector<uint8_t>(heads, 0), std::vector<int64_t>(m),
                 std::vector<F>(m * w), std::vector<F>(m * w), std::vector<F>(m), std::vector<F>(m),
@@ -1657,55 +1754,31 @@ struct SparseNtm : CoreView {
     for (int64_t h = 0; h < heads; ++h) nonzero_slots(ntm.weights_of(s, h), c.N, wk.support[h]);
   }
 
-  // A row's working state (in s, updated in place by forward) from a flat state.
-  void load(const F* from, F* s, Work& wk) const {
-    load_for_scans(c, from, s, wk.mnorm, wk.memory_t);
+  // A row's working state (in s, updated in place by forward) from a flat state; init: the initial row.
+  void load(const F* from, const F* init, F* s, Work& wk) const {
+    wk.scan.load(c, from, init, -1, s);
     find_support(s, wk);
   }
 
-  // Content logits beta cos(key, M_i) of every head for the rows [i0, i0 + len), into wk.logits:
-  // the dot products accumulate down the transposed memory's columns, so the loops run along N
-  // (vectorised) with no reduction across a word. Equal rows get equal logits, as ties need.
-  void block_logits(const F* act, const F* tape, int64_t i0, int64_t len, Work& wk) const {
-    const int64_t n = c.N, w = c.W;
-    for (int64_t h = 0; h < heads; ++h) {
-      F* RESTRICT y = wk.logits.data() + h * kScanBlock;
-      const F* key = act + h * hp;
-      std::fill(y, y + len, F(0));
-      for (int64_t j = 0; j < w; ++j) axpy(y, wk.memory_t.data() + j * n + i0, key[j], len);
-      const F kn = tape[L.knorm + h], beta = key[w];
-      const F* RESTRICT norms = wk.mnorm.data() + i0;
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) y[i] = beta * (y[i] / (kn * norms[i] + F(kCosineEps)));
-    }
-  }
-
-  // Content addressing of all heads in one pass over the rows, each head keeping its K largest
-  // logits; then content_forward on the chosen rows (the softmax over them).
+  // Content addressing of all heads in one scan, each head keeping its K largest logits; then
+  // content_forward on the chosen rows (the softmax over them).
   void content_select(const F* mem, const F* act, F* tape, Work& wk) const {
-    const int64_t n = c.N, w = c.W;
+    const int64_t w = c.W;
+    ScanRows<F>& scan = wk.scan;
     for (int64_t h = 0; h < heads; ++h) {
       const F* a = act + h * hp;
-      tape[L.knorm + h] = std::sqrt(dot(a, a, w));
-      wk.best[h].clear();
+      scan.keys[h] = a;
+      scan.betas[h] = a[w];
+      scan.knorms[h] = tape[L.knorm + h] = std::sqrt(dot(a, a, w));
     }
-    for (int64_t i0 = 0; i0 < n; i0 += kScanBlock) {
-      const int64_t len = std::min(kScanBlock, n - i0);
-      block_logits(act, tape, i0, len, wk);
-      for (int64_t h = 0; h < heads; ++h) {
-        BestK<F>& best = wk.best[h];
-        const F* y = wk.logits.data() + h * kScanBlock;
-        for (int64_t i = 0; i < len; ++i)
-          if (best.beats_worst(y[i], i0 + i)) best.offer(y[i], i0 + i);
-      }
-    }
+    scan.scan(c, mem, 0, heads, wk.best.data());
     int64_t* slots = wk.slots.data();
     for (int64_t h = 0; h < heads; ++h) {
       const F* a = act + h * hp;
       wk.best[h].slots_ascending(slots);
       for (int64_t j = 0; j < k; ++j) {
         tape[L.sel + h * k + j] = F(slots[j]);
-        wk.norms[j] = wk.mnorm[slots[j]];
+        wk.norms[j] = wk.scan.mnorm[slots[j]];
       }
       gather_rows(mem, slots, k, w, wk.rows.data());
       content_forward(wk.rows.data(), wk.norms.data(), a, a[w], k, w, tape + L.knorm + h, tape + L.cos + h * k,
@@ -1806,8 +1879,7 @@ struct SparseNtm : CoreView {
     write_forward(tape + L.uold, wk.ww.data(), erase, erase + c.Hw * w, c.Hw, count, w, tape + L.unew);
     for (int64_t j = 0; j < count; ++j) {
       std::copy(tape + L.unew + j * w, tape + L.unew + (j + 1) * w, mem + slots[j] * w);
-      row_norms(wk.mnorm.data() + slots[j], mem + slots[j] * w, 1, w);
-      for (int64_t q = 0; q < w; ++q) wk.memory_t[q * c.N + slots[j]] = tape[L.unew + j * w + q];
+      wk.scan.written(c, mem, slots[j]);
     }
   }
 
@@ -2019,7 +2091,7 @@ struct SparseDnc : CoreView {
 
   // One batch row's working storage, reused from row to row.
   struct Work {
-    std::vector<F> mnorm, memory_t, logits;  // content scans, as the sparse NTM's
+    ScanRows<F> scan;                        // content scans and allocation
     std::vector<BestK<F>> best;              // per scanning head; best[heads] takes the K least used
     SlotMap<F> ww, prev, bwd, fwd, mix, content, dw;  // weightings over N
     std::vector<std::vector<int64_t>> support;        // read heads, write head, precedence: non-zero slots
@@ -2034,8 +2106,7 @@ struct SparseDnc : CoreView {
   Work work() const {
     const int64_t n = c.N, w = c.W, m = 2 * k, fields = c.R + 2;
     BestK<F> one(k);
-    return Work{std::vector<F>(n), std::vector<F>(n * w), std::vector<F>(heads * kScanBlock),
-                std::vector<BestK<F>>(heads + 1, one),
+    return Work{ScanRows<F>(c, heads), std::vector<BestK<F>>(heads + 1, one),
                 SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n), SlotMap<F>(n),
                 std::vector<std::vector<int64_t>>(fields), std::vector<std::vector<int64_t>>(fields),
                 std::vector<uint8_t>(fields, 0), std::vector<int64_t>(m), std::vector<int64_t>(k),
@@ -2057,33 +2128,21 @@ struct SparseDnc : CoreView {
     for (int64_t f = 0; f < c.R + 2; ++f) nonzero_slots(field(s, f), c.N, wk.support[f]);
   }
 
-  void load(const F* from, F* s, Work& wk) const {
-    load_for_scans(c, from, s, wk.mnorm, wk.memory_t);
+  void load(const F* from, const F* init, F* s, Work& wk) const {
+    wk.scan.load(c, from, init, c.off_usage, s);
     find_support(s, wk);
   }
 
-  // Content logits beta cos(key, M_i) of the scanning heads [h0, h1) for rows [i0, i0 + len), as the
-  // sparse NTM's block_logits; keys at act + h W with strengths at act[dnc.strengths + h].
-  void scan_heads(const F* act, F* knorms, int64_t h0, int64_t h1, Work& wk) const {
-    const int64_t n = c.N, w = c.W;
+  // Each scanning head's K best content logits in [h0, h1) (ScanRows::scan): keys at act + h W,
+  // strengths at act[dnc.strengths + h].
+  void scan_heads(const F* mem, const F* act, int64_t h0, int64_t h1, Work& wk) const {
+    ScanRows<F>& scan = wk.scan;
     for (int64_t h = h0; h < h1; ++h) {
-      knorms[h - h0] = std::sqrt(dot(act + h * w, act + h * w, w));
-      wk.best[h].clear();
+      scan.keys[h] = act + h * c.W;
+      scan.betas[h] = act[dnc.strengths + h];
+      scan.knorms[h] = std::sqrt(dot(act + h * c.W, act + h * c.W, c.W));
     }
-    for (int64_t i0 = 0; i0 < n; i0 += kScanBlock) {
-      const int64_t len = std::min(kScanBlock, n - i0);
-      for (int64_t h = h0; h < h1; ++h) {
-        F* RESTRICT y = wk.logits.data() + h * kScanBlock;
-        std::fill(y, y + len, F(0));
-        for (int64_t j = 0; j < w; ++j) axpy(y, wk.memory_t.data() + j * n + i0, act[h * w + j], len);
-        const F kn = knorms[h - h0], beta = act[dnc.strengths + h];
-        const F* RESTRICT norms = wk.mnorm.data() + i0;
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) y[i] = beta * (y[i] / (kn * norms[i] + F(kCosineEps)));
-        for (int64_t i = 0; i < len; ++i)
-          if (wk.best[h].beats_worst(y[i], i0 + i)) wk.best[h].offer(y[i], i0 + i);
-      }
-    }
+    scan.scan(c, mem, h0, h1, wk.best.data());
   }
 
   // content_forward on head h's K best rows: their slots (ascending), cosines and softmax weights.
@@ -2092,7 +2151,7 @@ struct SparseDnc : CoreView {
     wk.best[h].slots_ascending(slots);
     for (int64_t j = 0; j < k; ++j) {
       sel[j] = F(slots[j]);
-      wk.norms[j] = wk.mnorm[slots[j]];
+      wk.norms[j] = wk.scan.mnorm[slots[j]];
     }
     gather_rows(mem, slots, k, c.W, wk.rows.data());
     content_forward(wk.rows.data(), wk.norms.data(), act + h * c.W, act[dnc.strengths + h], k, c.W, knorm, cos, wc);
@@ -2114,7 +2173,9 @@ struct SparseDnc : CoreView {
       const F u1 = usage[q] + ww[q] - usage[q] * ww[q];
       F keep = F(1);
       for (int64_t r = 0; r < c.R; ++r) keep *= F(1) - free_gates[r] * field(s, r)[q];
+      const F before = usage[q];
       usage[q] = u1 * keep;
+      if (!log && to_bits(usage[q]) != to_bits(before)) wk.scan.mark(q);  // the forward pass's scans
     }
     touched.clear();
   }
@@ -2125,7 +2186,7 @@ struct SparseDnc : CoreView {
     BestK<F>& least = wk.best[heads];
     least.clear();
     const F* usage = s + c.off_usage;
-    for (int64_t i = 0; i < c.N; ++i) {
+    for (int64_t i : wk.scan.candidate_rows(c.N, k)) {  // pristine slots' usages are alike
       const F eased = F(kUsageEps) + (F(1) - F(kUsageEps)) * usage[i];
       if (least.beats_worst(-eased, i)) least.offer(-eased, i);
     }
@@ -2194,8 +2255,7 @@ struct SparseDnc : CoreView {
     write_forward(tape + L.uold, tape + L.wwval, act + dnc.gates, act + c.R * w + w, 1, k, w, tape + L.unew);
     for (int64_t j = 0; j < k; ++j) {
       std::copy(tape + L.unew + j * w, tape + L.unew + (j + 1) * w, mem + slots[j] * w);
-      row_norms(wk.mnorm.data() + slots[j], mem + slots[j] * w, 1, w);
-      for (int64_t q = 0; q < w; ++q) wk.memory_t[q * c.N + slots[j]] = tape[L.unew + j * w + q];
+      wk.scan.written(c, mem, slots[j]);
     }
   }
 
@@ -2368,8 +2428,7 @@ struct SparseDnc : CoreView {
     core_interface_forward(dnc, wt, projected, s, tape, s);  // the controller reads its fields before writing them
     const F* act = tape + L.act;
     update_usage_sparse(s, act, wk, nullptr);
-    F* knorms = wk.scratch.data();
-    scan_heads(act, knorms, R, R + 1, wk);
+    scan_heads(s + c.off_memory, act, R, R + 1, wk);
     content_rows(s + c.off_memory, act, R, tape + L.wsel, tape + L.wknorm, tape + L.wcos, tape + L.cw, wk);
     allocate(s, tape, wk);
     write_weighting(act, tape, wk);
@@ -2377,7 +2436,7 @@ struct SparseDnc : CoreView {
     precedence_columns(s, wk);
     update_link(s, wk, nullptr);
     update_precedence_sparse(s, tape, wk);
-    scan_heads(act, knorms, 0, R, wk);
+    scan_heads(s + c.off_memory, act, 0, R, wk);
     for (int64_t r = 0; r < R; ++r)
       content_rows(s + c.off_memory, act, r, tape + L.rsel + r * k, tape + L.rknorm + r, tape + L.rcos + r * k,
                    tape + L.rc + r * k, wk);
@@ -2825,9 +2884,9 @@ struct ForwardCall {
     std::vector<F> scratch_record(tape ? 0 : L.size), projected(c.G);
     for (int64_t row = 0; row < B; ++row) {
       F* s = state_T + row * D;
-      core.load(state0 + row * D, s, wk);
+      core.load(state0 + row * D, init, s, wk);
       for (int64_t t = 0; t < T; ++t) {
-        if (b.starts && b.starts[t * B + row]) core.load(init, s, wk);
+        if (b.starts && b.starts[t * B + row]) core.load(init, init, s, wk);
         F* record = tape ? tape + (row * T + t) * L.size : scratch_record.data();
         core.forward(wt, step_input(c, b, wt, t, row, projected.data()), s, record, features + (t * B + row) * FD, wk);
       }
