@@ -283,3 +283,12 @@ def test_sparse_cores_run_native_kernels_unless_an_option_needs_the_reference():
     assert make_cell(DNCCell, sparse_top_k=4)._native_for(torch.zeros(1, 1, INPUT_DIM)) is not None
     repaired = make_cell(DNCCell, sparse_top_k=4, deallocate=True)
     assert "deallocate" in str(repaired._native_unsupported())
+
+
+def test_an_empty_link_row_names_its_own_slot_and_the_next_k_minus_1():
+    """The layout the kernels rely on: a write to slot j reaches only the empty rows naming j, j-k+1..j."""
+    index = addressing.initial_link_index(2, 5, 3)
+    expected = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 0], [4, 0, 1]])
+    assert torch.equal(index[0], expected) and torch.equal(index[1], expected)
+    naming_3 = {row for row in range(5) if 3 in index[0, row].tolist()}
+    assert naming_3 == {1, 2, 3}

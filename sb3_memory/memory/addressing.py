@@ -402,8 +402,14 @@ def sparse_update_link(
 
 
 def initial_link_index(batch: int, n: int, k: int, device: Optional[torch.device] = None) -> Tensor:
-    """Column indices of an empty sparse link: ``0..k-1`` in every row (distinct, as :func:`sparse_update_link` needs)."""
-    return torch.arange(k, device=device).expand(batch, n, k)
+    """
+    Column indices of an empty sparse link: row ``i`` names ``i..i+k-1`` (mod ``n``), distinct as
+    :func:`sparse_update_link` needs. Its values are 0, so any distinct columns give the same link;
+    with these a write to slot ``j`` reaches only the empty rows ``j-k+1..j``, which is what lets
+    the kernels visit the rows written so far instead of all ``n``.
+    """
+    rows, offsets = torch.arange(n, device=device).view(n, 1), torch.arange(k, device=device)
+    return ((rows + offsets) % n).expand(batch, n, k)
 
 
 def sparse_directional_weights(values: Tensor, index: Tensor, prev_read_weights: Tensor) -> tuple[Tensor, Tensor]:

@@ -1545,6 +1545,14 @@ void nonzero_slots(const F* weights, int64_t n, std::vector<int64_t>& out) {
     if (weights[i] != F(0)) out.push_back(i);
 }
 
+// Whether a[0, n) and b[0, n) hold the same bits (so -0 differs from 0, and a NaN equals itself).
+template <typename F>
+bool same_bits(const F* a, const F* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (to_bits(a[i]) != to_bits(b[i])) return false;
+  return true;
+}
+
 // What a sparse core's content scans (and the DNC's allocation) read, per batch row. memory_init
 // makes every row of the initial memory alike, and a row nobody has written since (a "pristine"
 // row) still equals it: all pristine rows score alike, so a scan visits the rows that changed and
@@ -1572,16 +1580,10 @@ struct ScanRows {
         betas(heads),
         knorms(heads) {}
 
-  static bool same(const F* a, const F* b, int64_t n) {
-    for (int64_t i = 0; i < n; ++i)
-      if (to_bits(a[i]) != to_bits(b[i])) return false;
-    return true;
-  }
-
   // Slot i is pristine in state s: its memory row (and its usage, at usage_offset >= 0) as init's.
   static bool pristine(const SmemConfig& c, const F* s, const F* init, int64_t usage_offset, int64_t i) {
     const bool usage_same = usage_offset < 0 || to_bits(s[usage_offset + i]) == to_bits(init[usage_offset + i]);
-    return usage_same && same(s + c.off_memory + i * c.W, init + c.off_memory + i * c.W, c.W);
+    return usage_same && same_bits(s + c.off_memory + i * c.W, init + c.off_memory + i * c.W, c.W);
   }
 
   // A row's working state (into s) from a flat state, with its rows' norms and which rows changed.
@@ -1592,7 +1594,7 @@ struct ScanRows {
       checked = init;
       uniform = true;
       for (int64_t i = 1; i < c.N && uniform; ++i)
-        uniform = same(init + c.off_memory, init + c.off_memory + i * c.W, c.W) &&
+        uniform = same_bits(init + c.off_memory, init + c.off_memory + i * c.W, c.W) &&
                   (usage_offset < 0 || to_bits(init[usage_offset]) == to_bits(init[usage_offset + i]));
     }
     for (int64_t i : changed_rows) changed[i] = 0;
@@ -1910,7 +1912,7 @@ struct SparseNtm : CoreView {
   using Carry = StateCarry<F>;
   using Log = std::vector<F>;  // nothing: the tape's undo log suffices
 
-  void begin_segment(const F* start, F* s, Work& wk) const {
+  void begin_segment(const F* start, const F* /*init*/, F* s, Work& wk) const {
     std::copy(start, start + c.D, s);
     find_support(s, wk);
   }
@@ -2089,6 +2091,24 @@ struct SparseDnc : CoreView {
   SparseDnc(const SmemConfig& config, const Tape& tape)
       : CoreView{config, tape}, dnc(config, tape), k(config.top_k), heads(config.R + 1) {}
 
+  // The link rows that may differ from the initial link's, so that the link's passes visit them
+  // and not all N. The initial link (values 0, row i naming columns i..i+K-1 mod N, as
+  // addressing.initial_link_index lays it out) changes under a write to slot j only in row j and
+  // in the rows naming j, j-K+1..j; with any other initial link every row counts.
+  struct LinkRows {
+    std::vector<uint8_t> in, seen;
+    std::vector<int64_t> rows, candidates;
+    const F* checked = nullptr;          // the initial row last checked, and whether its link is laid out so
+    bool laid_out = false;
+    explicit LinkRows(int64_t n) : in(n, 0), seen(n, 0) {}
+    void mark(int64_t i) {
+      if (!in[i]) {
+        in[i] = 1;
+        rows.push_back(i);
+      }
+    }
+  };
+
   // One batch row's working storage, reused from row to row.
   struct Work {
     ScanRows<F> scan;                        // content scans and allocation
@@ -2099,8 +2119,9 @@ struct SparseDnc : CoreView {
     std::vector<uint8_t> dense_gradient;
     std::vector<int64_t> slots, cols, positions;
     std::vector<F> rows, drows, norms, dnorms, pcol, row_v, row_i, keep, others, dact, dout, dreads, ctrl;
-    std::vector<F> scratch;  // the scanning heads' key norms, then the backward pass's 3K
+    std::vector<F> scratch;  // the backward pass's 3K
     std::vector<F> wgrad;    // backward: each new weighting's gradient at its K slots (R + 2 rows)
+    LinkRows links;
   };
 
   Work work() const {
@@ -2114,7 +2135,7 @@ struct SparseDnc : CoreView {
                 std::vector<F>(k), std::vector<F>(k), std::vector<F>(m), std::vector<F>(m), std::vector<F>(w),
                 std::vector<F>(w), std::vector<F>(c.P), std::vector<F>(c.C), std::vector<F>(c.R * w),
                 std::vector<F>(controller_scratch_size(c)), std::vector<F>(std::max(3 * k, heads)),
-                std::vector<F>((c.R + 2) * k)};
+                std::vector<F>((c.R + 2) * k), LinkRows(n)};
   }
 
   // The weighting fields of a flat state: read head h < R, the write head (R), the precedence (R + 1).
@@ -2131,6 +2152,28 @@ struct SparseDnc : CoreView {
   void load(const F* from, const F* init, F* s, Work& wk) const {
     wk.scan.load(c, from, init, c.off_usage, s);
     find_support(s, wk);
+    find_link_rows(s, init, wk);
+  }
+
+  // The rows of s's link that differ from init's (LinkRows).
+  void find_link_rows(const F* s, const F* init, Work& wk) const {
+    LinkRows& links = wk.links;
+    const int64_t n = c.N;
+    const F *values = s + c.off_link_values, *index = s + c.off_link_index;
+    const F *init_values = init + c.off_link_values, *init_index = init + c.off_link_index;
+    if (init != links.checked) {
+      links.checked = init;
+      links.laid_out = true;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t m = 0; m < k; ++m)
+          links.laid_out &= to_bits(init_values[i * k + m]) == to_bits(F(0)) && int64_t(init_index[i * k + m]) == wrap(i + m, n);
+    }
+    for (int64_t i : links.rows) links.in[i] = 0;
+    links.rows.clear();
+    for (int64_t i = 0; i < n; ++i)
+      if (!links.laid_out || !same_bits(values + i * k, init_values + i * k, k) ||
+          !same_bits(index + i * k, init_index + i * k, k))
+        links.mark(i);
   }
 
   // Each scanning head's K best content logits in [h0, h1) (ScanRows::scan): keys at act + h W,
@@ -2314,12 +2357,25 @@ struct SparseDnc : CoreView {
     return false;
   }
 
-  // The link update over the rows it changes (in place), logging them before the step when asked.
+  // The link update over the rows it changes (in place), logging them before the step when asked:
+  // of the rows changed before and the rows the written slots' writes reach (LinkRows).
   void update_link(F* s, Work& wk, std::vector<F>* log) const {
     F *values = s + c.off_link_values, *index = s + c.off_link_index;
     F* new_entries = wk.row_i.data();  // K values, then K indices
     int64_t* positions = wk.positions.data();
-    for (int64_t i = 0; i < c.N; ++i) {
+    LinkRows& links = wk.links;
+    links.candidates.clear();
+    auto consider = [&links](int64_t i) {
+      if (!links.seen[i]) {
+        links.seen[i] = 1;
+        links.candidates.push_back(i);
+      }
+    };
+    for (int64_t i : links.rows) consider(i);
+    for (int64_t q : wk.ww.slots)
+      for (int64_t m = 0; m < k; ++m) consider(wrap(q - m, c.N));  // row q itself, and the initial rows naming q
+    for (int64_t i : links.candidates) {
+      links.seen[i] = 0;
       F *v = values + i * k, *idx = index + i * k;
       if (!link_row_changes(i, idx, wk.ww)) continue;
       if (log) {
@@ -2330,6 +2386,7 @@ struct SparseDnc : CoreView {
       link_row(i, v, idx, wk.ww, wk, new_entries, new_entries + k, positions);
       std::copy(new_entries, new_entries + k, v);
       std::copy(new_entries + k, new_entries + 2 * k, idx);
+      links.mark(i);
     }
   }
 
@@ -2364,7 +2421,7 @@ struct SparseDnc : CoreView {
     wk.fwd.clear();
     for (int64_t i : wk.support[r])
       for (int64_t m = 0; m < k; ++m) wk.bwd.add(int64_t(index[i * k + m]), prev[i] * values[i * k + m]);
-    for (int64_t i = 0; i < c.N; ++i) {
+    for (int64_t i : wk.links.rows) {  // an initial row's values are all 0
       F f = 0;
       bool linked = false;
       for (int64_t m = 0; m < k; ++m) {
@@ -2592,7 +2649,7 @@ struct SparseDnc : CoreView {
   // changed rows (link_log, before the step) are reverted. dww: the write weighting's gradient
   // (over N); dp: the new precedence's gradient at its slots (take_output_gradients).
   void precedence_link_backward(F* s, const F* tape, const std::vector<F>& link_log, const F* dp, F* dacc,
-                                Work& wk) const {
+                                bool whole, Work& wk) const {
     const F* prec = field(s, c.R + 1);
     F wsum = 0;
     for (int64_t j = 0; j < k; ++j) wsum += tape[L.wwval + j];
@@ -2606,10 +2663,13 @@ struct SparseDnc : CoreView {
     for (int64_t j = 0; j < k; ++j) wk.dw.add(int64_t(tape[L.wwslot + j]), dsum);
     precedence_columns(s, wk);
     F *values = s + c.off_link_values, *index = s + c.off_link_index, *dlink = dacc + c.off_link_values;
-    // The update holds every row's diagonal entry at 0, changed or not: nothing flows back through it.
-    for (int64_t i = 0; i < c.N; ++i)
-      for (int64_t m = 0; m < k; ++m)
-        if (int64_t(index[i * k + m]) == i) dlink[i * k + m] = F(0);
+    // The update holds every row's diagonal entry at 0, changed or not: nothing flows back through
+    // it. A diagonal entry's gradient reaches nothing else (the revert below skips it), so clearing
+    // them where the gradient leaves, the segment's first state, is enough: O(N K) once a segment.
+    if (whole)
+      for (int64_t i = 0; i < c.N; ++i)
+        for (int64_t m = 0; m < k; ++m)
+          if (int64_t(index[i * k + m]) == i) dlink[i * k + m] = F(0);
     int64_t* positions = wk.positions.data();
     F* unused = wk.row_i.data();
     for (size_t at = 0; at < link_log.size(); at += 1 + 2 * k) {
@@ -2745,9 +2805,10 @@ struct SparseDnc : CoreView {
     }
   };
 
-  void begin_segment(const F* start, F* s, Work& wk) const {
+  void begin_segment(const F* start, const F* init, F* s, Work& wk) const {
     std::copy(start, start + c.D, s);
     find_support(s, wk);
+    find_link_rows(s, init, wk);
   }
 
   void replay(F* s, const F* tape, Work& wk, Log& log) const { replay(s, tape, wk, log.usage, log.link); }
@@ -2778,7 +2839,7 @@ struct SparseDnc : CoreView {
       wk.ww.add(q, tape[L.wwval + j]);
       wk.dw.add(q, dweights[c.R * k + j]);
     }
-    precedence_link_backward(s, tape, log.link, dweights + (c.R + 1) * k, dacc, wk);
+    precedence_link_backward(s, tape, log.link, dweights + (c.R + 1) * k, dacc, whole, wk);
     write_backward_sparse(s, tape, dacc, wk);
     usage_backward_sparse(s, act, log.usage, whole, dacc, wk);
     dnc.activate_backward(tape + L.raw, act, wk.dact.data(), tape + L.draw);
@@ -2984,7 +3045,7 @@ struct BackwardCall {
         int64_t begin = end - 1;
         while (begin > 0 && !reset(begin)) --begin;
         const F* start = reset(begin) ? init : state0 + row * D;
-        core.begin_segment(start, s.data(), wk);
+        core.begin_segment(start, init, s.data(), wk);
         for (int64_t t = begin; t < end; ++t) {
           logs[t].clear();
           core.replay(s.data(), record(t), wk, logs[t]);
