@@ -7,7 +7,8 @@ Usage: python scripts/bench_cores.py [--repeats 7] [--threads 1] [--reference] [
 Configurations follow the public NTM/DNC implementations' defaults so the numbers compare:
 DNC with a 64-unit LSTM controller, N=64, W=32, R=4, input 16; NTM with a 100-unit LSTM
 controller, N=128, W=20, one read and one write head, input 9; T=50 steps at batch 16.
-Rows: the default path (the native kernels), and on request the PyTorch reference path, eager
+Each call runs from a flat state, as the policies replay one from their buffer. Rows: the
+default path (the native kernels), and on request the PyTorch reference path, eager
 (``--reference``) and with ``compile_step=True`` (``--compile``), and sparse reads and writes
 (``--sparse-top-k K``, the cores' ``sparse_top_k``: their sparse kernels). ``--memory-units``
 makes the memory size an axis (NTM and DNC), ``--memory-unit-size`` sets W. The paths alternate
@@ -41,9 +42,11 @@ MAX_STATE_BYTES = 2**30
 
 
 def time_once(core: Any, x: torch.Tensor, starts: torch.Tensor) -> float:
+    # From a flat state, as training replays one from the buffer: building it is not timed.
+    flat = core.flatten_state(core.initial_state(x.shape[1]))
     core.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    features, _ = core.forward_sequence(x, core.initial_state(x.shape[1]), starts)
+    features, _ = core.forward_flat(x, flat, starts)
     features.square().mean().backward()
     return time.perf_counter() - start
 

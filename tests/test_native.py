@@ -670,3 +670,20 @@ def test_an_unknown_primitive_is_a_named_status():
     library.smem_primitive.restype = ctypes.c_int
     status = library.smem_primitive(b"sort", 0, None, None, None)
     assert native._interfaces[torch.float64].status_names[status] == "unknown_primitive"
+
+
+@pytest.mark.parametrize("name, kwargs", [("ntm", {}), ("dnc", {}), ("dnc", {"sparse_top_k": 3})])
+def test_a_state_without_grad_gets_none_and_the_same_parameter_gradients(name, kwargs):
+    """A state replayed from a buffer needs no gradient: the kernels skip writing it, nothing else changes."""
+    core_ = make_core(name, "lstm", torch.float64, **kwargs)
+    x, starts, flat = chunk(core_, torch.float64)
+    with_state = run(core_, "native", x, starts, flat)
+    core_.zero_grad(set_to_none=True)
+    features, final = core_.forward_flat(x, flat, starts)
+    assert not flat.requires_grad
+    generator = torch.Generator().manual_seed(1)
+    loss = (features * torch.randn(features.shape, generator=generator, dtype=x.dtype)).sum()
+    (loss + (final * torch.randn(final.shape, generator=generator, dtype=x.dtype)).sum()).backward()
+    assert flat.grad is None
+    for parameter_name, parameter in core_.named_parameters():
+        assert torch.equal(parameter.grad, with_state[parameter_name]), parameter_name

@@ -279,15 +279,17 @@ class NativeSequence:
         weights: tuple[Optional[Tensor], ...],
         d_features: Tensor,
         d_state: Optional[Tensor],
-    ) -> tuple[Tensor, Tensor, tuple[Optional[Tensor], ...]]:
+        state_grad: bool = True,
+    ) -> tuple[Tensor, Optional[Tensor], tuple[Optional[Tensor], ...]]:
         """
-        Gradients of the inputs, the initial state and the weights (``inputs``, ``state`` and
-        ``final``: the forward's; the sparse cores rebuild their memory from the states).
+        Gradients of the inputs, the initial state (None unless ``state_grad``: a stored state needs
+        none, and at large N it is the biggest tensor a call writes) and the weights (``inputs``,
+        ``state`` and ``final``: the forward's; the sparse cores rebuild their memory from the states).
         """
         batch, steps = tape.shape[0], tape.shape[1]
         config = self.config
         d_projected = tape.new_empty((steps, batch, config.G))
-        d_state0 = tape.new_empty((batch, config.D))
+        d_state0 = tape.new_empty((batch, config.D)) if state_grad else None
         status = self._call(
             self.library.smem_backward, steps, batch, starts=starts, init_row=self.init_row, tape=tape, state0=state,
             state_T=final,
@@ -363,6 +365,7 @@ class _FusedSequenceFunction(torch.autograd.Function):
             tuple(weights),
             d_features.contiguous(),
             None if d_final is None else d_final.contiguous(),
+            state_grad=ctx.needs_input_grad[3],
         )
         return (None, None, d_inputs, d_state0, *d_weights)
 

@@ -61,8 +61,8 @@ extern "C" {
 
 // Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
 // starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if
-// external-memory cores only; tape null = inference; d_state_T null = zero. The backward pass also
-// writes the tape's gradient fields (smem_tape_fields).
+// external-memory cores only; tape null = inference; d_state_T null = zero; d_state0 null = not
+// wanted. The backward pass also writes the tape's gradient fields (smem_tape_fields).
 #define SMEM_BUFFER_FIELDS(X)                                                                      \
   /* forward inputs */                                                                             \
   X(const void*, inputs) X(const void*, state0) X(const uint8_t*, starts) X(const void*, init_row)  \
@@ -3014,7 +3014,7 @@ struct BackwardCall {
         if (reset) std::fill(din.begin(), din.end(), F(0));
         std::swap(dout, din);
       }
-      std::copy(dout.begin(), dout.end(), dstate0 + row * D);
+      if (dstate0) std::copy(dout.begin(), dout.end(), dstate0 + row * D);
     }
     return kStatus_ok;
   }
@@ -3065,7 +3065,7 @@ struct BackwardCall {
       }
       dnext.put(c, dacc.data());
       core.finish_gradients(dacc.data());
-      std::copy(dacc.begin(), dacc.end(), dstate0 + row * D);
+      if (dstate0) std::copy(dacc.begin(), dacc.end(), dstate0 + row * D);
     }
     return kStatus_ok;
   }
