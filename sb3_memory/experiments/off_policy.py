@@ -101,8 +101,8 @@ TASKS: dict[str, dict[str, Any]] = {
 TASKS["repeat"] = dict(
     TASKS["tmaze"],
     env="sb3_memory/RepeatAfterDelay-v0",
-    env_kwargs=dict(delay=3),
-    about="delay=3, optimal 20, chance 2.5",
+    env_kwargs={},  # delay comes from --delay
+    about="optimal 20, chance 2.5",
     episodes=20,
     solved=18.0,
     agents={name: agent for name, agent in TASKS["tmaze"]["agents"].items() if "library defaults" not in name},
@@ -117,7 +117,10 @@ def make_env(task: dict[str, Any], seed: int, env_kwargs: dict[str, Any], n_envs
 
 
 def env_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(corridor_length=args.corridor_length) if args.task == "tmaze" else TASKS[args.task]["env_kwargs"]
+    """The task's difficulty: the T-maze's corridor, RepeatAfterDelay's delay (command line)."""
+    if args.task == "tmaze":
+        return dict(corridor_length=args.corridor_length)
+    return dict(delay=args.delay) if args.task == "repeat" else TASKS[args.task]["env_kwargs"]
 
 
 def recurrent_ppo(env_id: str, env: VecEnv, seed: int) -> Any:
@@ -136,7 +139,7 @@ def recurrent_ppo(env_id: str, env: VecEnv, seed: int) -> Any:
 
 def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     task = TASKS[args.task]
-    difficulty = f"_L{args.corridor_length}" if args.task == "tmaze" else ""
+    difficulty = f"_L{args.corridor_length}" if args.task == "tmaze" else (f"_D{args.delay}" if args.task == "repeat" else "")
     path = args.out / f"{agent.replace(' ', '_').replace(',', '')}{difficulty}_seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -175,7 +178,7 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     task = TASKS[args.task]
     plain = task["plain"].__name__
-    what = f"corridor_length={args.corridor_length}, {task['about']}" if args.task == "tmaze" else task["about"]
+    what = ", ".join([*(f"{key}={value}" for key, value in env_kwargs_of(args).items()), task["about"]])
     lines = [
         f"# {task['memory'].__name__} on {task['env']}",
         "",
@@ -211,7 +214,8 @@ def main() -> None:
     parser.add_argument("--agents", nargs="+", help="default: every agent of the task")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100_000)
-    parser.add_argument("--corridor-length", type=int, default=5)
+    parser.add_argument("--corridor-length", type=int, default=5, help="tmaze: the corridor's length")
+    parser.add_argument("--delay", type=int, default=3, help="repeat: how many steps back the agent must recall")
     parser.add_argument("--out", type=Path, default=Path("runs", "off_policy"))
     parser.add_argument("--table", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
