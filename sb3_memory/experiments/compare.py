@@ -87,6 +87,13 @@ ALGOS: dict[str, tuple[str, str, list[str], dict[str, Any]]] = {
         ["policy:'DNCPolicy'"],
         {"memory_units": 1024, "sparse_top_k": 8},
     ),
+    # Sparsity alone: the task entry's 64 slots, each step touching 8 (separates K from N).
+    "memory_ppo-dnc-sparse-n64": (
+        "memory_ppo",
+        "memory_ppo.yml",
+        ["policy:'DNCPolicy'"],
+        {"sparse_top_k": 8},
+    ),
     # Csordás and Schmidhuber's (2019) DNC repairs, all three (on the reference path, slower).
     "memory_ppo-dnc-repairs": (
         "memory_ppo",
@@ -107,6 +114,7 @@ CONTROLS = {
     "memory_ppo-dnc-repairs": "memory_ppo-lstm",
     "memory_ppo-ntm-sparse": "memory_ppo-lstm",
     "memory_ppo-dnc-sparse": "memory_ppo-lstm",
+    "memory_ppo-dnc-sparse-n64": "memory_ppo-lstm",
 }
 MEMORY_ALGOS = ("memory_ppo", "memory_a2c")
 ALGO_ORDER = list(ALGOS)  # table rows, legend and colours (an algorithm keeps its colour in every figure)

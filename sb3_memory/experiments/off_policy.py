@@ -33,9 +33,11 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
 from sb3_memory import MemoryDQN, MemorySAC
+from sb3_memory.common.callbacks import StopTrainingOnWallClock
 from sb3_memory.experiments.compare import print_table, t_interval, welch_p_value
 
 SEQUENCES, TRAIN_LENGTH = 32, 8
+WALL_CLOCK_STEP_CAP = 20  # an equal-time run stops at this many step budgets, if its time has not run out
 #: Per task: env, n_envs, evaluation episodes, the score that counts as solved, what every agent
 #: shares, the memory agents' burn-in and core, and the agents: name -> (memory policy or None, frames
 #: stacked). An agent named "..., library defaults" keeps only the core: the algorithm's defaults;
@@ -140,7 +142,8 @@ def recurrent_ppo(env_id: str, env: VecEnv, seed: int) -> Any:
 def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     task = TASKS[args.task]
     difficulty = f"_L{args.corridor_length}" if args.task == "tmaze" else (f"_D{args.delay}" if args.task == "repeat" else "")
-    path = args.out / f"{agent.replace(' ', '_').replace(',', '')}{difficulty}_seed{seed}.json"
+    timed = f"@{args.wall_clock:g}s-{args.clock}" if args.wall_clock else ""
+    path = args.out / f"{agent.replace(' ', '_').replace(',', '')}{difficulty}{timed}_seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     torch.set_num_threads(1)
@@ -167,16 +170,19 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
             policy, env, batch_size=SEQUENCES, burn_in=task["burn_in"], train_length=TRAIN_LENGTH, seed=seed,
             policy_kwargs=core, **task["common"],
         )  # fmt: skip
-    start = time.perf_counter()
-    model.learn(args.steps)
-    wall = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if args.wall_clock:  # equal time: as many steps as the time allows (at most WALL_CLOCK_STEP_CAP budgets)
+        model.learn(WALL_CLOCK_STEP_CAP * args.steps, callback=StopTrainingOnWallClock(args.wall_clock, args.clock))
+    else:
+        model.learn(args.steps)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     eval_env = make_env(task, seed + 1000, env_kwargs_of(args), 1, frames)
     score, _ = evaluate_policy(model, eval_env, n_eval_episodes=task["episodes"], deterministic=True)
     assert isinstance(score, float)
-    result = dict(agent=agent, seed=seed, steps=args.steps, score=score, wall_seconds=wall)
+    result = dict(agent=agent, seed=seed, steps=model.num_timesteps, score=score, wall_seconds=wall, cpu_seconds=cpu)
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
-    print(f"{agent} seed {seed}: {score:.2f} in {wall:.0f} s", flush=True)
+    print(f"{agent} seed {seed}: {score:.2f} in {wall:.0f} s, {model.num_timesteps} steps", flush=True)
     return result
 
 
@@ -184,16 +190,18 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     task = TASKS[args.task]
     plain = task["plain"].__name__
     what = ", ".join([*(f"{key}={value}" for key, value in env_kwargs_of(args).items()), task["about"]])
+    timed = getattr(args, "wall_clock", None)
+    budget = f"{timed:g} s of each run's own {args.clock} time (equal time)" if timed else f"{args.steps} steps"
     lines = [
         f"# {task['memory'].__name__} on {task['env']}",
         "",
         f"Made by `python scripts/off_policy.py {' '.join(sys.argv[1:])}`.",
-        f"{task['env']} ({what}), {args.steps} steps, {task['n_envs']} env(s); score: mean return of "
+        f"{task['env']} ({what}), {budget}, {task['n_envs']} env(s); score: mean return of "
         f"{task['episodes']} deterministic episodes of the final model; ± half-width of the 95% t-interval over "
         f"seeds; vs {plain}: difference and Welch's p; solved: seeds scoring >= {task['solved']:g}.",
         "",
-        f"| agent | seeds | score | per seed | vs {plain} | solved | wall (s) | steps/s |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| agent | seeds | score | per seed | vs {plain} | solved | steps | wall (s) | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     dqn = [r["score"] for r in results if r["agent"] == plain]
     for agent in task["agents"]:
@@ -204,11 +212,13 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         mean, half = t_interval(scores)
         versus = "-" if agent == plain or len(dqn) < 2 else f"{mean - np.mean(dqn):+.2f} (p={welch_p_value(scores, dqn):.3f})"
         wall = float(np.median([r["wall_seconds"] for r in runs]))
+        steps = float(np.median([r.get("steps", args.steps) for r in runs]))
+        rate = float(np.median([r.get("steps", args.steps) / r["wall_seconds"] for r in runs]))
         solved = sum(score >= task["solved"] for score in scores)
         per_seed = ", ".join(f"{score:.2f}" for score in scores)
         lines.append(
             f"| {agent} | {len(runs)} | {mean:.2f} ± {half:.2f} | {per_seed} | {versus} | {solved}/{len(runs)} "
-            f"| {wall:.0f} | {args.steps / wall:.0f} |"
+            f"| {steps:.0f} | {wall:.0f} | {rate:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -221,6 +231,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--corridor-length", type=int, default=5, help="tmaze: the corridor's length")
     parser.add_argument("--delay", type=int, default=3, help="repeat: how many steps back the agent must recall")
+    parser.add_argument("--wall-clock", type=float, help="train each run for this many seconds instead (equal time)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="--wall-clock's clock (cpu: the run's own)")
     parser.add_argument("--out", type=Path, default=Path("runs", "off_policy"))
     parser.add_argument("--table", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
