@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -747,7 +748,7 @@ def main() -> None:
     results = merge_results(kept, results)
     if not results:
         sys.exit("no finished runs to report")
-    write_report(results, args.out, "python scripts/compare.py " + " ".join(sys.argv[1:]))
+    write_report(results, args.out, "python scripts/compare.py " + shlex.join(sys.argv[1:]))
     print(f"wrote {args.out / 'comparison.md'} and {args.out / 'comparison.png'}")
 
 

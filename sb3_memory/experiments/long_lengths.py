@@ -12,6 +12,7 @@ Usage (``scripts/long_lengths.py`` runs :func:`main`):
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def main() -> None:
     lines = [
         "# Copying far longer sequences than trained",
         "",
-        f"Made by `python scripts/long_lengths.py {' '.join(sys.argv[1:])}`.",
+        f"Made by `python scripts/long_lengths.py {shlex.join(sys.argv[1:])}`.",
         f"{ENV}, trained on lengths 1-20; every episode here holds exactly L vectors. Mean bit accuracy of "
         f"{args.episodes} deterministic episodes per seed (0.5 is chance), mean over seeds ± half-width of the 95% "
         "t-interval, then per seed.",

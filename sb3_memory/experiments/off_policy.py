@@ -19,6 +19,7 @@ Usage (``scripts/off_policy.py`` runs :func:`main`):
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -195,7 +196,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"# {task['memory'].__name__} on {task['env']}",
         "",
-        f"Made by `python scripts/off_policy.py {' '.join(sys.argv[1:])}`.",
+        f"Made by `python scripts/off_policy.py {shlex.join(sys.argv[1:])}`.",
         f"{task['env']} ({what}), {budget}, {task['n_envs']} env(s); score: mean return of "
         f"{task['episodes']} deterministic episodes of the final model; ± half-width of the 95% t-interval over "
         f"seeds; vs {plain}: difference and Welch's p; solved: seeds scoring >= {task['solved']:g}.",

@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -242,7 +243,7 @@ def main() -> None:
     markdown = table(results, sorted({r["setting"] for r in results}, key=[*args.settings, "library"].index), args.policies)
     print(f"\n{caption}\n\n{markdown}")
     if args.table:
-        command = "python scripts/recipe.py " + " ".join(sys.argv[1:])
+        command = "python scripts/recipe.py " + shlex.join(sys.argv[1:])
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(f"# One generic recipe, several settings\n\nMade by `{command}`.\n{caption}.\n\n{markdown}\n")
     if any(math.isnan(r["mean"]) for r in results):

@@ -13,6 +13,7 @@ Usage (``scripts/supervised.py`` runs :func:`main`):
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -168,7 +169,7 @@ def main() -> None:
     markdown = table(curves)
     print(f"\n{caption}\n\n{markdown}")
     if args.table:
-        command = "python scripts/supervised.py " + " ".join(sys.argv[1:])
+        command = "python scripts/supervised.py " + shlex.join(sys.argv[1:])
         args.table.parent.mkdir(parents=True, exist_ok=True)
         with args.table.open("a") as file:
             file.write(f"\n## {task}\n\nMade by `{command}`.\n{caption}.\n\n{markdown}\n")
