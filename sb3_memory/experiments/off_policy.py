@@ -38,6 +38,7 @@ from sb3_memory.common.callbacks import StopTrainingOnWallClock
 from sb3_memory.experiments.compare import print_table, t_interval, welch_p_value
 
 SEQUENCES, TRAIN_LENGTH = 32, 8
+DIFFICULTY_TAGS = {"corridor_length": "L", "delay": "D"}  # in result file names
 WALL_CLOCK_STEP_CAP = 20  # an equal-time run stops at this many step budgets, if its time has not run out
 #: Per task: env, n_envs, evaluation episodes, the score that counts as solved, what every agent
 #: shares, the memory agents' burn-in and core, and the agents: name -> (memory policy or None, frames
@@ -142,7 +143,7 @@ def recurrent_ppo(env_id: str, env: VecEnv, seed: int) -> Any:
 
 def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     task = TASKS[args.task]
-    difficulty = f"_L{args.corridor_length}" if args.task == "tmaze" else (f"_D{args.delay}" if args.task == "repeat" else "")
+    difficulty = "".join(f"_{DIFFICULTY_TAGS[key]}{value}" for key, value in env_kwargs_of(args).items())  # _L5, _D3
     timed = f"@{args.wall_clock:g}s-{args.clock}" if args.wall_clock else ""
     path = args.out / f"{agent.replace(' ', '_').replace(',', '')}{difficulty}{timed}_seed{seed}.json"
     if path.exists():
