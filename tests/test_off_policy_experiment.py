@@ -2,10 +2,11 @@
 
 import argparse
 
+import numpy as np
 import pytest
 
 from sb3_memory.experiments.compare import welch_p_value
-from sb3_memory.experiments.off_policy import TASKS, recurrent_ppo, table
+from sb3_memory.experiments.off_policy import TASKS, evaluation_env, ppo_lstm_entry, recurrent_ppo, recurrent_ppo_env, table
 
 
 def test_table_scores_solved_counts_and_welch_p_against_the_plain_agent():
@@ -30,17 +31,35 @@ def test_every_task_compares_memory_agents_with_the_same_algorithm_without_memor
 
 @pytest.mark.parametrize("task_name", [name for name, task in TASKS.items() if "RecurrentPPO" in task["agents"]])
 def test_recurrent_ppo_reference_takes_the_tasks_zoo_entry(task_name):
-    import yaml
-    from stable_baselines3.common.env_util import make_vec_env
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.vec_env import VecNormalize
 
-    from sb3_memory.zoo_configs import config_path
+    from sb3_memory.zoo import _evaluate_policy_kwargs
 
-    env_id = TASKS[task_name]["env"]
-    entry = yaml.safe_load(config_path("ppo_lstm").read_text())[env_id]
-    model = recurrent_ppo(env_id, make_vec_env(env_id, n_envs=2, seed=0), seed=0)
-    assert (model.n_steps, model.batch_size, model.n_epochs) == (entry["n_steps"], entry["batch_size"], entry["n_epochs"])
-    assert (model.gamma, model.gae_lambda, model.ent_coef) == (entry["gamma"], entry["gae_lambda"], entry["ent_coef"])
-    assert model.policy.lstm_actor.hidden_size == 64 and model.policy.lstm_critic is None  # shared_lstm=True
+    task = TASKS[task_name]
+    entry = ppo_lstm_entry(task["env"])
+    env = recurrent_ppo_env(task, seed=0, env_kwargs=task["env_kwargs"])
+    model = recurrent_ppo(task["env"], env, seed=0)
+    defaults = RecurrentPPO("MlpLstmPolicy", "CartPole-v1", device="cpu")  # for the settings an entry leaves out
+    for key in ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "use_sde"):
+        assert getattr(model, key) == entry.get(key, getattr(defaults, key)), key
+    assert env.num_envs == entry["n_envs"] and isinstance(env, VecNormalize) == entry.get("normalize", False)
+    policy_kwargs = _evaluate_policy_kwargs(entry["policy_kwargs"])
+    assert model.policy.lstm_actor.hidden_size == policy_kwargs["lstm_hidden_size"]
+    separate_critic = policy_kwargs.get("enable_critic_lstm", True) and not policy_kwargs.get("shared_lstm", False)
+    assert (model.policy.lstm_critic is not None) == separate_critic
+
+
+def test_a_normalized_reference_is_scored_with_its_frozen_statistics_and_raw_returns():
+    task = TASKS["pendulum"]
+    train_env = recurrent_ppo_env(task, seed=0, env_kwargs={})
+    train_env.reset()
+    for _ in range(5):
+        train_env.step(np.zeros((train_env.num_envs, 1), dtype=np.float32))
+    env = evaluation_env(task, seed=1, env_kwargs={}, frames=1, train_env=train_env)
+    assert not env.training and not env.norm_reward
+    np.testing.assert_array_equal(env.obs_rms.mean, train_env.obs_rms.mean)
+    assert env.obs_rms is not train_env.obs_rms  # a copy: evaluating cannot move the training statistics
 
 
 def test_equal_time_table_reports_each_runs_steps():

@@ -31,7 +31,7 @@ import yaml
 from stable_baselines3 import DQN, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 
 from sb3_memory import MemoryDQN, MemorySAC
 from sb3_memory.common.callbacks import StopTrainingOnWallClock
@@ -97,6 +97,7 @@ TASKS: dict[str, dict[str, Any]] = {
             "MemorySAC-NTM": ("NTMPolicy", 1),
             "SAC": (None, 1),
             "SAC, 4 frames stacked": (None, 4),
+            "RecurrentPPO": ("RecurrentPPO", 1),
         },
     ),
 }
@@ -127,18 +128,43 @@ def env_kwargs_of(args: argparse.Namespace) -> dict[str, Any]:
     return dict(delay=args.delay) if args.task == "repeat" else TASKS[args.task]["env_kwargs"]
 
 
+def ppo_lstm_entry(env_id: str) -> dict[str, Any]:
+    """``env_id``'s entry in ``zoo_configs/ppo_lstm.yml``: RecurrentPPO's tuned settings."""
+    from sb3_memory.zoo_configs import config_path
+
+    return dict(yaml.safe_load(config_path("ppo_lstm").read_text())[env_id])
+
+
+def recurrent_ppo_env(task: dict[str, Any], seed: int, env_kwargs: dict[str, Any]) -> VecEnv:
+    """RecurrentPPO's training env as its zoo entry asks: the entry's ``n_envs`` and, with ``normalize``,
+    rl-zoo3's VecNormalize (its discount is the entry's gamma)."""
+    entry = ppo_lstm_entry(task["env"])
+    env = make_env(task, seed, env_kwargs, entry.get("n_envs", task["n_envs"]), 1)
+    return VecNormalize(env, gamma=entry["gamma"]) if entry.get("normalize") else env
+
+
 def recurrent_ppo(env_id: str, env: VecEnv, seed: int) -> Any:
     """sb3-contrib's RecurrentPPO with the hyperparameters of ``env_id``'s entry in ``zoo_configs/ppo_lstm.yml``."""
     from sb3_contrib import RecurrentPPO
 
     from sb3_memory.zoo import _evaluate_policy_kwargs
-    from sb3_memory.zoo_configs import config_path
 
-    entry = dict(yaml.safe_load(config_path("ppo_lstm").read_text())[env_id])
+    entry = ppo_lstm_entry(env_id)
     for key in ("env_kwargs", "n_envs", "n_timesteps", "normalize"):
         entry.pop(key, None)
     policy_kwargs = _evaluate_policy_kwargs(entry.pop("policy_kwargs", None))
     return RecurrentPPO(entry.pop("policy"), env, seed=seed, policy_kwargs=policy_kwargs, **entry)
+
+
+def evaluation_env(task: dict[str, Any], seed: int, env_kwargs: dict[str, Any], frames: int, train_env: VecEnv) -> VecEnv:
+    """One env for the final model's episodes; a normalized training env lends it its (frozen) observation
+    statistics, and returns are scored unnormalized."""
+    env = make_env(task, seed, env_kwargs, 1, frames)
+    if not isinstance(train_env, VecNormalize):
+        return env
+    env = VecNormalize(env, training=False, norm_obs=train_env.norm_obs, norm_reward=False)
+    env.obs_rms = train_env.obs_rms.copy()
+    return env
 
 
 def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -150,10 +176,12 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         return json.loads(path.read_text())
     torch.set_num_threads(1)
     policy, frames = task["agents"][agent]
-    env = make_env(task, seed, env_kwargs_of(args), task["n_envs"], frames)
     if policy == "RecurrentPPO":
+        env = recurrent_ppo_env(task, seed, env_kwargs_of(args))
         model: Any = recurrent_ppo(task["env"], env, seed)
-    elif policy == "QRDQN":
+    else:
+        env = make_env(task, seed, env_kwargs_of(args), task["n_envs"], frames)
+    if policy == "QRDQN":
         from sb3_contrib import QRDQN
 
         # rl-zoo3's classic-control entries take 10-25 quantiles; the default 200 made a gradient
@@ -178,7 +206,7 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     else:
         model.learn(args.steps)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    eval_env = make_env(task, seed + 1000, env_kwargs_of(args), 1, frames)
+    eval_env = evaluation_env(task, seed + 1000, env_kwargs_of(args), frames, env)
     score, _ = evaluate_policy(model, eval_env, n_eval_episodes=task["episodes"], deterministic=True)
     assert isinstance(score, float)
     result = dict(agent=agent, seed=seed, steps=model.num_timesteps, score=score, wall_seconds=wall, cpu_seconds=cpu)
