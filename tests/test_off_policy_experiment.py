@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from sb3_memory.experiments.compare import welch_p_value
-from sb3_memory.experiments.off_policy import TASKS, evaluation_env, ppo_lstm_entry, recurrent_ppo, recurrent_ppo_env, table
+from sb3_memory.experiments.off_policy import (
+    TASKS,
+    evaluation_env,
+    ppo_lstm_entry,
+    recurrent_ppo,
+    recurrent_ppo_env,
+    run_one,
+    table,
+)
 
 
 def test_table_scores_solved_counts_and_welch_p_against_the_plain_agent():
@@ -73,3 +81,13 @@ def test_equal_time_table_reports_each_runs_steps():
     assert "60 s of each run's own cpu time (equal time)" in text
     row = next(line for line in text.splitlines() if line.startswith("| DQN"))
     assert row.endswith("| 4000 | 60 | 100 |")  # medians: steps 4000, wall 60 s, rate of 100, 50 and 100 steps/s
+
+
+def test_a_recurrent_ppo_run_trains_on_its_entrys_envs_and_records_its_score(tmp_path):
+    """One rollout of RecurrentPPO on PendulumNoVel: the entry's 4 envs x 1024 steps, scored and saved."""
+    args = argparse.Namespace(task="pendulum", steps=1, wall_clock=None, clock="cpu", out=tmp_path)
+    result = run_one("RecurrentPPO", 0, args)
+    entry = ppo_lstm_entry("PendulumNoVel-v1")
+    assert result["steps"] == entry["n_envs"] * entry["n_steps"]
+    assert -2000 < result["score"] < 0  # a pendulum return, not a normalized one
+    assert run_one("RecurrentPPO", 0, args) == result  # the saved run is reused

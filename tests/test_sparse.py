@@ -85,6 +85,39 @@ def test_top_k_softmax_is_the_renormalised_top_k_of_the_softmax_and_its_gradient
     torch.testing.assert_close(addressing.top_k_softmax(logits, 12), torch.softmax(logits, dim=-1), rtol=0, atol=0)
 
 
+def test_hand_count_unwritten_once():
+    logits = torch.tensor([[[0.9, 0.2, 0.9, 0.4, 0.9]]])
+    unwritten = torch.tensor([[True, False, True, False, True]])
+    counted = addressing.count_unwritten_once(logits, unwritten)
+    inf = float("inf")
+    torch.testing.assert_close(counted, torch.tensor([[[0.9, 0.2, -inf, 0.4, -inf]]]))
+    # The top 3 of a fresh memory is one unwritten slot and the two written ones, not three copies of the same row.
+    weights = addressing.top_k_softmax(logits, 3, unwritten)
+    expected = torch.softmax(torch.tensor([0.9, 0.2, 0.4]), dim=-1)
+    torch.testing.assert_close(weights, torch.tensor([[[expected[0], expected[1], 0.0, expected[2], 0.0]]]))
+    # With every slot kept the weighting is the dense one (K = N).
+    torch.testing.assert_close(addressing.top_k_softmax(logits, 5, unwritten), torch.softmax(logits, dim=-1))
+
+
+def test_counting_unwritten_slots_once_gives_the_key_a_gradient_toward_the_written_ones():
+    """
+    A fresh memory ties every unwritten row (memory_init). When the key prefers them, the top K
+    holds K copies of the same row: the read is the initial row whatever the key, and the key gets
+    no gradient. Counted once, the written rows share the top K and the read depends on the key.
+    """
+    memory = torch.full((1, 8, 4), 1e-6)
+    memory[0, 5] = torch.tensor([1.0, -1.0, 0.5, -0.5])  # the one written row, unlike the key
+    memory[0, 6] = torch.tensor([-1.0, 0.5, 1.0, 0.0])
+    unwritten = (memory == 1e-6).all(-1)
+    key = torch.tensor([[[1.0, 1.0, 1.0, 1.0]]], requires_grad=True)  # cosine 1 with every unwritten row
+    for counted, has_gradient in ((None, False), (unwritten, True)):
+        weights = addressing.content_weights(memory, key, torch.tensor([[4.0]]), top_k=3, unwritten=counted)
+        read = addressing.read(memory, weights)
+        (gradient,) = torch.autograd.grad(read.sum(), key)
+        assert bool(gradient.abs().sum() > 1e-3) == has_gradient
+        assert int((weights[0, 0, :5] > 0).sum()) == (3 if counted is None else 1)
+
+
 def test_hand_sparse_allocation():
     usage = torch.tensor([[0.5, 0.1, 0.9, 0.3]])
     allocation = addressing.sparse_allocation_weights(usage, 2)
@@ -236,6 +269,25 @@ def test_sparse_core_differs_from_dense_and_keeps_k_slots_per_weighting(cls):
     else:
         # An NTM head's weighting stays a distribution over its K slots.
         torch.testing.assert_close(state.read_weights.sum(-1), torch.ones(3, 1))
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_a_sparse_dnc_reads_at_most_one_unwritten_slot_by_content(backend):
+    """
+    The first step's reads are content reads (no link yet) of a memory the write touched in K slots
+    at most: the unwritten rows are one candidate (addressing.count_unwritten_once), so a head's K
+    slots hold one unwritten slot and written ones, never K copies of the initial row.
+    """
+    cell = make_cell(DNCCell, memory_units=32, sparse_top_k=4, num_read_heads=4, backend=backend)
+    generator = torch.Generator().manual_seed(2)
+    state = cell.initial_state(64)
+    _, state = cell.forward_sequence(torch.randn(1, 64, INPUT_DIM, generator=generator), state)
+    unwritten = cell.unwritten_slots(state.memory)
+    assert unwritten is not None and bool(unwritten.any(-1).all()) and bool((~unwritten).any(-1).all())
+    on_unwritten = ((state.read_weights > 0) & unwritten.unsqueeze(1)).sum(-1)
+    assert int(on_unwritten.max()) == 1 and int(on_unwritten.min()) == 0  # each head: one, or only written slots
+    assert make_cell(DNCCell, sparse_top_k=16).unwritten_slots(state.memory[:, :16]) is None  # K = N: dense
+    assert make_cell(DNCCell).unwritten_slots(state.memory[:, :16]) is None
 
 
 def test_sparse_ntm_with_k_1_reads_one_slot_exactly():

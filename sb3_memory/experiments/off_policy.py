@@ -178,10 +178,11 @@ def run_one(agent: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     policy, frames = task["agents"][agent]
     if policy == "RecurrentPPO":
         env = recurrent_ppo_env(task, seed, env_kwargs_of(args))
-        model: Any = recurrent_ppo(task["env"], env, seed)
     else:
         env = make_env(task, seed, env_kwargs_of(args), task["n_envs"], frames)
-    if policy == "QRDQN":
+    if policy == "RecurrentPPO":
+        model: Any = recurrent_ppo(task["env"], env, seed)
+    elif policy == "QRDQN":
         from sb3_contrib import QRDQN
 
         # rl-zoo3's classic-control entries take 10-25 quantiles; the default 200 made a gradient

@@ -55,23 +55,45 @@ def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values.gather(-1, index), index
 
 
-def top_k_softmax(logits: Tensor, k: Optional[int] = None) -> Tensor:
+def count_unwritten_once(logits: Tensor, unwritten: Tensor) -> Tensor:
+    """
+    The logits with every unwritten slot but the lowest set to ``-inf``. Unwritten slots still hold
+    the initial memory, one value in every row, so they are one candidate for a sparse lookup, not
+    many: counted once, they leave the other K - 1 places of the top K to written slots, whose
+    similarities give the key a gradient (K tied copies of the same row would take the whole top K
+    of a fresh memory and give the key none).
+
+    :param logits: (B, H, N)
+    :param unwritten: (B, N) booleans, the slots that still hold the initial memory
+    :return: (B, H, N)
+    """
+    later = unwritten & (unwritten.cumsum(-1) > 1)
+    return logits.masked_fill(later.unsqueeze(-2), float("-inf"))
+
+
+def top_k_softmax(logits: Tensor, k: Optional[int] = None, unwritten: Optional[Tensor] = None) -> Tensor:
     """
     Softmax over the ``k`` largest logits of each row, 0 elsewhere: SAM's sparse content weighting
     (Rae et al., 2016). The same values as the renormalised top ``k`` of the full softmax, but the
     gradient reaches the ``k`` chosen logits only, exactly. ``k`` of ``None`` or ``>= N``: the softmax.
 
-    :param logits: (..., N)
+    :param logits: (B, H, N)
     :param k: logits kept per row
-    :return: (..., N), at most ``k`` non-zeros per row (ties: the lowest indices are kept, see :func:`top_k`)
+    :param unwritten: (B, N) booleans, slots holding the initial memory: with ``k < N`` they count
+        once (:func:`count_unwritten_once`); the other unwritten slots that fill the top ``k`` get 0
+    :return: (B, H, N), at most ``k`` non-zeros per row (ties: the lowest indices are kept, see :func:`top_k`)
     """
     if k is None or k >= logits.shape[-1]:
         return torch.softmax(logits, dim=-1)
+    if unwritten is not None:
+        logits = count_unwritten_once(logits, unwritten)
     values, index = top_k(logits, k)
     return torch.zeros_like(logits).scatter(-1, index, torch.softmax(values, dim=-1))
 
 
-def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, top_k: Optional[int] = None) -> Tensor:
+def content_weights(
+    memory: Tensor, keys: Tensor, strengths: Tensor, top_k: Optional[int] = None, unwritten: Optional[Tensor] = None
+) -> Tensor:
     """
     Content-based addressing: softmax over slots of ``strength * cosine(key, row)``.
 
@@ -79,13 +101,20 @@ def content_weights(memory: Tensor, keys: Tensor, strengths: Tensor, top_k: Opti
     :param keys: (B, H, W)
     :param strengths: (B, H), already positive
     :param top_k: over the ``top_k`` most similar slots only (:func:`top_k_softmax`); ``None``: all
+    :param unwritten: (B, N), with ``top_k``: the slots that count once (:func:`count_unwritten_once`)
     :return: (B, H, N)
     """
-    return top_k_softmax(strengths.unsqueeze(-1) * cosine_similarity(memory, keys), top_k)
+    return top_k_softmax(strengths.unsqueeze(-1) * cosine_similarity(memory, keys), top_k, unwritten)
 
 
 def masked_content_weights(
-    memory: Tensor, keys: Tensor, strengths: Tensor, masks: Tensor, eps: float = 1e-6, top_k: Optional[int] = None
+    memory: Tensor,
+    keys: Tensor,
+    strengths: Tensor,
+    masks: Tensor,
+    eps: float = 1e-6,
+    top_k: Optional[int] = None,
+    unwritten: Optional[Tensor] = None,
 ) -> Tensor:
     """
     Masked content addressing (Csordás and Schmidhuber, 2019): softmax over slots of
@@ -98,13 +127,14 @@ def masked_content_weights(
     :param masks: (B, H, W) in [0, 1]; all ones gives :func:`content_weights`
     :param eps: as in :func:`cosine_similarity`
     :param top_k: as in :func:`content_weights`
+    :param unwritten: as in :func:`content_weights`
     :return: (B, H, N)
     """
     masked_keys = keys * masks
     masked_memory = memory.unsqueeze(1) * masks.unsqueeze(2)  # (B, H, N, W)
     dot = (masked_memory * masked_keys.unsqueeze(2)).sum(-1)
     norms = masked_keys.norm(dim=-1).unsqueeze(-1) * masked_memory.norm(dim=-1)
-    return top_k_softmax(strengths.unsqueeze(-1) * dot / (norms + eps), top_k)
+    return top_k_softmax(strengths.unsqueeze(-1) * dot / (norms + eps), top_k, unwritten)
 
 
 def top_k_weights(weights: Tensor, k: int, renormalise: bool = False, eps: float = 1e-12) -> Tensor:

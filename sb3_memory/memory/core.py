@@ -418,6 +418,19 @@ class ExternalMemoryCore(MemoryCore):
             return weights
         return addressing.top_k_weights(weights, self.sparse_top_k, renormalise)
 
+    def unwritten_slots(self, memory: Tensor) -> Optional[Tensor]:
+        """
+        The slots of ``memory`` (B, N, W) that still hold the initial memory, ``(B, N)``, for sparse
+        lookups to count once (:func:`~sb3_memory.memory.addressing.count_unwritten_once`); ``None``
+        when every slot counts: dense, ``sparse_top_k = N``, or an initial memory whose rows differ.
+        """
+        if self.sparse_top_k is None or self.sparse_top_k >= self.memory_units:
+            return None
+        initial = self._cached_initial_row(memory.device, memory.dtype).memory
+        if not bool((initial == initial[:, :1]).all()):
+            return None
+        return (memory == initial).all(dim=-1)
+
     @property
     def output_dim(self) -> int:
         return self.controller_dim + self.num_read_heads * self.memory_unit_size

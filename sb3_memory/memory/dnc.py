@@ -224,10 +224,13 @@ class DNCCell(ExternalMemoryCore):
         modes = torch.softmax(modes.view(batch, r, 3), dim=-1)
 
         def content(memory: Tensor, keys: Tensor, key_strengths: Tensor, mask_slice: slice) -> Tensor:
+            unwritten = self.unwritten_slots(memory)
             if not self.options["content_masks"]:
-                return addressing.content_weights(memory, keys, key_strengths, self.sparse_top_k)
+                return addressing.content_weights(memory, keys, key_strengths, self.sparse_top_k, unwritten)
             masks = gates[:, w + r + 2 :][:, mask_slice].reshape(keys.shape)
-            return addressing.masked_content_weights(memory, keys, key_strengths, masks, top_k=self.sparse_top_k)
+            return addressing.masked_content_weights(
+                memory, keys, key_strengths, masks, top_k=self.sparse_top_k, unwritten=unwritten
+            )
 
         prev_write = state.write_weights[:, 0]
         usage = addressing.update_usage(state.usage, prev_write, free_gates, state.read_weights)

@@ -152,7 +152,8 @@ class NTMCell(ExternalMemoryCore):
         add = torch.tanh(add).view(batch, writes, w)
 
         previous = torch.cat([state.read_weights, state.write_weights], dim=1)
-        weights = addressing.content_weights(state.memory, keys, strengths, self.sparse_top_k)
+        unwritten = self.unwritten_slots(state.memory)
+        weights = addressing.content_weights(state.memory, keys, strengths, self.sparse_top_k, unwritten)
         weights = addressing.interpolate(weights, previous, gates)
         weights = addressing.circular_shift(weights, shifts, self.shift_index)
         # Sharpening lifts every zero to eps ** gamma, and a shift spreads K slots over more: the

@@ -334,16 +334,34 @@ inline void row_norms(F* norms, const F* m, int64_t rows, int64_t cols) {
 }
 
 // Content addressing, addressing.content_weights: wc = softmax(beta * cos(key, M_n)).
+// skip (or null): rows left out of the softmax, weight 0 (a logit of -inf, addressing.count_unwritten_once).
 template <typename F>
 inline void content_forward(const F* mem, const F* mnorm, const F* key, F beta, int64_t n, int64_t w, F* knorm,
-                            F* cos, F* wc) {
+                            F* cos, F* wc, const uint8_t* skip = nullptr) {
   const F kn = std::sqrt(dot(key, key, w));
   *knorm = kn;
   for (int64_t i = 0; i < n; ++i) {
     cos[i] = dot(key, mem + i * w, w) / (kn * mnorm[i] + F(kCosineEps));
     wc[i] = beta * cos[i];
   }
-  softmax(wc, wc, n);
+  if (!skip) {
+    softmax(wc, wc, n);
+    return;
+  }
+  F m = -std::numeric_limits<F>::infinity(), s = 0;
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i)
+    if (!skip[i]) {
+      m = std::max(m, wc[i]);
+      nan |= wc[i] != wc[i];
+    }
+  if (nan) m = std::numeric_limits<F>::quiet_NaN();  // as softmax: a NaN logit makes every weight NaN
+  for (int64_t i = 0; i < n; ++i) {
+    wc[i] = skip[i] ? F(0) : vexp(wc[i] - m);
+    s += wc[i];
+  }
+  const F inv = F(1) / s;
+  for (int64_t i = 0; i < n; ++i) wc[i] *= inv;
 }
 
 // Accumulates into dmem, dmnorm (applied later by apply_norm_grad), dkey and dbeta.
@@ -1569,6 +1587,8 @@ struct ScanRows {
   std::vector<F> betas, knorms;
   const F* checked = nullptr;     // the initial row last checked, and whether its rows are all alike
   bool uniform = false;
+  bool count_once = false;        // unwritten rows count once in a top K (uniform, K < N)
+  std::vector<uint8_t> later_unwritten;  // per candidate: holds the initial row, and is not the lowest such
 
   ScanRows(const SmemConfig& c, int64_t heads)
       : mnorm(c.N),
@@ -1597,10 +1617,28 @@ struct ScanRows {
         uniform = same_bits(init + c.off_memory, init + c.off_memory + i * c.W, c.W) &&
                   (usage_offset < 0 || to_bits(init[usage_offset]) == to_bits(init[usage_offset + i]));
     }
+    count_once = uniform && c.top_k < c.N;
     for (int64_t i : changed_rows) changed[i] = 0;
     changed_rows.clear();
     for (int64_t i = 0; i < c.N; ++i)
       if (!uniform || !pristine(c, s, init, usage_offset, i)) mark(i);
+  }
+
+  // Memory row i (of mem) holds the initial row, with count_once: the rows of an unwritten memory.
+  bool unwritten(const SmemConfig& c, const F* mem, int64_t i) const {
+    return same_bits(mem + i * c.W, checked + c.off_memory, c.W);
+  }
+
+  // Which of a head's chosen slots (ascending) get no weight (addressing.count_unwritten_once): the
+  // unwritten ones after the first. That first is the lowest unwritten slot of all: a chosen
+  // unwritten slot ranked at -inf means every slot with a finite logit, that one included, was chosen.
+  void skipped(const SmemConfig& c, const F* mem, const int64_t* slots, int64_t k, uint8_t* skip) const {
+    bool seen = false;
+    for (int64_t j = 0; j < k; ++j) {
+      const bool alike = count_once && unwritten(c, mem, slots[j]);
+      skip[j] = alike && seen;
+      seen |= alike;
+    }
   }
 
   void mark(int64_t i) {
@@ -1628,6 +1666,18 @@ struct ScanRows {
     const int64_t w = c.W;
     const std::vector<int64_t>& rows = candidate_rows(c.N, c.top_k);
     for (int64_t h = h0; h < h1; ++h) best[h].clear();
+    // With count_once every unwritten row but the lowest scores -inf. The lowest unwritten row is a
+    // candidate: a changed row (its usage changed), or the lowest pristine one.
+    later_unwritten.assign(rows.size(), 0);
+    if (count_once) {
+      int64_t first = -1;
+      for (size_t i = 0; i < rows.size(); ++i)
+        if (unwritten(c, mem, rows[i])) {
+          later_unwritten[i] = 1;
+          if (first < 0 || rows[i] < rows[first]) first = int64_t(i);
+        }
+      if (first >= 0) later_unwritten[first] = 0;
+    }
     for (int64_t b0 = 0; b0 < int64_t(rows.size()); b0 += kScanBlock) {
       const int64_t len = std::min(kScanBlock, int64_t(rows.size()) - b0);
       const int64_t* at = rows.data() + b0;
@@ -1643,8 +1693,10 @@ struct ScanRows {
         const F* RESTRICT nm = norms.data();
 #pragma omp simd
         for (int64_t i = 0; i < len; ++i) y[i] = beta * (y[i] / (kn * nm[i] + F(kCosineEps)));
-        for (int64_t i = 0; i < len; ++i)
-          if (best[h].beats_worst(y[i], at[i])) best[h].offer(y[i], at[i]);
+        for (int64_t i = 0; i < len; ++i) {
+          const F logit = later_unwritten[b0 + i] ? -std::numeric_limits<F>::infinity() : y[i];
+          if (best[h].beats_worst(logit, at[i])) best[h].offer(logit, at[i]);
+        }
       }
     }
   }
@@ -1732,6 +1784,7 @@ struct SparseNtm : CoreView {
     std::vector<uint8_t> dense_gradient;         // backward: that gradient may be non-zero anywhere
     std::vector<int64_t> slots;
     std::vector<F> rows, drows, norms, dnorms, ww, dww, dwout, dact, dout, dreads, keep, others, ctrl;
+    std::vector<uint8_t> skip;                   // a head's chosen slots that get no weight (ScanRows::skipped)
   };
 
   Work work() const {
@@ -1742,7 +1795,7 @@ struct SparseNtm : CoreView {
                 std::vector<F>(m * w), std::vector<F>(m * w), std::vector<F>(m), std::vector<F>(m),
                 std::vector<F>(c.Hw * m), std::vector<F>(c.Hw * m), std::vector<F>(heads * k), std::vector<F>(c.P),
                 std::vector<F>(c.C), std::vector<F>(c.R * w), std::vector<F>(w), std::vector<F>(w),
-                std::vector<F>(controller_scratch_size(c))};
+                std::vector<F>(controller_scratch_size(c)), std::vector<uint8_t>(k)};
   }
 
   const F* slots_of(const F* tape, int64_t field, int64_t h, int64_t* out) const {
@@ -1783,8 +1836,9 @@ struct SparseNtm : CoreView {
         wk.norms[j] = wk.scan.mnorm[slots[j]];
       }
       gather_rows(mem, slots, k, w, wk.rows.data());
+      scan.skipped(c, mem, slots, k, wk.skip.data());
       content_forward(wk.rows.data(), wk.norms.data(), a, a[w], k, w, tape + L.knorm + h, tape + L.cos + h * k,
-                      tape + L.wc + h * k);
+                      tape + L.wc + h * k, wk.skip.data());
     }
   }
 
@@ -2122,6 +2176,7 @@ struct SparseDnc : CoreView {
     std::vector<F> scratch;  // the backward pass's 3K
     std::vector<F> wgrad;    // backward: each new weighting's gradient at its K slots (R + 2 rows)
     LinkRows links;
+    std::vector<uint8_t> skip;  // a head's chosen slots that get no weight (ScanRows::skipped)
   };
 
   Work work() const {
@@ -2135,7 +2190,7 @@ struct SparseDnc : CoreView {
                 std::vector<F>(k), std::vector<F>(k), std::vector<F>(m), std::vector<F>(m), std::vector<F>(w),
                 std::vector<F>(w), std::vector<F>(c.P), std::vector<F>(c.C), std::vector<F>(c.R * w),
                 std::vector<F>(controller_scratch_size(c)), std::vector<F>(std::max(3 * k, heads)),
-                std::vector<F>((c.R + 2) * k), LinkRows(n)};
+                std::vector<F>((c.R + 2) * k), LinkRows(n), std::vector<uint8_t>(k)};
   }
 
   // The weighting fields of a flat state: read head h < R, the write head (R), the precedence (R + 1).
@@ -2197,7 +2252,9 @@ struct SparseDnc : CoreView {
       wk.norms[j] = wk.scan.mnorm[slots[j]];
     }
     gather_rows(mem, slots, k, c.W, wk.rows.data());
-    content_forward(wk.rows.data(), wk.norms.data(), act + h * c.W, act[dnc.strengths + h], k, c.W, knorm, cos, wc);
+    wk.scan.skipped(c, mem, slots, k, wk.skip.data());
+    content_forward(wk.rows.data(), wk.norms.data(), act + h * c.W, act[dnc.strengths + h], k, c.W, knorm, cos, wc,
+                    wk.skip.data());
   }
 
   // Usage u' = (u + w - u w) prod_r (1 - f_r r_r) on the slots the previous weightings (the state's
