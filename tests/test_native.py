@@ -202,6 +202,27 @@ def test_native_sparse_scans_of_a_mostly_unwritten_memory_equal_the_reference(na
     assert (unwritten > 16).all() and (unwritten < 64).all()  # the shortcut was taken, and rows were written
 
 
+def test_native_sparse_dnc_scans_a_slot_whose_usage_changed_while_its_row_stayed_unwritten():
+    """
+    A previous write weight too small to move a row's bits still raises its usage: the slot becomes
+    a changed slot while its memory row is the initial one, and, as the lowest unwritten slot, the
+    one that stands for them all in content lookups. Its norm is taken then (the kernels take the
+    norms of unwritten rows only when a scan visits them).
+    """
+    core_ = make_core("dnc", "lstm", torch.float64, sparse_top_k=2, memory_units=64)
+    x, _, flat = chunk(core_, torch.float64, steps=4, batch=8)
+    state = core_.unflatten_state(flat)
+    lowest_unwritten = core_.unwritten_slots(state.memory).int().argmax(-1)
+    rows = torch.arange(8)
+    assert bool((state.usage[rows, lowest_unwritten] == 0).all())
+    write_weights = state.write_weights.clone()
+    write_weights[rows, 0, lowest_unwritten] = 1e-30  # 1e-6 + 1e-30 x (add - 1e-6 x erase) rounds back to 1e-6
+    flat = core_.flatten_state(state._replace(write_weights=write_weights))
+    reference, fused = run(core_, "reference", x, None, flat), run(core_, "native", x, None, flat)
+    for key in reference:
+        torch.testing.assert_close(fused[key], reference[key], **TOLERANCES[torch.float64], msg=_labelled(key))
+
+
 @pytest.mark.parametrize("name", ["ntm", "dnc"])
 def test_native_sparse_scans_of_an_initial_memory_with_unlike_rows_equal_the_reference(name):
     """Without memory_init's equal rows no row stands for another: the kernels scan every row."""

@@ -1600,16 +1600,10 @@ struct ScanRows {
         betas(heads),
         knorms(heads) {}
 
-  // Slot i is pristine in state s: its memory row (and its usage, at usage_offset >= 0) as init's.
-  static bool pristine(const SmemConfig& c, const F* s, const F* init, int64_t usage_offset, int64_t i) {
-    const bool usage_same = usage_offset < 0 || to_bits(s[usage_offset + i]) == to_bits(init[usage_offset + i]);
-    return usage_same && same_bits(s + c.off_memory + i * c.W, init + c.off_memory + i * c.W, c.W);
-  }
-
-  // A row's working state (into s) from a flat state, with its rows' norms and which rows changed.
+  // A row's working state (into s) from a flat state, which rows changed and their norms (a
+  // pristine row's norm is taken when a scan visits it: at large N the norms of every row were a
+  // call's largest cost outside the steps).
   void load(const SmemConfig& c, const F* from, const F* init, int64_t usage_offset, F* s) {
-    std::copy(from, from + c.D, s);
-    row_norms(mnorm.data(), s + c.off_memory, c.N, c.W);
     if (init != checked) {
       checked = init;
       uniform = true;
@@ -1620,8 +1614,18 @@ struct ScanRows {
     count_once = uniform && c.top_k < c.N;
     for (int64_t i : changed_rows) changed[i] = 0;
     changed_rows.clear();
-    for (int64_t i = 0; i < c.N; ++i)
-      if (!uniform || !pristine(c, s, init, usage_offset, i)) mark(i);
+    std::copy(from, from + c.D, s);
+    const int64_t w = c.W;
+    const F* init_row = init + c.off_memory;  // with uniform rows, every row of the initial memory
+    for (int64_t i = 0; i < c.N; ++i) {
+      const F* row = s + c.off_memory + i * w;
+      const bool pristine = uniform && same_bits(row, init_row, w) &&
+                            (usage_offset < 0 || to_bits(s[usage_offset + i]) == to_bits(init[usage_offset]));
+      if (!pristine) {
+        mark(i);
+        row_norms(mnorm.data() + i, row, 1, w);
+      }
+    }
   }
 
   // Memory row i (of mem) holds the initial row, with count_once: the rows of an unwritten memory.
@@ -1666,6 +1670,8 @@ struct ScanRows {
     const int64_t w = c.W;
     const std::vector<int64_t>& rows = candidate_rows(c.N, c.top_k);
     for (int64_t h = h0; h < h1; ++h) best[h].clear();
+    for (int64_t i : rows)
+      if (!changed[i]) row_norms(mnorm.data() + i, mem + i * w, 1, w);  // pristine: its norm not yet taken
     // With count_once every unwritten row but the lowest scores -inf. The lowest unwritten row is a
     // candidate: a changed row (its usage changed), or the lowest pristine one.
     later_unwritten.assign(rows.size(), 0);
@@ -1699,6 +1705,12 @@ struct ScanRows {
         }
       }
     }
+  }
+
+  // Slot i's usage changed (the DNC's allocation candidates): a changed row from now on, with its norm.
+  void usage_changed(const SmemConfig& c, const F* mem, int64_t i) {
+    if (!changed[i]) row_norms(mnorm.data() + i, mem + i * c.W, 1, c.W);
+    mark(i);
   }
 
   // Row i of the memory mem was written.
@@ -2275,7 +2287,7 @@ struct SparseDnc : CoreView {
       for (int64_t r = 0; r < c.R; ++r) keep *= F(1) - free_gates[r] * field(s, r)[q];
       const F before = usage[q];
       usage[q] = u1 * keep;
-      if (!log && to_bits(usage[q]) != to_bits(before)) wk.scan.mark(q);  // the forward pass's scans
+      if (!log && to_bits(usage[q]) != to_bits(before)) wk.scan.usage_changed(c, s + c.off_memory, q);  // forward's scans
     }
     touched.clear();
   }
