@@ -2,7 +2,7 @@
 
 Usage: python scripts/bench_cores.py [--repeats 7] [--threads 1] [--reference] [--compile]
        python scripts/bench_cores.py --cores ntm dnc --steps 32 --batch 8 --memory-unit-size 16 \
-           --memory-units 32 1024 8192 65536 --sparse-top-k 8
+           --memory-units 32 1024 8192 65536 --sparse-top-k 8 --dense-up-to 1024 [--huge-pages]
 
 Configurations follow the public NTM/DNC implementations' defaults so the numbers compare:
 DNC with a 64-unit LSTM controller, N=64, W=32, R=4, input 16; NTM with a 100-unit LSTM
@@ -17,6 +17,7 @@ environment's state (float32), what a rollout buffer stores per chunk.
 """
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any
@@ -66,13 +67,22 @@ def main() -> None:
     parser.add_argument(
         "--dense-up-to", type=int, default=2**31, help="time the dense paths only up to this N (they grow as N or N^2)"
     )
+    parser.add_argument(
+        "--huge-pages",
+        action="store_true",
+        help="back large tensors with transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE=1): at N >= 10^4 a "
+        "call's fresh flat state (megabytes per environment) otherwise costs a page fault every 4 kB",
+    )
     args = parser.parse_args()
+    if args.huge_pages:  # read by PyTorch at its first allocation of 2 MB or more, none of which came before
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     torch.set_num_threads(args.threads)
     paths = ["default"] + ["reference"] * args.reference + ["reference+compile"] * args.compile
     if args.sparse_top_k is not None:
         PATHS[f"sparse K={args.sparse_top_k}"] = dict(sparse_top_k=args.sparse_top_k)
         paths.append(f"sparse K={args.sparse_top_k}")
-    print(f"T={args.steps} batch={args.batch} threads={args.threads}, forward+backward, median of {args.repeats}")
+    pages = ", transparent huge pages" if args.huge_pages else ""
+    print(f"T={args.steps} batch={args.batch} threads={args.threads}{pages}, forward+backward, median of {args.repeats}")
     for name in args.cores:
         cls, base = CONFIGS[name]
         sizes = [base.get("memory_units")] if name == "lstm" or not args.memory_units else args.memory_units
