@@ -382,8 +382,9 @@ class ExternalMemoryCore(MemoryCore):
     :param memory_init: constant value of every memory cell at an episode start
     :param sparse_top_k: K, sparse reads and writes (Rae et al., 2016): every weighting keeps
         its K largest entries (:func:`~sb3_memory.memory.addressing.top_k_weights`), so a step
-        touches K slots and the gradient flows through them only; ``None`` for the dense model.
-        The NTM has sparse native kernels; the sparse DNC runs on the reference path
+        touches K slots and the gradient flows through them only. Content lookups count the slots
+        that still hold the initial memory once (:meth:`unwritten_slots`). ``None`` for the dense
+        model. Both cores have sparse native kernels
     """
 
     # A class default as well, so that models pickled before sparse addressing existed load dense.
