@@ -24,7 +24,9 @@ def test_table_scores_solved_counts_and_welch_p_against_the_plain_agent():
     text = table(results, args)
     p = welch_p_value([1.0, 0.96, 0.9], [0.5, 0.6, 0.55])
     row = next(line for line in text.splitlines() if line.startswith("| MemoryDQN-NTM"))
-    assert f"| +0.40 (p={p:.3f}) | 2/3 | 1000 | 10 | 100 |" in row  # 0.9 is below the 0.95 that counts as solved
+    assert (
+        f"| +0.40 (p={p:.3f}) | 2/3 | 1000 | 10 | - | 100 |" in row
+    )  # no CPU times recorded  # 0.9 is below the 0.95 that counts as solved
     assert "| DQN | 3 | 0.55 ±" in text and "| 1.00, 0.96, 0.90 |" in row
 
 
@@ -74,13 +76,13 @@ def test_equal_time_table_reports_each_runs_steps():
     """At equal time each run trained as many steps as its time allowed: the table gives their median and rate."""
     args = argparse.Namespace(task="tmaze", steps=1000, corridor_length=5, wall_clock=60.0, clock="cpu")
     results = [
-        dict(agent="DQN", seed=s, score=0.5, steps=n, wall_seconds=w)
+        dict(agent="DQN", seed=s, score=0.5, steps=n, wall_seconds=w, cpu_seconds=w - 1)
         for s, (n, w) in enumerate([(6000, 60.0), (3000, 60.0), (4000, 40.0)])
     ]
     text = table(results, args)
     assert "60 s of each run's own cpu time (equal time)" in text
     row = next(line for line in text.splitlines() if line.startswith("| DQN"))
-    assert row.endswith("| 4000 | 60 | 100 |")  # medians: steps 4000, wall 60 s, rate of 100, 50 and 100 steps/s
+    assert row.endswith("| 4000 | 60 | 59 | 100 |")  # medians: steps 4000, wall 60 s, CPU 59 s, rate of 100, 50, 100
 
 
 def test_a_recurrent_ppo_run_trains_on_its_entrys_envs_and_records_its_score(tmp_path):

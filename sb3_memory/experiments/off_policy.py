@@ -229,11 +229,18 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"Made by `python scripts/off_policy.py {shlex.join(sys.argv[1:])}`.",
         f"{task['env']} ({what}), {budget}, {task['n_envs']} env(s); score: mean return of "
         f"{task['episodes']} deterministic episodes of the final model; ± half-width of the 95% t-interval over "
-        f"seeds; vs {plain}: difference and Welch's p; solved: seeds scoring >= {task['solved']:g}.",
+        f"seeds; vs {plain}: difference and Welch's p; solved: seeds scoring >= {task['solved']:g}; wall and CPU: "
+        "medians of the runs' own times (CPU where it was recorded).",
         "",
-        f"| agent | seeds | score | per seed | vs {plain} | solved | steps | wall (s) | steps/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| agent | seeds | score | per seed | vs {plain} | solved | steps | wall (s) | CPU (s) | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if any(r["agent"] == "RecurrentPPO" for r in results):
+        lines.insert(
+            3,
+            "RecurrentPPO runs its entry of `zoo_configs/ppo_lstm.yml` as rl-zoo3 would: its n_envs and, "
+            "where the entry asks, VecNormalize (scored on raw returns).",
+        )
     dqn = [r["score"] for r in results if r["agent"] == plain]
     for agent in task["agents"]:
         runs = [r for r in results if r["agent"] == agent]
@@ -243,13 +250,15 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         mean, half = t_interval(scores)
         versus = "-" if agent == plain or len(dqn) < 2 else f"{mean - np.mean(dqn):+.2f} (p={welch_p_value(scores, dqn):.3f})"
         wall = float(np.median([r["wall_seconds"] for r in runs]))
+        timed = [r["cpu_seconds"] for r in runs if "cpu_seconds" in r]
+        cpu = f"{np.median(timed):.0f}" if timed else "-"
         steps = float(np.median([r.get("steps", args.steps) for r in runs]))
         rate = float(np.median([r.get("steps", args.steps) / r["wall_seconds"] for r in runs]))
         solved = sum(score >= task["solved"] for score in scores)
         per_seed = ", ".join(f"{score:.2f}" for score in scores)
         lines.append(
             f"| {agent} | {len(runs)} | {mean:.2f} ± {half:.2f} | {per_seed} | {versus} | {solved}/{len(runs)} "
-            f"| {steps:.0f} | {wall:.0f} | {rate:.0f} |"
+            f"| {steps:.0f} | {wall:.0f} | {cpu} | {rate:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
