@@ -237,7 +237,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     if any(r["agent"] == "RecurrentPPO" for r in results):
         lines.insert(
-            3,
+            4,
             "RecurrentPPO runs its entry of `zoo_configs/ppo_lstm.yml` as rl-zoo3 would: its n_envs and, "
             "where the entry asks, VecNormalize (scored on raw returns).",
         )
