@@ -334,27 +334,36 @@ inline void row_norms(F* norms, const F* m, int64_t rows, int64_t cols) {
 }
 
 // Content addressing, addressing.content_weights: wc = softmax(beta * cos(key, M_n)).
-// skip (or null): rows left out of the softmax, weight 0 (a logit of -inf, addressing.count_unwritten_once).
 template <typename F>
 inline void content_forward(const F* mem, const F* mnorm, const F* key, F beta, int64_t n, int64_t w, F* knorm,
-                            F* cos, F* wc, const uint8_t* skip = nullptr) {
+                            F* cos, F* wc) {
   const F kn = std::sqrt(dot(key, key, w));
   *knorm = kn;
   for (int64_t i = 0; i < n; ++i) {
     cos[i] = dot(key, mem + i * w, w) / (kn * mnorm[i] + F(kCosineEps));
     wc[i] = beta * cos[i];
   }
-  if (!skip) {
-    softmax(wc, wc, n);
-    return;
-  }
+  softmax(wc, wc, n);
+}
+
+// content_forward with the rows where skip is set left out of the softmax (weight 0, a logit of
+// -inf: addressing.count_unwritten_once), for the sparse cores' K chosen rows. Kept apart so the
+// dense cores' content_forward, in their hot loop, stays as small as it was.
+template <typename F>
+void content_forward_skipping(const F* mem, const F* mnorm, const F* key, F beta, int64_t n, int64_t w, F* knorm,
+                              F* cos, F* wc, const uint8_t* skip) {
+  const F kn = std::sqrt(dot(key, key, w));
+  *knorm = kn;
   F m = -std::numeric_limits<F>::infinity(), s = 0;
   bool nan = false;
-  for (int64_t i = 0; i < n; ++i)
+  for (int64_t i = 0; i < n; ++i) {
+    cos[i] = dot(key, mem + i * w, w) / (kn * mnorm[i] + F(kCosineEps));
+    wc[i] = beta * cos[i];
     if (!skip[i]) {
       m = std::max(m, wc[i]);
       nan |= wc[i] != wc[i];
     }
+  }
   if (nan) m = std::numeric_limits<F>::quiet_NaN();  // as softmax: a NaN logit makes every weight NaN
   for (int64_t i = 0; i < n; ++i) {
     wc[i] = skip[i] ? F(0) : vexp(wc[i] - m);
@@ -1849,8 +1858,8 @@ struct SparseNtm : CoreView {
       }
       gather_rows(mem, slots, k, w, wk.rows.data());
       scan.skipped(c, mem, slots, k, wk.skip.data());
-      content_forward(wk.rows.data(), wk.norms.data(), a, a[w], k, w, tape + L.knorm + h, tape + L.cos + h * k,
-                      tape + L.wc + h * k, wk.skip.data());
+      content_forward_skipping(wk.rows.data(), wk.norms.data(), a, a[w], k, w, tape + L.knorm + h,
+                               tape + L.cos + h * k, tape + L.wc + h * k, wk.skip.data());
     }
   }
 
@@ -2265,8 +2274,8 @@ struct SparseDnc : CoreView {
     }
     gather_rows(mem, slots, k, c.W, wk.rows.data());
     wk.scan.skipped(c, mem, slots, k, wk.skip.data());
-    content_forward(wk.rows.data(), wk.norms.data(), act + h * c.W, act[dnc.strengths + h], k, c.W, knorm, cos, wc,
-                    wk.skip.data());
+    content_forward_skipping(wk.rows.data(), wk.norms.data(), act + h * c.W, act[dnc.strengths + h], k, c.W, knorm,
+                             cos, wc, wk.skip.data());
   }
 
   // Usage u' = (u + w - u w) prod_r (1 - f_r r_r) on the slots the previous weightings (the state's
