@@ -91,5 +91,7 @@ def test_a_recurrent_ppo_run_trains_on_its_entrys_envs_and_records_its_score(tmp
     result = run_one("RecurrentPPO", 0, args)
     entry = ppo_lstm_entry("PendulumNoVel-v1")
     assert result["steps"] == entry["n_envs"] * entry["n_steps"]
-    assert -2000 < result["score"] < 0  # a pendulum return, not a normalized one
+    # One rollout of training: the pendulum hangs, a raw return of -2000 to -300 (rewards normalized
+    # by the return's scale, gamma 0.9, would sum to tens).
+    assert -2000 < result["score"] < -300
     assert run_one("RecurrentPPO", 0, args) == result  # the saved run is reused

@@ -31,7 +31,7 @@ import yaml
 from stable_baselines3 import DQN, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, sync_envs_normalization
 
 from sb3_memory import MemoryDQN, MemorySAC
 from sb3_memory.common.callbacks import StopTrainingOnWallClock
@@ -163,7 +163,7 @@ def evaluation_env(task: dict[str, Any], seed: int, env_kwargs: dict[str, Any], 
     if not isinstance(train_env, VecNormalize):
         return env
     env = VecNormalize(env, training=False, norm_obs=train_env.norm_obs, norm_reward=False)
-    env.obs_rms = train_env.obs_rms.copy()
+    sync_envs_normalization(train_env, env)
     return env
 
 
