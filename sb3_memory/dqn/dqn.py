@@ -8,8 +8,10 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, PyTorchObs, Schedule
+from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_memory.common.algorithm_checks import check_action_space, unknown_policy_error
 from sb3_memory.common.off_policy_algorithm import MemoryOffPolicyMixin, burn_in_split, split_rows, timeout_splices
 from sb3_memory.common.replay_buffers import SequenceReplayBuffer
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
@@ -144,6 +146,18 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
             device=device,
             _init_setup_model=_init_setup_model,
         )
+
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """SB3's lookup, with an error that names the aliases there are (and what SB3's names mean here)."""
+        if policy_name in self.policy_aliases:
+            return self.policy_aliases[policy_name]
+        raise unknown_policy_error(type(self).__name__, policy_name, self.policy_aliases, "DQN")
+
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        # SB3 asserts the action space right after wrapping, without saying which algorithm fits.
+        check_action_space("MemoryDQN", env.action_space)
+        return DQN._wrap_env(env, verbose, monitor_wrapper)
 
     def _setup_model(self) -> None:
         self._check_memory_policy(MemoryDQNPolicy, POLICY_ALIASES, "DQN")
