@@ -1,6 +1,6 @@
 """What the off-policy memory algorithms share: rollouts that carry the memory state, stored-state replay."""
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar, Union
 
 import numpy as np
 import torch as th
@@ -10,8 +10,11 @@ from stable_baselines3.common.type_aliases import MaybeCallback, PyTorchObs
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_memory.common.replay_buffers import SequenceReplayBuffer
+from sb3_memory.common.threads import single_thread_on_cpu
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
 from sb3_memory.memory.checks import check_int
+
+SelfMemoryOffPolicy = TypeVar("SelfMemoryOffPolicy", bound="MemoryOffPolicyMixin")
 
 
 def split_rows(obs: PyTorchObs, rows: slice) -> PyTorchObs:
@@ -83,6 +86,8 @@ class MemoryOffPolicyMixin:
     algorithm's choice of action), resets at episode starts, and is stored with every step in a
     :class:`~sb3_memory.common.replay_buffers.SequenceReplayBuffer` (which keeps it every
     ``state_stride`` steps). The state is not saved with the model: ``learn`` starts afresh.
+    As the on-policy algorithms, ``learn`` trains on one torch thread on CPU unless the user chose
+    a number (see :func:`~sb3_memory.common.threads.single_thread_on_cpu`).
     """
 
     _last_memory_state: Optional[th.Tensor] = None
@@ -132,6 +137,11 @@ class MemoryOffPolicyMixin:
                 f"{type(self).__name__} needs a memory policy ({', '.join(aliases)}), got {self.policy_class}: "
                 f"for SB3's MlpPolicy use stable_baselines3.{plain}"
             )
+
+    def learn(self: SelfMemoryOffPolicy, total_timesteps: int, *args: Any, **kwargs: Any) -> SelfMemoryOffPolicy:
+        """SB3's ``learn``, with one torch thread on CPU unless the user chose a number (see :func:`single_thread_on_cpu`)."""
+        with single_thread_on_cpu(self.device):
+            return super().learn(total_timesteps, *args, **kwargs)  # type: ignore[misc]
 
     def _setup_learn(
         self,

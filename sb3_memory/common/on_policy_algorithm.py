@@ -1,12 +1,10 @@
 """Rollout collection shared by MemoryPPO and MemoryA2C: the memory state rides along."""
 
-import contextlib
 import io
 import math
-import os
 import pathlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
@@ -22,41 +20,13 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_memory.common.buffers import ChunkedStateMixin, MemoryDictRolloutBuffer, MemoryRolloutBuffer
 from sb3_memory.common.policies import MemoryActorCriticPolicy
 from sb3_memory.common.save_util import atomic_write, zip_path
+from sb3_memory.common.threads import single_thread_on_cpu
 from sb3_memory.memory.checks import check_float, check_int
 
 # Longer chunks give longer backpropagation through time but slower, more serial updates.
 MAX_DEFAULT_SEQUENCE_LENGTH = 32
 # A default below this backpropagates through too few steps to learn much memory: warn.
 MIN_USEFUL_SEQUENCE_LENGTH = 4
-
-# torch's intra-op thread count when sb3_memory was imported: still that at learn() means the user
-# did not choose one (torch.set_num_threads before importing sb3_memory cannot be told apart: use
-# OMP_NUM_THREADS then).
-STARTUP_NUM_THREADS = th.get_num_threads()
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def user_chose_num_threads() -> bool:
-    """Whether the torch thread count was chosen: an environment variable, or a call to ``torch.set_num_threads``."""
-    return any(os.environ.get(name) for name in THREAD_ENV_VARS) or th.get_num_threads() != STARTUP_NUM_THREADS
-
-
-@contextlib.contextmanager
-def single_thread_on_cpu(device: th.device) -> Iterator[None]:
-    """
-    One torch intra-op thread for the duration (restored afterwards) when training on CPU, unless
-    the user chose a number. These models are small: one thread is as fast, and with several,
-    OpenMP threads waiting for a core that another process holds slow training 5-100x.
-    """
-    if device.type != "cpu" or user_chose_num_threads() or th.get_num_threads() == 1:
-        yield
-        return
-    previous = th.get_num_threads()
-    th.set_num_threads(1)
-    try:
-        yield
-    finally:
-        th.set_num_threads(previous)
 
 
 def default_sequence_length(n_steps: int, batch_size: Optional[int]) -> int:
@@ -196,6 +166,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"got {type(self.policy).__name__}"
             )
         self._last_memory_state: Optional[th.Tensor] = None
+        self._state_buffers: list[th.Tensor] = []
 
     def _setup_learn(self, *args, **kwargs):
         result = super()._setup_learn(*args, **kwargs)
@@ -211,12 +182,26 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         with single_thread_on_cpu(self.device):
             return super().learn(total_timesteps, *args, **kwargs)
 
+    def _next_state_buffer(self, state: th.Tensor) -> th.Tensor:
+        """
+        Where a rollout step writes the new state: one of two tensors kept for the purpose, never
+        ``state`` itself. A large memory's state (tens of MB per step at 65,536 slots) written into
+        a fresh tensor costs more in page faults than the step computes; these are mapped once.
+        (A callback that keeps the ``state`` or ``new_state`` of a step must copy it.)
+        """
+        buffers = self._state_buffers
+        if len(buffers) != 2 or any(
+            buffer.shape != state.shape or buffer.dtype != state.dtype or buffer.device != state.device for buffer in buffers
+        ):
+            self._state_buffers = buffers = [th.empty_like(state), th.empty_like(state)]
+        return buffers[1] if state is buffers[0] else buffers[0]
+
     def _action_masks(self, env: VecEnv) -> Optional[np.ndarray]:
         """The invalid-action masks of the current step (None: no masking; see MaskableMemoryPPO)."""
         return None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_memory_state", "_auxiliary_log"]
+        return [*super()._excluded_save_params(), "_last_memory_state", "_state_buffers", "_auxiliary_log"]
 
     def save(
         self,
@@ -288,7 +273,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)  # sb3-memory
                 action_masks = self._action_masks(env)  # sb3-memory: invalid-action masks, with MaskableMemoryPPO
                 actions, values, log_probs, new_state = self.policy(  # sb3-memory
-                    obs_tensor, state, episode_starts, action_masks=action_masks
+                    obs_tensor, state, episode_starts, action_masks=action_masks, state_out=self._next_state_buffer(state)
                 )
             actions = actions.cpu().numpy()
 
