@@ -362,7 +362,7 @@ def test_bad_settings_name_the_fix():
     assert make_model(buffer_size=100, state_stride=7).replay_buffer.buffer_size == 28  # 33 per env, whole strides
     with pytest.raises(ValueError, match="burn_in"):
         make_model(burn_in=-1)
-    with pytest.raises(AssertionError, match="Discrete"):  # SB3's own check of the action space
+    with pytest.raises(ValueError, match=r"MemoryDQN takes Discrete actions only.*use MemorySAC for Box"):
         make_model(env_fn=lambda: RandomEpisodeEnv(action_space=spaces.Box(-1, 1, (2,), np.float32)))
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         make_model(policy_kwargs=dict(memory_slots=8))
