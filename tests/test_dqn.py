@@ -14,6 +14,7 @@ import torch as th
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
@@ -297,6 +298,88 @@ def test_save_load_predicts_the_same_and_the_replay_buffer_round_trips(tmp_path)
     assert model.replay_buffer.buffer_size == 600 // model.n_envs
     loaded.learn(48, reset_num_timesteps=False)  # training continues into the loaded buffer: 16 more steps
     assert loaded.replay_buffer.pos == model.replay_buffer.pos + 16
+
+
+def assert_same_samples(first: Any, second: Any) -> None:
+    """Two SequenceReplayBufferSamples hold the same tensors (dicts of them, or None) field by field."""
+    for name, value in first._asdict().items():
+        other = getattr(second, name)
+        if isinstance(value, dict):
+            assert value.keys() == other.keys() and all(th.equal(value[k], other[k]) for k in value), name
+        else:
+            assert (value is None and other is None) or th.equal(value, other), name
+
+
+def test_a_loaded_replay_buffer_samples_the_same_sequences_in_a_fresh_model(tmp_path):
+    model = make_model(env_fn=mixed_end_env, learning_starts=1000)
+    model.learn(150)  # 50 steps per environment, episodes cut by time limits among them
+    buffer = model.replay_buffer
+    assert buffer.timeouts.sum() > 0 and buffer.terminal_observations
+    model.save_replay_buffer(tmp_path / "buffer")
+    fresh = make_model(env_fn=mixed_end_env, learning_starts=1000)
+    fresh.load_replay_buffer(tmp_path / "buffer")
+    loaded = fresh.replay_buffer
+    assert loaded is not buffer and isinstance(loaded, SequenceReplayBuffer)
+    assert (loaded.pos, loaded.full, loaded.size()) == (buffer.pos, buffer.full, buffer.size())
+    np.testing.assert_array_equal(loaded.states, buffer.states)
+    np.testing.assert_array_equal(loaded.observations, buffer.observations)
+    assert loaded.terminal_observations.keys() == buffer.terminal_observations.keys()
+    for seed in range(3):
+        np.random.seed(seed)
+        original = buffer.sample(16)
+        np.random.seed(seed)
+        assert_same_samples(fresh.replay_buffer.sample(16), original)
+    # every sequence, with its timeouts' stopped-at observations
+    starts = np.repeat(buffer.valid_starts(), model.n_envs)
+    envs = np.tile(np.arange(model.n_envs), len(buffer.valid_starts()))
+    assert buffer.sequences(starts, envs).terminal_observations is not None
+    assert_same_samples(loaded.sequences(starts, envs), buffer.sequences(starts, envs))
+
+
+def test_loading_a_replay_buffer_that_does_not_fit_names_the_problem(tmp_path):
+    model = make_model(learning_starts=1000)
+    model.learn(60)
+    model.save_replay_buffer(tmp_path / "sequences")
+    with pytest.raises(ValueError, match=r"burn_in \+ train_length \+ n_steps"):
+        make_model(burn_in=3).load_replay_buffer(tmp_path / "sequences")
+    with pytest.raises(ValueError, match="as many environments"):
+        make_model(n_envs=2).load_replay_buffer(tmp_path / "sequences")
+    sb3 = DQN("MlpPolicy", make_vec_env(short_episode_env, n_envs=1), learning_starts=1000, buffer_size=100)
+    sb3.learn(10)
+    sb3.save_replay_buffer(tmp_path / "transitions")
+    with pytest.raises(TypeError, match="not a SequenceReplayBuffer"):
+        model.load_replay_buffer(tmp_path / "transitions")
+    with pytest.raises(AssertionError, match="inherit from ReplayBuffer"):  # and SB3's algorithms refuse ours
+        sb3.load_replay_buffer(tmp_path / "sequences")
+
+
+def test_the_buffer_keeps_its_own_contract_and_refuses_sb3s_replay_buffer_calls():
+    buffer = SequenceReplayBuffer(16, spaces.Box(-1, 1, (2,)), spaces.Discrete(3), n_envs=2, sequence_length=3, state_stride=2)
+    assert not isinstance(buffer, ReplayBuffer)  # SB3 code that needs ReplayBuffer's contract checks for it
+    for step in range(6):
+        obs = np.full((2, 2), step, dtype=np.float32)
+        buffer.add(
+            obs, np.array([1, 2]), np.array([step, -step]), np.zeros(2), np.array([step == 0] * 2), th.full((2, 5), step)
+        )
+    # _get_samples: index start * n_envs + env, the sequence sequences() gives
+    indices = np.array([2 * 2 + 1, 0 * 2 + 0])
+    data = buffer._get_samples(indices)
+    assert_same_samples(data, buffer.sequences(np.array([2, 0]), np.array([1, 0])))
+    assert data.rewards[:, 0].tolist() == [-2.0, -3.0, -4.0] and data.states[0].tolist() == [2.0] * 5
+    with pytest.raises(ValueError, match="use sample"):
+        buffer._get_samples(np.array([1 * 2 + 0]))  # ring position 1: no stored state
+    with pytest.raises(ValueError, match="use sample"):
+        buffer._get_samples(np.array([4 * 2 + 0]))  # 4, 5, 6: step 6 is not stored yet
+    # SB3's ReplayBuffer.add(obs, next_obs, action, reward, done, infos) form
+    with pytest.raises(TypeError, match=r"not SB3's ReplayBuffer\.add"):
+        buffer.add(obs, obs, np.array([1, 2]), np.zeros(2), np.zeros(2), [{}, {}])
+    with pytest.raises(NotImplementedError, match="one step"):
+        buffer.extend(obs[None], np.array([[1, 2]]), np.zeros((1, 2)), np.zeros((1, 2)))
+    buffer.terminal_observations[(0, 0)] = obs[0]
+    buffer.reset()
+    assert buffer.size() == 0 and not buffer.terminal_observations
+    with pytest.raises(ValueError, match="optimize_memory_usage=False"):
+        SequenceReplayBuffer(16, spaces.Box(-1, 1, (2,)), spaces.Discrete(3), optimize_memory_usage=True)
 
 
 def test_sparse_cores_store_compact_states_that_rebuild_exactly_and_survive_save_load(tmp_path):

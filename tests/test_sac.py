@@ -109,6 +109,26 @@ def test_training_moves_actor_critic_and_entropy_and_save_load_predicts_the_same
     assert model.action_space.contains(action[0])
 
 
+def test_the_replay_buffer_round_trips_into_a_fresh_model_that_trains_on(tmp_path):
+    model = make_model(learning_starts=1000)
+    model.learn(60)  # 30 steps per environment, stored only
+    model.save_replay_buffer(tmp_path / "buffer")
+    fresh = make_model(learning_starts=1000)
+    fresh.load_replay_buffer(tmp_path / "buffer")
+    buffer, loaded = model.replay_buffer, fresh.replay_buffer
+    assert loaded.pos == buffer.pos == 30 and loaded.actions.dtype == np.float32
+    np.random.seed(0)
+    original = buffer.sample(8)
+    np.random.seed(0)
+    again = loaded.sample(8)
+    for name, value in original._asdict().items():
+        other = getattr(again, name)
+        assert (value is None and other is None) or th.equal(value, other), name
+    fresh.learning_starts = 0
+    fresh.learn(20, reset_num_timesteps=False)  # into the loaded buffer, training on its sequences
+    assert loaded.pos == 40 and fresh._n_updates > 0
+
+
 def test_bad_settings_name_the_fix():
     with pytest.raises(TypeError, match="MemorySAC needs a memory policy"):
         MemorySAC(SAC.policy_aliases["MlpPolicy"], make_vec_env(continuous_env, n_envs=1))

@@ -1,11 +1,14 @@
 """What the off-policy memory algorithms share: rollouts that carry the memory state, stored-state replay."""
 
+import io
+import pathlib
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar, Union
 
 import numpy as np
 import torch as th
-from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.save_util import load_from_pkl
 from stable_baselines3.common.type_aliases import MaybeCallback, PyTorchObs
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -105,6 +108,8 @@ class MemoryOffPolicyMixin:
         policy_class: Any
         n_envs: int
         device: th.device
+        verbose: int
+        replay_buffer: Optional[SequenceReplayBuffer]
         _last_obs: Any
         _last_original_obs: Any
         _last_episode_starts: Optional[np.ndarray]
@@ -143,6 +148,35 @@ class MemoryOffPolicyMixin:
         with single_thread_on_cpu(self.device):
             return super().learn(total_timesteps, *args, **kwargs)  # type: ignore[misc]
 
+    def load_replay_buffer(self, path: Union[str, pathlib.Path, io.BufferedIOBase], truncate_last_traj: bool = True) -> None:
+        """
+        Load a buffer saved by ``save_replay_buffer`` (SB3's, which pickles it). Replaces SB3's
+        ``load_replay_buffer``, which accepts only ``ReplayBuffer`` subclasses.
+
+        :param path: the pickled :class:`~sb3_memory.common.replay_buffers.SequenceReplayBuffer`
+        :param truncate_last_traj: ignored (SB3's parameter for ``HerReplayBuffer``): learning goes on
+            into the loaded buffer with ``learn(..., reset_num_timesteps=False)``, or starts new
+            episodes (marked as such) otherwise
+        :raises TypeError: if the file holds another kind of buffer
+        :raises ValueError: if the buffer's sequences or environments do not match this model's
+        """
+        buffer = load_from_pkl(path, self.verbose)
+        if not isinstance(buffer, SequenceReplayBuffer):
+            raise TypeError(
+                f"{type(self).__name__} replays sequences with stored memory states: the file holds a "
+                f"{type(buffer).__name__}, not a SequenceReplayBuffer; load one saved by a memory algorithm's "
+                "save_replay_buffer (SB3's ReplayBuffers go with SB3's algorithms)"
+            )
+        expected = dict(n_envs=self.n_envs, sequence_length=self.sequence_length, state_stride=self.state_stride)
+        saved = {name: getattr(buffer, name) for name in expected}
+        if saved != expected:
+            raise ValueError(
+                f"the replay buffer was saved with {saved}, this model replays {expected}: load it into a model "
+                "with as many environments, the same burn_in + train_length + n_steps and the same state_stride"
+            )
+        buffer.device = self.device  # as SB3's: the device of this model, not of the one that saved it
+        self.replay_buffer = buffer
+
     def _setup_learn(
         self,
         total_timesteps: int,
@@ -173,7 +207,7 @@ class MemoryOffPolicyMixin:
 
     def _store_transition(
         self,
-        replay_buffer: ReplayBuffer,
+        replay_buffer: BaseBuffer,
         buffer_action: np.ndarray,
         new_obs: Union[np.ndarray, dict[str, np.ndarray]],
         reward: np.ndarray,
@@ -182,7 +216,12 @@ class MemoryOffPolicyMixin:
     ) -> None:
         # Rewritten from SB3 2.9.2's OffPolicyAlgorithm._store_transition: one step with its episode
         # start and the state before it, and no next observation (tests/test_sb3_forks.py watches it).
-        assert isinstance(replay_buffer, SequenceReplayBuffer) and self._memory_state_before is not None
+        if not isinstance(replay_buffer, SequenceReplayBuffer):
+            raise TypeError(
+                f"{type(self).__name__} stores steps with their memory state in a SequenceReplayBuffer, got "
+                f"{type(replay_buffer).__name__}: leave replay_buffer_class as the algorithm sets it"
+            )
+        assert self._memory_state_before is not None
         assert self._last_episode_starts is not None
         if self._vec_normalize_env is not None:
             new_obs_, reward_ = self._vec_normalize_env.get_original_obs(), self._vec_normalize_env.get_original_reward()

@@ -5,15 +5,15 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
-from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
+from stable_baselines3.common.buffers import BaseBuffer
+from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_memory.common.buffers import CompactState, compact_nbytes, compact_states, rebuild_states
 from sb3_memory.common.type_aliases import SequenceReplayBufferSamples
 
 
-class SequenceReplayBuffer(ReplayBuffer):
+class SequenceReplayBuffer(BaseBuffer):
     """
     Each environment's steps in order, in a ring of ``buffer_size // n_envs`` steps, and the policy's
     flat memory state before every ``state_stride``-th step. :meth:`sample` returns sequences of
@@ -22,7 +22,12 @@ class SequenceReplayBuffer(ReplayBuffer):
     sequence are marked (``episode_starts``) and replayed from the initial state, as in
     :class:`~sb3_memory.common.buffers.MemoryRolloutBuffer`.
 
-    It is a ``ReplayBuffer`` for SB3's checks (``load_replay_buffer``), but keeps its own arrays.
+    A ``BaseBuffer``, not a ``ReplayBuffer``: it keeps steps, not transitions, so SB3's
+    ``ReplayBuffer`` contract (``add(obs, next_obs, action, reward, done, infos)``, samples of
+    single transitions with their next observation) does not hold. The memory algorithms store
+    steps through :meth:`~sb3_memory.common.off_policy_algorithm.MemoryOffPolicyMixin._store_transition`
+    and load saved buffers through their own ``load_replay_buffer``.
+
     The transition's next observation is not stored: it is the next step's observation (or, after
     an episode's end, not needed: an ended episode is not bootstrapped), except where a time limit
     cut the episode (``handle_timeout_termination``, as SB3's): then the observation it stopped at
@@ -31,17 +36,23 @@ class SequenceReplayBuffer(ReplayBuffer):
 
     :param buffer_size: steps kept, over all environments (per environment: rounded down to whole
         ``state_stride``)
+    :param observation_space: the observation space
+    :param action_space: the action space (``Discrete`` actions are kept as integers, ``Box`` ones
+        as SB3's off-policy algorithms store them: scaled to [-1, 1])
+    :param device: where sampled tensors go
+    :param n_envs: environments stepped together
+    :param optimize_memory_usage: must be False (SB3's algorithms pass it): each step is kept once already
+    :param handle_timeout_termination: bootstrap where a time limit cut an episode (``TimeLimit.truncated``)
     :param sequence_length: steps per sampled sequence (burn-in, trained steps and n-step lookahead)
     :param state_stride: a state is stored every this many steps; sequences start only there, so a
         stride shorter than the sequence makes sampled sequences overlap
     :param compact_states: keep each stored state as its entries that differ from the initial
         state (exact; for sparse cores, whose states differ from a fresh one in the slots their
         episode wrote), see :func:`~sb3_memory.common.buffers.compact_states`
-    The other parameters are those of SB3's ``ReplayBuffer``.
     """
 
-    # One array, or one per key of a Dict space (ReplayBuffer declares a single array).
-    observations: Any  # type: ignore[assignment]
+    # One array, or one per key of a Dict space.
+    observations: Any
     obs_shape: Any
     states: Optional[np.ndarray]
 
@@ -62,10 +73,9 @@ class SequenceReplayBuffer(ReplayBuffer):
             raise ValueError("SequenceReplayBuffer keeps each step once already: leave optimize_memory_usage=False")
         if sequence_length < 1 or state_stride < 1:
             raise ValueError(f"sequence_length ({sequence_length}) and state_stride ({state_stride}) must be positive")
-        # Not ReplayBuffer.__init__: its transition arrays (observations twice) would go unused.
-        BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
-        self.optimize_memory_usage, self.handle_timeout_termination = False, handle_timeout_termination
-        # Per environment, as ReplayBuffer's, rounded down to whole strides (a state per stride).
+        super().__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs)
+        self.handle_timeout_termination = handle_timeout_termination
+        # Per environment, as SB3's ReplayBuffer, rounded down to whole strides (a state per stride).
         self.buffer_size = buffer_size // n_envs // state_stride * state_stride
         if self.buffer_size < max(sequence_length, state_stride):
             raise ValueError(
@@ -74,7 +84,6 @@ class SequenceReplayBuffer(ReplayBuffer):
             )
         self.sequence_length = sequence_length
         self.state_stride = state_stride
-        self.obs_shape = get_obs_shape(observation_space)
         if isinstance(observation_space, spaces.Dict):
             self.observations = {
                 key: np.zeros((self.buffer_size, n_envs, *shape), dtype=observation_space[key].dtype)
@@ -101,7 +110,7 @@ class SequenceReplayBuffer(ReplayBuffer):
         self.compact_stored_states: dict[tuple[int, int], CompactState] = {}
         self.initial_state_row: Optional[th.Tensor] = None
 
-    def add(  # type: ignore[override]
+    def add(
         self,
         obs: Union[np.ndarray, dict[str, np.ndarray]],
         action: np.ndarray,
@@ -123,7 +132,16 @@ class SequenceReplayBuffer(ReplayBuffer):
         :param infos: the environments' infos: ``"TimeLimit.truncated"`` marks a timeout, whose
             ``"terminal_observation"`` (unnormalised) is kept
         :param initial_state: the state an episode starts from, ``(1, state_size)`` (needed with ``compact_states``)
+        :raises TypeError: where ``state`` is not a tensor, as when called the way SB3's
+            ``ReplayBuffer.add(obs, next_obs, action, reward, done, infos)`` is
         """
+        if not isinstance(state, th.Tensor):
+            raise TypeError(
+                f"state must be the policy's flat memory state, a tensor (n_envs, state_size), got {type(state).__name__}: "
+                "SequenceReplayBuffer.add takes (obs, action, reward, done, episode_start, state, infos), not SB3's "
+                "ReplayBuffer.add(obs, next_obs, action, reward, done, infos); a memory algorithm stores its steps "
+                "through MemoryOffPolicyMixin._store_transition"
+            )
         if isinstance(self.observations, dict):
             for key in self.observations:
                 self.observations[key][self.pos] = np.asarray(obs[key]).reshape(self.n_envs, *self.obs_shape[key])  # type: ignore[call-overload]
@@ -156,6 +174,19 @@ class SequenceReplayBuffer(ReplayBuffer):
         if self.pos == self.buffer_size:
             self.full, self.pos = True, 0
 
+    def extend(self, *args: Any, **kwargs: Any) -> None:
+        """Not available: BaseBuffer's ``extend`` adds transitions one by one, a sequence buffer needs whole steps."""
+        raise NotImplementedError(
+            "SequenceReplayBuffer keeps every environment's steps in order with their memory states: add them one step "
+            "(of all environments) at a time with add(), not a batch of transitions with extend()"
+        )
+
+    def reset(self) -> None:
+        """Forget every stored step (and the timeouts' observations and compact states kept beside them)."""
+        super().reset()
+        self.terminal_observations.clear()
+        self.compact_stored_states.clear()
+
     def age(self, positions: np.ndarray) -> np.ndarray:
         """How many kept steps come before each ring position (0: the oldest kept step)."""
         return (positions - (self.pos if self.full else 0)) % self.buffer_size
@@ -169,8 +200,14 @@ class SequenceReplayBuffer(ReplayBuffer):
         age = self.age(starts)
         return starts[(age >= before) & (age + self.sequence_length <= self.size())]
 
-    def sample(self, batch_size: int, env: Optional[VecNormalize] = None) -> SequenceReplayBufferSamples:  # type: ignore[override]
-        """``batch_size`` sequences, each of a uniformly drawn environment and valid start."""
+    def sample(self, batch_size: int, env: Optional[VecNormalize] = None) -> SequenceReplayBufferSamples:
+        """
+        ``batch_size`` sequences, each of a uniformly drawn environment and valid start.
+
+        :param batch_size: sequences to draw
+        :param env: the ``VecNormalize`` to normalise observations and rewards with, if any
+        :raises ValueError: while no whole sequence is stored
+        """
         candidates = self.valid_starts()
         if len(candidates) == 0:
             raise ValueError(
@@ -179,10 +216,24 @@ class SequenceReplayBuffer(ReplayBuffer):
             )
         starts = np.random.choice(candidates, size=batch_size)
         env_indices = np.random.randint(0, self.n_envs, size=batch_size)
-        return self.sequences(starts, env_indices, env)
+        return self._get_samples(starts * self.n_envs + env_indices, env)
 
     def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None) -> SequenceReplayBufferSamples:  # type: ignore[override]
-        raise NotImplementedError("a SequenceReplayBuffer samples sequences: use sample() or sequences()")
+        """
+        The sequences that ``batch_inds`` name, each as ``start * n_envs + env_index``: its first ring
+        position (a valid start, see :meth:`valid_starts`) and its environment.
+
+        :raises ValueError: for an index whose sequence does not start at a stored state, or is not all kept
+        """
+        starts, env_indices = np.divmod(np.asarray(batch_inds), self.n_envs)
+        invalid = ~np.isin(starts, self.valid_starts())
+        if invalid.any():
+            raise ValueError(
+                f"sequence indices {np.asarray(batch_inds)[invalid].tolist()} start at ring positions "
+                f"{starts[invalid].tolist()}, where no whole sequence of {self.sequence_length} steps starts at a stored "
+                "state: draw them from valid_starts() (index = start * n_envs + env_index), or use sample()"
+            )
+        return self.sequences(starts, env_indices, env)
 
     def sequences(
         self, starts: np.ndarray, env_indices: np.ndarray, env: Optional[VecNormalize] = None, length: Optional[int] = None

@@ -84,7 +84,7 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = POLICY_ALIASES
     policy: MemoryDQNPolicy  # type: ignore[assignment]
-    replay_buffer: SequenceReplayBuffer
+    replay_buffer: SequenceReplayBuffer  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -131,7 +131,7 @@ class MemoryDQN(MemoryOffPolicyMixin, DQN):
             gamma=gamma,
             train_freq=train_freq,
             gradient_steps=gradient_steps,
-            replay_buffer_class=SequenceReplayBuffer,
+            replay_buffer_class=SequenceReplayBuffer,  # type: ignore[arg-type]
             replay_buffer_kwargs=replay_kwargs,
             target_update_interval=target_update_interval,
             exploration_fraction=exploration_fraction,

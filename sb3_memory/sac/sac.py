@@ -45,7 +45,7 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
     actor: MemoryActor  # type: ignore[assignment]
     critic: MemoryCritic  # type: ignore[assignment]
     critic_target: MemoryCritic  # type: ignore[assignment]
-    replay_buffer: SequenceReplayBuffer
+    replay_buffer: SequenceReplayBuffer  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class MemorySAC(MemoryOffPolicyMixin, SAC):
             train_freq=train_freq,
             gradient_steps=gradient_steps,
             action_noise=action_noise,
-            replay_buffer_class=SequenceReplayBuffer,
+            replay_buffer_class=SequenceReplayBuffer,  # type: ignore[arg-type]
             replay_buffer_kwargs=replay_kwargs,
             ent_coef=ent_coef,
             target_update_interval=target_update_interval,
