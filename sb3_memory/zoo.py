@@ -6,15 +6,16 @@ and a thin command-line wrapper around rl-zoo3's own entry points.
 Usage (the flags after the subcommand are exactly rl-zoo3's; the wrapper only strips the subcommand)::
 
     python -m sb3_memory.zoo train --algo memory_ppo --env sb3_memory/PassiveTMazeJunction-v0 \
-        -conf sb3_memory/zoo_configs/quickstart.yml
+        -conf zoo_configs/quickstart.yml
     python -m sb3_memory.zoo enjoy --algo memory_ppo --env sb3_memory/PassiveTMazeJunction-v0 -f logs --no-render
-    python -m sb3_memory.zoo train --algo memory_ppo --env CartPoleNoVel-v1 -conf sb3_memory/zoo_configs/memory_ppo.yml \
+    python -m sb3_memory.zoo train --algo memory_ppo --env CartPoleNoVel-v1 -conf zoo_configs/memory_ppo.yml \
         -optimize --storage tuning/cartpole.log --study-name memory_ppo_cartpole --n-trials 20 --no-optim-plots
 
 ``sb3-memory-zoo`` (console script) is the same as ``python -m sb3_memory.zoo``. Subcommands: ``train``
 (``-optimize`` included), ``enjoy``, ``record_video`` and rl-zoo3's plot scripts (``plot_train``,
-``plot_from_file``, ``all_plots``; they need ``rl_zoo3[plots]``). There is no default config for our
-algorithms inside rl-zoo3, so ``train`` needs ``-conf sb3_memory/zoo_configs/<algo>.yml`` (or your own file).
+``plot_from_file``, ``all_plots``; they need ``rl_zoo3[plots]``). ``-conf`` takes a file (the checkout's
+``zoo_configs/<algo>.yml`` or your own); without it, ``train --algo memory_*`` reads the package's own
+config of that algorithm (:data:`DEFAULT_CONFIGS`, found by :func:`sb3_memory.zoo_configs.config_path`).
 The ``sb3_memory/...`` tasks have no ``"human"`` render mode: ``enjoy`` them with ``--no-render``
 (``record_video`` works, through their ``"rgb_array"`` mode).
 
@@ -30,15 +31,20 @@ Importing this module (idempotent, see :func:`register`):
   ``ALGOS``, their samplers to ``HYPERPARAMS_SAMPLER`` and converters to ``HYPERPARAMS_CONVERTER``
   (used by ``--trial-id``);
 * registers the ``sb3_memory/...`` tasks and rl-zoo3's ``...NoVel`` envs with gymnasium;
-* patches two methods of ``rl_zoo3.exp_manager.ExperimentManager`` (each keeps the original and
-  calls it):
+* changes nothing in rl-zoo3 itself. ``train`` builds a :class:`MemoryExperimentManager`, rl-zoo3's
+  class subclassed (rl-zoo3's ``train()`` builds the class its module names ``ExperimentManager``;
+  the wrapper points that name at the subclass for the call, see
+  :func:`_train_with_memory_experiment_manager`). The subclass:
 
   - ``objective``: rl-zoo3 does ``kwargs.update(sampled_hyperparams)``, which *replaces* the
     config's ``policy_kwargs`` by the sampled ones (e.g. ``critic_memory``, ``controller``,
-    ``ortho_init`` would be lost), and samplers are not given the config. For our algorithms the
-    patch exposes the preprocessed config hyperparameters to the sampler (a ``ContextVar``, so it
-    is per Optuna thread with ``--n-jobs``) and the sampler returns ``policy_kwargs`` merged.
-  - ``load_trial`` (``--storage ... --study-name ... --trial-id N``): same merge, for our algorithms.
+    ``ortho_init`` would be lost), and samplers are not given the config. For our algorithms it
+    exposes the preprocessed config hyperparameters to the sampler (a ``ContextVar``, so it is per
+    Optuna thread with ``--n-jobs``) and the sampler returns ``policy_kwargs`` merged.
+  - ``load_trial`` (``--storage ... --study-name ... --trial-id N``): same merge, for our algorithms,
+    with the config's entry read by rl-zoo3's own ``read_hyperparameters``.
+  - ``create_callbacks``: ``maskable_memory_ppo`` evaluates with the eval env's action masks.
+  - without ``-conf``, ``memory_*`` algorithms read the package's config.
 
 **policy_kwargs merge rule** (``-optimize`` and ``--trial-id``): final ``policy_kwargs`` =
 config ``policy_kwargs`` (after ``-params`` overrides, evaluated by rl-zoo3) updated with the sampled
@@ -67,15 +73,16 @@ also seeds the TPE sampler, so they would propose the same trials); the default 
 each worker its own ``--log-folder`` (or ``-uuid``) so their report files do not collide.
 """
 
+import contextlib
 import importlib
-import importlib.util
 import inspect
+import io
 import math
 import os
 import runpy
 import sys
+from collections.abc import Iterator
 from contextvars import ContextVar
-from pathlib import Path
 from typing import Any, Optional
 
 import optuna
@@ -101,10 +108,13 @@ from sb3_memory.memory import CORES
 from sb3_memory.ppo import MemoryPPO
 from sb3_memory.ppo_mask import MaskableMemoryPPO
 from sb3_memory.sac import MemorySAC
+from sb3_memory.zoo_configs import config_path
 
 __all__ = [
+    "DEFAULT_CONFIGS",
     "MEMORY_ALGOS",
     "MEMORY_SHAPE_SPACE",
+    "MemoryExperimentManager",
     "convert_memory_onpolicy_params",
     "main",
     "register",
@@ -343,84 +353,132 @@ def sample_memory_a2c_params(trial: optuna.Trial, n_actions: int, n_envs: int, a
 
 
 # --------------------------------------------------------------------------------------------
-# ExperimentManager patches (see the module docstring)
+# ExperimentManager for our algorithms (see the module docstring)
 # --------------------------------------------------------------------------------------------
 
+#: The config each algorithm reads when ``-conf`` is not given (``maskable_memory_ppo``: MemoryPPO's).
+DEFAULT_CONFIGS = {
+    "memory_ppo": "memory_ppo",
+    "memory_a2c": "memory_a2c",
+    "maskable_memory_ppo": "memory_ppo",
+    "memory_dqn": "memory_dqn",
+    "memory_sac": "memory_sac",
+}
 
-def _objective(self: ExperimentManager, trial: optuna.Trial) -> float:
-    token = _CONFIG_HYPERPARAMS.set(self._hyperparams if self.algo in MEMORY_ALGOS else None)
+
+class MemoryExperimentManager(ExperimentManager):
+    """
+    rl-zoo3's ``ExperimentManager`` (same arguments), with what our algorithms need; other
+    algorithms behave exactly as with rl-zoo3's own class:
+
+    * without ``config``, a ``memory_*`` algorithm reads this package's config
+      (:data:`DEFAULT_CONFIGS`; rl-zoo3's default is a file in its own folder, which has none);
+    * ``objective`` (``-optimize``) lets the samplers see the config's hyperparameters, so that
+      the sampled ``policy_kwargs`` are merged into the config's instead of replacing them;
+    * ``load_trial`` (``--trial-id``) merges the trial's ``policy_kwargs`` into the config's too;
+    * ``create_callbacks``: ``maskable_memory_ppo`` is evaluated with the eval env's action masks.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._uses_default_config = False
+        config = inspect.signature(ExperimentManager.__init__).bind(self, *args, **kwargs).arguments.get("config")
+        if config is None and self.algo in DEFAULT_CONFIGS:
+            self.config = str(config_path(DEFAULT_CONFIGS[self.algo]))
+            self._uses_default_config = True
+        # The config's policy_kwargs, read before a --trial-id trial is merged into them.
+        self._config_policy_kwargs: Any = None
+
+    def read_hyperparameters(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """rl-zoo3's, keeping the config's ``policy_kwargs`` for :meth:`load_trial`'s merge."""
+        if self.algo in MEMORY_ALGOS and self.storage and self.study_name and self.trial_id:
+            self._config_policy_kwargs = self._config_entry().get("policy_kwargs")
+        try:
+            return super().read_hyperparameters()
+        except ValueError as error:
+            if not self._uses_default_config or not str(error).startswith("Hyperparameters not found"):
+                raise
+            with open(self.config) as file:
+                known = sorted(yaml.safe_load(file))
+            raise ValueError(
+                f"{self.config} (the default config of {self.algo}) has no entry for {self.env_name.gym_id}; it has "
+                f"{known}. Pass your own file with -conf (an entry named after the env, or 'default')"
+            ) from error
+
+    def _config_entry(self) -> dict[str, Any]:
+        """The config's entry for the env as rl-zoo3 reads it, without a trial or ``-params`` (quietly)."""
+        saved = self.trial_id, self.custom_hyperparams
+        self.trial_id, self.custom_hyperparams = None, None
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # rl-zoo3 always prints what it read
+                entry, _ = super().read_hyperparameters()
+        finally:
+            self.trial_id, self.custom_hyperparams = saved
+        return entry
+
+    def load_trial(
+        self, storage: str, study_name: str, trial_id: Optional[int] = None, convert: bool = True
+    ) -> dict[str, Any]:
+        """rl-zoo3's; for our algorithms, the trial's ``policy_kwargs`` merged into the config's (sampled wins)."""
+        params = super().load_trial(storage, study_name, trial_id, convert)
+        if self.algo in MEMORY_ALGOS and convert and "policy_kwargs" in params:
+            params = _merge_policy_kwargs(self._config_policy_kwargs, params)
+        return params
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """rl-zoo3's, with the config's hyperparameters visible to our samplers (see :func:`_config_hyperparams`)."""
+        token = _CONFIG_HYPERPARAMS.set(self._hyperparams if self.algo in MEMORY_ALGOS else None)
+        try:
+            return super().objective(trial)
+        finally:
+            _CONFIG_HYPERPARAMS.reset(token)
+
+    def create_callbacks(self) -> None:
+        """rl-zoo3's; for ``maskable_memory_ppo``, its evaluation callback passes the eval env's action masks."""
+        super().create_callbacks()
+        if self.algo != "maskable_memory_ppo":
+            return
+        for index, callback in enumerate(self.callbacks):
+            if type(callback) is EvalCallback:
+                self.callbacks[index] = MaskableEvalCallback(
+                    callback.eval_env,
+                    callback_on_new_best=callback.callback_on_new_best,
+                    n_eval_episodes=callback.n_eval_episodes,
+                    eval_freq=callback.eval_freq,
+                    log_path=None if callback.log_path is None else os.path.dirname(callback.log_path),
+                    best_model_save_path=callback.best_model_save_path,
+                    deterministic=callback.deterministic,
+                    verbose=callback.verbose,
+                )
+
+
+@contextlib.contextmanager
+def _train_with_memory_experiment_manager() -> Iterator[None]:
+    """
+    Let rl-zoo3's ``train()`` build a :class:`MemoryExperimentManager`: it builds the class its
+    module names ``ExperimentManager`` and offers no other hook. The name is swapped for the call
+    only, after checking that it is the class we subclass (``tests/test_zoo.py`` also watches the
+    hash of ``train``'s source, as ``tests/test_sb3_forks.py`` does for SB3's).
+    """
+    import rl_zoo3.train as zoo_train
+
+    if zoo_train.ExperimentManager is not ExperimentManager or "ExperimentManager" not in zoo_train.train.__code__.co_names:
+        raise RuntimeError(
+            "rl_zoo3.train no longer builds rl_zoo3.exp_manager.ExperimentManager by that name: sb3_memory.zoo cannot "
+            "hand it MemoryExperimentManager; please report this with your rl-zoo3 version"
+        )
+    zoo_train.ExperimentManager = MemoryExperimentManager  # type: ignore[misc]
     try:
-        return _objective.original(self, trial)  # type: ignore[attr-defined]
+        yield
     finally:
-        _CONFIG_HYPERPARAMS.reset(token)
-
-
-def _config_entry(manager: ExperimentManager) -> dict[str, Any]:
-    """The manager's raw config entry, looked up as ``read_hyperparameters`` does."""
-    config = manager.config
-    if config.endswith((".yml", ".yaml")):
-        with open(config) as file:
-            table = yaml.safe_load(file)
-    elif config.endswith(".py"):
-        namespace: dict[str, Any] = {}
-        exec(Path(config).read_text(), namespace)
-        table = namespace["hyperparams"]
-    else:
-        table = importlib.import_module(config).hyperparams
-    env_id = manager.env_name.gym_id
-    if env_id in table:
-        return table[env_id]
-    if manager._is_atari and "atari" in table:
-        return table["atari"]
-    return table.get("default", {})
-
-
-def _load_trial(
-    self: ExperimentManager, storage: str, study_name: str, trial_id: Optional[int] = None, convert: bool = True
-) -> dict[str, Any]:
-    params = _load_trial.original(self, storage, study_name, trial_id, convert)  # type: ignore[attr-defined]
-    if self.algo in MEMORY_ALGOS and convert and "policy_kwargs" in params:
-        params = _merge_policy_kwargs(_config_entry(self).get("policy_kwargs"), params)
-    return params
-
-
-def _create_callbacks(self: ExperimentManager) -> None:
-    _create_callbacks.original(self)  # type: ignore[attr-defined]
-    if self.algo != "maskable_memory_ppo":
-        return
-    # rl-zoo3 evaluates without masks; sb3-contrib's MaskableEvalCallback passes the eval env's.
-    for index, callback in enumerate(self.callbacks):
-        if type(callback) is EvalCallback:
-            self.callbacks[index] = MaskableEvalCallback(
-                callback.eval_env,
-                callback_on_new_best=callback.callback_on_new_best,
-                n_eval_episodes=callback.n_eval_episodes,
-                eval_freq=callback.eval_freq,
-                log_path=None if callback.log_path is None else os.path.dirname(callback.log_path),
-                best_model_save_path=callback.best_model_save_path,
-                deterministic=callback.deterministic,
-                verbose=callback.verbose,
-            )
-
-
-def _patch_experiment_manager() -> None:
-    for name, wrapper in (
-        ("objective", _objective),
-        ("load_trial", _load_trial),
-        ("create_callbacks", _create_callbacks),
-    ):
-        current = getattr(ExperimentManager, name)
-        # Patched already (this module imported twice or reloaded): wrap the original, not the wrapper.
-        original = current.original if getattr(current, "_sb3_memory_patch", False) else current
-        setattr(wrapper, "original", original)  # noqa: B010 (a function attribute, not in its type)
-        setattr(wrapper, "_sb3_memory_patch", True)  # noqa: B010
-        setattr(ExperimentManager, name, wrapper)
+        zoo_train.ExperimentManager = ExperimentManager  # type: ignore[misc]
 
 
 def register() -> None:
     """
-    Register our algorithms, samplers and converters with rl-zoo3, the environments with gymnasium,
-    and patch the ExperimentManager (see the module docstring). Idempotent; runs on import.
+    Register our algorithms, samplers and converters with rl-zoo3 and the environments with
+    gymnasium (see the module docstring). Idempotent; runs on import. Nothing of rl-zoo3 is
+    patched: ``train`` runs through :class:`MemoryExperimentManager`.
     """
     import rl_zoo3.import_envs  # noqa: F401  (CartPoleNoVel-v1, PendulumNoVel-v1, ...)
 
@@ -439,7 +497,6 @@ def register() -> None:
     HYPERPARAMS_CONVERTER.update(
         {"memory_dqn": convert_memory_offpolicy_params, "memory_sac": convert_memory_offpolicy_params}
     )
-    _patch_experiment_manager()
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,7 +513,8 @@ def _run_enjoy() -> None:
 def _run_train() -> None:
     from rl_zoo3.train import train
 
-    train()
+    with _train_with_memory_experiment_manager():
+        train()
 
 
 def _run_record_video() -> None:
@@ -479,9 +537,10 @@ SUBCOMMANDS = {
 
 _USAGE = f"""usage: sb3-memory-zoo {{{",".join(SUBCOMMANDS)}}} [rl-zoo3 arguments ...]
 
-Runs rl-zoo3's own script with the sb3_memory algorithms (memory_ppo, memory_a2c, maskable_memory_ppo) registered.
+Runs rl-zoo3's own script with the sb3_memory algorithms (memory_ppo, memory_a2c, maskable_memory_ppo,
+memory_dqn, memory_sac) registered; without -conf, train reads the package's config of a memory_* algorithm.
 Hyperparameter search: `train ... -optimize` (see `sb3-memory-zoo train --help`).
-Example: sb3-memory-zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf sb3_memory/zoo_configs/memory_ppo.yml
+Example: sb3-memory-zoo train --algo memory_ppo --env sb3_memory/PassiveTMaze-v0 -conf zoo_configs/memory_ppo.yml
 """
 
 

@@ -1,6 +1,8 @@
-"""rl-zoo3 integration (sb3_memory.zoo and sb3_memory/zoo_configs/): train, enjoy, configs, samplers, distributed tuning."""
+"""rl-zoo3 integration (sb3_memory.zoo and zoo_configs/): train, enjoy, configs, samplers, distributed tuning."""
 
 import argparse
+import hashlib
+import inspect
 import math
 import os
 import re
@@ -97,7 +99,7 @@ def zoo_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 def make_manager(algo: str, env_id: str, log_folder: Path, **kwargs) -> ExperimentManager:
     kwargs.setdefault("config", str(CONFIG_FILES.get(algo, CONFIG_FILES["memory_ppo"])))
-    return ExperimentManager(
+    return zoo.MemoryExperimentManager(
         argparse.Namespace(),
         algo,
         env_id,
@@ -124,14 +126,43 @@ def test_registration_is_idempotent():
     assert HYPERPARAMS_SAMPLER["memory_ppo"] is zoo.sample_memory_ppo_params
     assert HYPERPARAMS_SAMPLER["memory_a2c"] is zoo.sample_memory_a2c_params
     assert HYPERPARAMS_CONVERTER["memory_ppo"] is zoo.convert_memory_onpolicy_params
-    for name in ("objective", "load_trial"):
-        wrapper = getattr(ExperimentManager, name)
-        assert wrapper._sb3_memory_patch
-        assert not getattr(wrapper.original, "_sb3_memory_patch", False), f"{name} wrapped twice"
+    # Nothing of rl-zoo3 is patched: its class and train() are as installed.
+    import rl_zoo3.train
+
+    for name in ("objective", "load_trial", "create_callbacks", "read_hyperparameters", "__init__"):
+        assert getattr(ExperimentManager, name).__module__ == "rl_zoo3.exp_manager", name
+    assert rl_zoo3.train.ExperimentManager is ExperimentManager
     import gymnasium
 
     for env_id in ENV_IDS:
         assert env_id in gymnasium.registry
+
+
+# sha256 of rl-zoo3 2.9.2's train(): sb3_memory.zoo points the ExperimentManager name it builds at
+# MemoryExperimentManager for the call. When an upgrade changes train(), review that this still holds
+# (it builds the manager by that global name, then setup_experiment / learn / save_trained_model or
+# hyperparameters_optimization), then record the new hash.
+RL_ZOO3_TRAIN_SHA256 = "7138a19afaa9a80d1adc2bc2ce17a9ec4bd8c933aa6d1a83ddc837d288096171"
+
+
+def test_installed_rl_zoo3_train_is_the_one_reviewed():
+    import rl_zoo3.train
+
+    digest = hashlib.sha256(inspect.getsource(rl_zoo3.train.train).encode()).hexdigest()
+    assert digest == RL_ZOO3_TRAIN_SHA256, "rl_zoo3.train.train changed: review sb3_memory.zoo's use of it (see above)"
+
+
+def test_train_builds_the_subclass_for_the_call_only(monkeypatch):
+    import rl_zoo3.train
+
+    built = []
+    monkeypatch.setattr(rl_zoo3.train, "train", lambda: built.append(rl_zoo3.train.ExperimentManager))
+    zoo._run_train()
+    assert built == [zoo.MemoryExperimentManager]
+    assert rl_zoo3.train.ExperimentManager is ExperimentManager
+    with pytest.raises(ZeroDivisionError), zoo._train_with_memory_experiment_manager():
+        1 / 0  # noqa: B018
+    assert rl_zoo3.train.ExperimentManager is ExperimentManager  # restored after an error too
 
 
 def test_main_rejects_unknown_subcommand(capsys):
@@ -150,7 +181,7 @@ def trained_tmaze(tmp_path_factory) -> Path:
     log_folder = tmp_path_factory.mktemp("zoo_logs")
     result = zoo_command(
         "train", "--algo", "memory_ppo", "--env", TMAZE,
-        "-conf", str(CONFIG_FILES["memory_ppo"]),
+        "-conf", "zoo_configs/memory_ppo.yml",  # from the checkout, as the README says
         "-n", "256", "--log-folder", str(log_folder), "--eval-freq", "-1", "--seed", "0", "--num-threads", "1",
         "-params", "n_envs:2", "n_steps:64", "batch_size:64", "sequence_length:32", "n_epochs:1",
     )  # fmt: skip
@@ -207,10 +238,10 @@ def test_enjoy_threads_memory_state(trained_tmaze, monkeypatch):
 
 
 def test_memory_dqn_trains_and_enjoys_through_the_zoo(tmp_path):
-    """memory_dqn's config entry, trained briefly through rl-zoo3, loads as a MemoryDQN and enjoys."""
+    """memory_dqn's config entry (the default without -conf), trained briefly through rl-zoo3, loads and enjoys."""
     common = ["--algo", "memory_dqn", "--env", TMAZE, "--num-threads", "1"]
     result = zoo_command(
-        "train", *common, "-conf", str(CONFIGS / "memory_dqn.yml"), "-n", "600", "--log-folder", str(tmp_path),
+        "train", *common, "-n", "600", "--log-folder", str(tmp_path),
         "--eval-freq", "-1", "--seed", "0", "-params", "learning_starts:200", "n_envs:2", "buffer_size:2000",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
