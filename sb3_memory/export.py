@@ -27,6 +27,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from torch import nn
 
 from sb3_memory.common.policies import MemoryActorCriticPolicy
+from sb3_memory.common.save_util import POLICY_MODULE_ALGORITHMS
 from sb3_memory.memory import MemoryCore
 
 INPUT_NAMES = ["observation", "state", "episode_start"]
@@ -125,19 +126,27 @@ def export_onnx(model: Union[BaseAlgorithm, MemoryActorCriticPolicy], path: Unio
     """
     Write one deterministic step of a memory policy to an ONNX file (see the module docstring).
 
-    :param model: a trained MemoryPPO / MemoryA2C / MaskableMemoryPPO (masks are not exported), or its policy
+    :param model: a trained MemoryPPO / MemoryA2C / MaskableMemoryPPO (masks are not exported), or its policy;
+        MemoryDQN and MemorySAC models are not supported yet
     :param path: the ``.onnx`` file to write, self-contained (its folder is created if needed)
     :return: the path; the graph's inputs are ``observation`` ``(batch, *observation shape)``,
         ``state`` ``(batch, state_size)`` float32 and ``episode_start`` ``(batch,)`` float32, its
         outputs ``action``, ``value`` ``(batch, 1)`` and ``new_state``; ``state_size`` is also in
         the file's metadata
     """
-    import onnx
-
     policy = model.policy if isinstance(model, BaseAlgorithm) else model
     if not isinstance(policy, MemoryActorCriticPolicy):
-        raise TypeError(f"export_onnx needs a memory policy (MemoryPPO, MemoryA2C), got {type(policy).__name__}")
+        module = type(policy).__module__
+        owner = POLICY_MODULE_ALGORITHMS[module][1] if module in POLICY_MODULE_ALGORITHMS else None
+        got = f"a {owner} model's {type(policy).__name__}" if owner else f"{module}.{type(policy).__name__}"
+        raise TypeError(
+            f"export_onnx exports the actor-critic policies of MemoryPPO, MemoryA2C and MaskableMemoryPPO (NTM, DNC "
+            f"or LSTM cores), got {got}: MemoryDQN and MemorySAC policies, and policies without memory, are not "
+            "supported yet"
+        )
     step = PolicyStep(policy)
+    import onnx  # the [export] extra: imported once the model is known to be exportable
+
     space = policy.observation_space
     observation = th.as_tensor(np.stack([space.sample(), space.sample()]))
     state = policy.initial_state(2).cpu()

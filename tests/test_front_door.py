@@ -1,5 +1,6 @@
-"""What a new user hit (issue table): each case gets correct behaviour or an error that names the fix."""
+"""What a new user hit (issue tables): each case gets correct behaviour or an error that names the fix."""
 
+import argparse
 import warnings
 
 import gymnasium as gym
@@ -9,7 +10,9 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_memory import MemoryA2C, MemoryPPO
+from sb3_memory import MemoryA2C, MemoryDQN, MemoryPPO, MemorySAC, viz
+from sb3_memory.common.algorithm_checks import check_action_space
+from sb3_memory.dqn.policies import MemoryDQNPolicy as DQNPolicy
 from sb3_memory.memory import DNCCell, NTMCell
 from sb3_memory.memory.checks import check_float, check_int
 
@@ -177,3 +180,126 @@ def test_overflowing_returns_are_named_as_such():
     model = MemoryPPO("LSTMPolicy", env, n_steps=8, batch_size=8, gamma=1.0, policy_kwargs=tiny("LSTMPolicy"))
     with pytest.raises(ValueError, match=r"non-finite (return|advantage) .*scale the rewards down"):
         model.learn(8)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors that name the fix: viz, load, policy names, action spaces, export, the zoo's configs
+# --------------------------------------------------------------------------------------------
+
+
+def tmaze(n_envs: int = 1):
+    return make_vec_env("sb3_memory/PassiveTMaze-v0", n_envs=n_envs, env_kwargs=dict(corridor_length=3))
+
+
+def saved_dqn(tmp_path, policy: str = "NTMPolicy"):
+    model = MemoryDQN(policy, tmaze(), buffer_size=64, learning_starts=16, policy_kwargs=tiny(policy))
+    model.save(tmp_path / "dqn.zip")
+    return tmp_path / "dqn.zip"
+
+
+def test_viz_of_an_lstm_policy_says_there_is_no_memory_to_draw(tmp_path, monkeypatch):
+    model = MemoryPPO("LSTMPolicy", tmaze(), n_steps=8, batch_size=8, policy_kwargs=tiny("LSTMPolicy"))
+    steps = []
+    monkeypatch.setattr(model, "predict", lambda *args, **kwargs: steps.append(1))
+    expected = r"LSTMPolicy has no external memory to draw .*: sb3_memory\.viz draws .* NTMPolicy and DNCPolicy models"
+    with pytest.raises(ValueError, match=expected):
+        viz.record_episode(model, gym.make("sb3_memory/PassiveTMaze-v0", corridor_length=3))
+    assert not steps, "the error comes before the episode runs"
+    model.save(tmp_path / "lstm.zip")
+    made = []
+    monkeypatch.setattr(gym, "make", lambda *args, **kwargs: made.append(args))
+    with pytest.raises(ValueError, match=expected):
+        viz.main(["--model", str(tmp_path / "lstm.zip"), "--env", "sb3_memory/PassiveTMaze-v0"])
+    assert not made, "the error comes before the environment is made"
+
+
+def test_viz_reads_the_algorithm_from_the_file_and_names_a_wrong_algo(tmp_path):
+    path = saved_dqn(tmp_path)
+    assert viz.algorithm_of_file(path) == "memory_dqn"
+    with pytest.raises(ValueError, match=r"--algo memory_ppo, but .*dqn.zip holds a memory_dqn model: pass --algo memory_dqn"):
+        viz.main(["--algo", "memory_ppo", "--model", str(path), "--env", "sb3_memory/PassiveTMaze-v0"])
+    out = tmp_path / "trace.png"
+    viz.main(
+        ["--model", str(path), "--env", "sb3_memory/PassiveTMaze-v0", "--env-kwargs", "corridor_length:3", "--out", str(out)]
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loading_another_algorithms_file_names_the_algorithm_to_load_it_with(tmp_path):
+    path = saved_dqn(tmp_path)
+    expected = r"dqn.zip holds a MemoryDQN model .*not a MemoryPPO one: load it with MemoryDQN\.load"
+    with pytest.raises(ValueError, match=expected):
+        MemoryPPO.load(path)
+    with pytest.raises(ValueError, match=expected.replace("dqn.zip ", ".*")), open(path, "rb") as file:
+        MemoryPPO.load(file)  # a file-like: read, then rewound for SB3
+    assert isinstance(MemoryDQN.load(path).policy, DQNPolicy)  # the right class still loads it
+    ppo = MemoryPPO("NTMPolicy", tmaze(), n_steps=8, batch_size=8, policy_kwargs=tiny())
+    ppo.save(tmp_path / "ppo")  # without the suffix, as SB3 allows
+    assert MemoryPPO.load(tmp_path / "ppo").n_steps == 8
+
+
+@pytest.mark.parametrize(
+    "algo, policy, expected",
+    [
+        (MemoryDQN, "MlpPolicy", r"'MlpPolicy' unknown to MemoryDQN: choose one of 'NTMPolicy', .*'LSTMPolicy'.*; "
+         r"for a memory use 'NTMPolicy' .*, for SB3's memoryless MlpPolicy use stable_baselines3\.DQN"),
+        (MemorySAC, "MlpLstmPolicy", r"'MlpLstmPolicy' unknown to MemorySAC: choose one of 'NTMPolicy', .*"
+         r"sb3-contrib's MlpLstmPolicy is 'LSTMPolicy' here"),
+        (MemorySAC, "MlpPolicy", r"for SB3's memoryless MlpPolicy use stable_baselines3\.SAC"),
+    ],
+)  # fmt: skip
+def test_off_policy_algorithms_name_their_policies(algo, policy, expected):
+    env_id = "Pendulum-v1" if algo is MemorySAC else "CartPole-v1"
+    with pytest.raises(ValueError, match=expected):
+        algo(policy, env_id)
+
+
+@pytest.mark.parametrize(
+    "algo, env_id, expected",
+    [
+        (MemoryDQN, "Pendulum-v1", r"MemoryDQN takes Discrete actions only, got Box\(.*\): use MemorySAC for Box actions, "
+         r"or MemoryPPO / MemoryA2C \(any action space\)"),
+        (MemorySAC, "CartPole-v1", r"MemorySAC takes Box actions only, got Discrete\(2\): use MemoryDQN for Discrete "
+         r"actions, or MemoryPPO / MemoryA2C"),
+    ],
+)  # fmt: skip
+def test_off_policy_algorithms_name_the_algorithm_for_an_action_space(algo, env_id, expected):
+    with pytest.raises(ValueError, match=expected):
+        algo("NTMPolicy", env_id)
+    with pytest.raises(ValueError, match=expected):
+        algo("NTMPolicy", make_vec_env(env_id, n_envs=2))
+    space = spaces.MultiDiscrete([2, 3])
+    with pytest.raises(ValueError, match=rf"{algo.__name__} takes .* got MultiDiscrete\(\[2 3\]\): use MemoryPPO / MemoryA2C"):
+        check_action_space(algo.__name__, space)
+
+
+def test_export_of_an_off_policy_model_says_what_is_supported(tmp_path):
+    from sb3_memory.export import export_onnx
+
+    model = MemoryDQN("NTMPolicy", tmaze(), buffer_size=64, policy_kwargs=tiny())
+    expected = (
+        r"exports the actor-critic policies of MemoryPPO, MemoryA2C and MaskableMemoryPPO .*got a MemoryDQN model's "
+        r"NTMPolicy: MemoryDQN and MemorySAC policies.* not supported yet"
+    )
+    with pytest.raises(TypeError, match=expected):
+        export_onnx(model, tmp_path / "policy.onnx")
+    assert not (tmp_path / "policy.onnx").exists()
+
+
+def test_zoo_train_without_conf_reads_the_packages_config(tmp_path):
+    from sb3_memory import zoo
+    from sb3_memory.zoo_configs import config_path
+
+    def manager(algo: str, env_id: str = "sb3_memory/PassiveTMaze-v0", **kwargs):
+        return zoo.MemoryExperimentManager(argparse.Namespace(), algo, env_id, str(tmp_path), verbose=0, **kwargs)
+
+    dqn = manager("memory_dqn")
+    assert dqn.config == str(config_path("memory_dqn"))
+    hyperparams, _ = dqn.read_hyperparameters()
+    assert hyperparams["policy"] == "NTMPolicy" and hyperparams["burn_in"] == 4
+    assert manager("maskable_memory_ppo").config == str(config_path("memory_ppo"))
+    assert manager("memory_ppo", config="mine.yml").config == "mine.yml"
+    assert "rl_zoo3" in manager("ppo").config  # other algorithms keep rl-zoo3's own default
+    with pytest.raises(ValueError, match=r"memory_dqn.yml \(the default config of memory_dqn\) has no entry for CartPole-v1"
+                       r".*Pass your own file with -conf"):  # fmt: skip
+        manager("memory_dqn", "CartPole-v1").read_hyperparameters()

@@ -63,3 +63,35 @@ def test_record_episode_rejects_non_memory_models():
 
     with pytest.raises(TypeError, match="memory policy"):
         record_episode(PPO("MlpPolicy", "CartPole-v1", n_steps=16), gym.make("CartPole-v1"))
+
+
+@pytest.mark.parametrize("algo", ["memory_dqn", "memory_sac"])
+def test_off_policy_traces_follow_the_acting_core(algo):
+    """MemoryDQN's online Q-network core, MemorySAC's actor core: the trace ends at the state predict returns."""
+    from sb3_memory import MemoryDQN, MemorySAC
+
+    def make_env():
+        if algo == "memory_dqn":
+            return gym.make("sb3_memory/PassiveTMaze-v0", corridor_length=4)
+        return gym.make("Pendulum-v1", max_episode_steps=12)
+
+    algorithm = MemoryDQN if algo == "memory_dqn" else MemorySAC
+    model = algorithm("DNCPolicy", make_env(), buffer_size=64, seed=0, policy_kwargs=SMALL)
+    trace = record_episode(model, make_env(), seed=5)
+    env = make_env()
+    obs, _ = env.reset(seed=5)
+    state, start, done, steps = None, np.ones(1, dtype=bool), False, 0
+    while not done:
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        start = np.zeros(1, dtype=bool)
+        obs, _, terminated, truncated, _ = env.step(action)
+        done, steps = terminated or truncated, steps + 1
+    flat = torch.as_tensor(state)
+    if algo == "memory_dqn":
+        core, part = model.policy.q_net.core, flat
+    else:
+        core, part = model.policy.actor.core, model.policy.split_state(flat)[0]
+    final = core.unflatten_state(part)
+    assert trace["write_weights"].shape == (steps, 1, 8)
+    np.testing.assert_allclose(trace["write_weights"][-1], final.write_weights[0].numpy())
+    np.testing.assert_allclose(trace["usage"][-1], final.usage[0].numpy())

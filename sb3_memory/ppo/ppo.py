@@ -1,5 +1,7 @@
 """PPO with an external-memory policy."""
 
+import io
+import pathlib
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
 import numpy as np
@@ -13,6 +15,7 @@ from torch.nn import functional as F
 
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
 from sb3_memory.common.policies import MemoryActorCriticPolicy
+from sb3_memory.common.save_util import check_saved_algorithm
 from sb3_memory.ppo.policies import POLICY_ALIASES
 
 SelfMemoryPPO = TypeVar("SelfMemoryPPO", bound="MemoryPPO")
@@ -250,3 +253,22 @@ class MemoryPPO(MemoryOnPolicyAlgorithm, PPO):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfMemoryPPO],
+        path: Union[str, pathlib.Path, io.BufferedIOBase],
+        env: Optional[GymEnv] = None,
+        device: Union[th.device, str] = "auto",
+        custom_objects: Optional[dict[str, Any]] = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfMemoryPPO:
+        """
+        SB3's ``load``, after checking that the file holds a model of this algorithm's family: a
+        MemoryDQN or MemorySAC file is named as such (SB3 would fail later, on a setting of the
+        other algorithm). The parameters are SB3's.
+        """
+        check_saved_algorithm(path, cls.__name__, {policy.__module__ for policy in cls.policy_aliases.values()})
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
