@@ -303,3 +303,27 @@ def test_zoo_train_without_conf_reads_the_packages_config(tmp_path):
     with pytest.raises(ValueError, match=r"memory_dqn.yml \(the default config of memory_dqn\) has no entry for CartPole-v1"
                        r".*Pass your own file with -conf"):  # fmt: skip
         manager("memory_dqn", "CartPole-v1").read_hyperparameters()
+
+
+def test_citation_and_license_agree_with_the_package():
+    """CITATION.cff (validated against the CFF 1.2.0 schema when written) names this version, MIT and both papers."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    citation = yaml.safe_load((root / "CITATION.cff").read_text(encoding="utf-8"))
+    pyproject = (root / "pyproject.toml").read_text()
+    version = re.search(r'(?m)^version = "([^"]+)"', pyproject)
+    assert version is not None and citation["cff-version"] == "1.2.0" and citation["version"] == version.group(1)
+    assert citation["license"] == "MIT" and re.search(r'(?m)^license = .*"MIT"', pyproject)
+    assert (root / "LICENSE").read_text().startswith("MIT License\n\nCopyright (c) 2026 the sb3-memory developers")
+    identifiers = {ref["title"]: ref.get("doi") or ref["identifiers"][0]["value"] for ref in citation["references"]}
+    assert identifiers == {
+        "Neural Turing Machines": "arXiv:1410.5401",
+        "Hybrid computing using a neural network with dynamic external memory": "10.1038/nature20101",
+    }
+    dnc = citation["references"][1]
+    assert (dnc["journal"], dnc["volume"], dnc["start"], dnc["end"], dnc["year"]) == ("Nature", 538, 471, 476, 2016)
+    assert f"## [{version.group(1)}] - Unreleased" in (root / "CHANGELOG.md").read_text()

@@ -274,6 +274,37 @@ def test_quickstart_config_solves_its_task(tmp_path):
     assert float(success.group(1)) >= 90.0, result.stdout[-1000:]
 
 
+def test_the_build_step_puts_the_configs_in_the_package(tmp_path, monkeypatch):
+    """What `pip wheel .` does with zoo_configs/ (build_support/zoo_configs.py), and config_path in that copy."""
+    import importlib.util
+
+    from setuptools.dist import Distribution
+
+    spec = importlib.util.spec_from_file_location("zoo_configs_build", ROOT / "build_support" / "zoo_configs.py")
+    assert spec is not None and spec.loader is not None
+    build_support = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_support)
+    monkeypatch.chdir(ROOT)
+    distribution = Distribution({"packages": ["sb3_memory", "sb3_memory.zoo_configs"], "script_name": "setup.py"})
+    command = build_support.BuildPyWithZooConfigs(distribution)
+    command.build_lib = str(tmp_path / "lib")
+    command.ensure_finalized()
+    command.run()
+    built = tmp_path / "lib" / "sb3_memory" / "zoo_configs"
+    sources = sorted((ROOT / "zoo_configs").glob("*.yml"))
+    assert [path.name for path in sorted(built.glob("*.yml"))] == [path.name for path in sources] and len(sources) >= 7
+    assert all((built / path.name).read_bytes() == path.read_bytes() for path in sources)
+    assert {str(built / path.name) for path in sources} <= set(command.get_outputs())
+    # An installed copy (only the built tree on the path) reads its own files, not a checkout's.
+    found = subprocess.run(
+        [sys.executable, "-c", "from sb3_memory.zoo_configs import config_path; print(config_path('memory_ppo'))"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path / "lib")), capture_output=True, text=True,
+    )  # fmt: skip
+    assert found.stdout.strip() == str(built / "memory_ppo.yml"), found.stderr[-2000:]
+    # The checkout itself reads zoo_configs/ (nothing is copied into sb3_memory/zoo_configs/ there).
+    assert CONFIG_DIR == ROOT / "zoo_configs"
+
+
 def test_configs_cover_the_same_envs_with_equal_budgets():
     configs = {algo: load_config(algo) for algo in CONFIG_FILES}
     for algo, config in configs.items():
