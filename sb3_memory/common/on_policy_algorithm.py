@@ -166,6 +166,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"got {type(self.policy).__name__}"
             )
         self._last_memory_state: Optional[th.Tensor] = None
+        self._state_buffers: list[th.Tensor] = []
 
     def _setup_learn(self, *args, **kwargs):
         result = super()._setup_learn(*args, **kwargs)
@@ -181,12 +182,26 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         with single_thread_on_cpu(self.device):
             return super().learn(total_timesteps, *args, **kwargs)
 
+    def _next_state_buffer(self, state: th.Tensor) -> th.Tensor:
+        """
+        Where a rollout step writes the new state: one of two tensors kept for the purpose, never
+        ``state`` itself. A large memory's state (tens of MB per step at 65,536 slots) written into
+        a fresh tensor costs more in page faults than the step computes; these are mapped once.
+        (A callback that keeps the ``state`` or ``new_state`` of a step must copy it.)
+        """
+        buffers = self._state_buffers
+        if len(buffers) != 2 or any(
+            buffer.shape != state.shape or buffer.dtype != state.dtype or buffer.device != state.device for buffer in buffers
+        ):
+            self._state_buffers = buffers = [th.empty_like(state), th.empty_like(state)]
+        return buffers[1] if state is buffers[0] else buffers[0]
+
     def _action_masks(self, env: VecEnv) -> Optional[np.ndarray]:
         """The invalid-action masks of the current step (None: no masking; see MaskableMemoryPPO)."""
         return None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_memory_state", "_auxiliary_log"]
+        return [*super()._excluded_save_params(), "_last_memory_state", "_state_buffers", "_auxiliary_log"]
 
     def save(
         self,
@@ -258,7 +273,7 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)  # sb3-memory
                 action_masks = self._action_masks(env)  # sb3-memory: invalid-action masks, with MaskableMemoryPPO
                 actions, values, log_probs, new_state = self.policy(  # sb3-memory
-                    obs_tensor, state, episode_starts, action_masks=action_masks
+                    obs_tensor, state, episode_starts, action_masks=action_masks, state_out=self._next_state_buffer(state)
                 )
             actions = actions.cpu().numpy()
 

@@ -23,6 +23,12 @@ from sb3_memory.memory import CORES, MemoryCore
 from sb3_memory.memory.checks import check_int
 
 CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
+# A core whose state takes at least this many bytes per environment is run one environment at a
+# time when the new state has a buffer to go to (rollouts): each row of the flat state is already
+# contiguous, so no copy of the state is made to call the kernels, and each call's new state is one
+# row, which the allocator hands back from memory it already holds; a whole batch (tens of MB at
+# 65,536 slots) would be freshly mapped memory, faulted in one 4 kB page at a time, at every step.
+ROW_CALL_MIN_STATE_BYTES = 1 << 20
 # Invalid-action masks, as sb3-contrib's maskable distributions take them.
 ActionMasks = Union[th.Tensor, np.ndarray]
 
@@ -297,12 +303,65 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         if batch % state.shape[0] != 0:
             raise ValueError(f"{batch} observations cannot be split into sequences of {state.shape[0]} environments")
 
+    def _check_state_out(self, state: th.Tensor, state_out: th.Tensor) -> None:
+        if state_out.shape != state.shape or state_out.dtype != state.dtype or state_out.device != state.device:
+            raise ValueError(
+                f"state_out must be a {state.dtype} tensor of shape {tuple(state.shape)} on {state.device}, like the "
+                f"state, got {state_out.dtype} {tuple(state_out.shape)} on {state_out.device}"
+            )
+        if state_out.requires_grad or not state_out.is_contiguous() or state_out.data_ptr() == state.data_ptr():
+            raise ValueError(
+                "state_out must be a contiguous tensor that needs no gradient and is not the state itself: "
+                "the new state is written into it while the old one is read (keep two and alternate)"
+            )
+
+    def _core_forward(
+        self, core: MemoryCore, x: th.Tensor, state: th.Tensor, starts: th.Tensor, state_out: Optional[th.Tensor]
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        ``core.forward_flat`` of time-major ``x`` from ``state`` (a core's columns of the flat state,
+        maybe a view), with the new state written into ``state_out`` when given.
+
+        :return: the features ``(T, B, output_dim)`` and the new state (``state_out`` when given)
+        """
+        if state_out is None:
+            return core.forward_flat(x, state, starts)
+        n_seq = state.shape[0]
+        row_calls = (
+            n_seq > 1
+            and not th.is_grad_enabled()
+            and core.state_size * state.element_size() >= ROW_CALL_MIN_STATE_BYTES
+            and core.rows_independent(x)
+        )
+        if not row_calls:
+            features, new_state = core.forward_flat(x, state, starts)
+            state_out.copy_(new_state)
+            return features, state_out
+        # A row of the flat state is contiguous (a column slice of the batch is not), and the kernels
+        # compute each row on its own, so these calls give the batched call's numbers to the bit.
+        features_per_row = []
+        for row in range(n_seq):
+            features, new_row = core.forward_flat(x[:, row : row + 1], state[row : row + 1], starts[:, row : row + 1])
+            state_out[row : row + 1].copy_(new_row)
+            del new_row  # freed before the next row's call allocates its new state, so that reuses it
+            features_per_row.append(features)
+        return th.cat(features_per_row, dim=1), state_out
+
     def _run_cores(
-        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor
+        self,
+        obs: PyTorchObs,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        state_out: Optional[th.Tensor] = None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """
         Features of flattened time-major sequences through the core(s).
 
+        :param state_out: where to write the new state (same shape as ``state``, not ``state``
+            itself), or None for a new tensor. Rollouts pass one of two buffers they alternate
+            between, so a step writes into memory that is already mapped, without the copies of
+            splitting and joining the cores' parts of the state (which at 65,536 slots cost more
+            than the step itself)
         :return: actor latent, critic latent (both ``(T * B, core.output_dim)``), the new state and
             the actor's features-extractor output (``(T * B, features_dim)``)
         """
@@ -311,16 +370,23 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         # SB3 returns one tensor, or (actor's, critic's) without a shared extractor.
         pi_features, vf_features = (features, features) if isinstance(features, th.Tensor) else features
         self._check_state(state, pi_features.shape[0])
+        if state_out is not None:
+            self._check_state_out(state, state_out)
         starts = episode_starts.reshape(-1, n_seq)
         actor_state, critic_state = self.split_state(state)
-        latent_pi, actor_state = self.core.forward_flat(
-            pi_features.reshape(-1, n_seq, self.core.input_dim), actor_state, starts
+        actor_out, critic_out = (None, None) if state_out is None else self.split_state(state_out)
+        latent_pi, actor_state = self._core_forward(
+            self.core, pi_features.reshape(-1, n_seq, self.core.input_dim), actor_state, starts, actor_out
         )
         latent_pi = latent_pi.reshape(-1, latent_pi.shape[-1])
         if self.critic_core is not None:
             assert critic_state is not None
-            latent_vf, critic_state = self.critic_core.forward_flat(
-                vf_features.reshape(-1, n_seq, self.critic_core.input_dim), critic_state, starts
+            latent_vf, critic_state = self._core_forward(
+                self.critic_core,
+                vf_features.reshape(-1, n_seq, self.critic_core.input_dim),
+                critic_state,
+                starts,
+                critic_out,
             )
             latent_vf = latent_vf.reshape(-1, latent_vf.shape[-1])
         elif self.critic_projection is not None:
@@ -330,7 +396,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             latent_vf = latent_pi.detach()
         else:
             latent_vf = latent_pi
-        new_state = self.join_state(actor_state, critic_state)
+        new_state = self.join_state(actor_state, critic_state) if state_out is None else state_out
         return latent_pi, latent_vf, new_state, pi_features
 
     def _action_distribution(self, latent_pi: th.Tensor, action_masks: Optional[ActionMasks]) -> Distribution:
@@ -348,11 +414,16 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         episode_starts: th.Tensor,
         deterministic: bool = False,
         action_masks: Optional[ActionMasks] = None,
+        state_out: Optional[th.Tensor] = None,
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """
         One rollout step: actions, values, log-probabilities and the new state.
+
+        :param state_out: a tensor like ``state`` (not ``state`` itself) to write the new state
+            into, which is then the state returned; None: a new tensor. Rollouts alternate
+            between two, as a large memory's state is costly to allocate afresh at every step
         """
-        latent_pi, latent_vf, state, _ = self._run_cores(obs, state, episode_starts)
+        latent_pi, latent_vf, state, _ = self._run_cores(obs, state, episode_starts, state_out)
         distribution = self._action_distribution(latent_pi, action_masks)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)

@@ -221,6 +221,15 @@ class MemoryCore(nn.Module):
             )
         return native.fused_sequence(kernel, x, flat_state, episode_starts, weights)
 
+    def rows_independent(self, x: Tensor) -> bool:
+        """
+        Whether :meth:`forward_flat` computes each row of ``x`` (T, B, input_dim) on its own, so that
+        calls on one row at a time give the batched call's numbers to the bit: on the native kernels
+        with inputs they project themselves, row by row (up to ``KERNEL_PROJECTION_MAX_INPUT`` wide).
+        The reference path's batched matrix products may round differently for another batch size.
+        """
+        return self.input_dim <= KERNEL_PROJECTION_MAX_INPUT and self._native_for(x) is not None
+
     def reference_sequence(self, x: Tensor, state: State, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, State]:
         """
         :meth:`forward_sequence` through :meth:`step`, one step at a time in PyTorch: the reference
