@@ -19,6 +19,10 @@ KERNEL_PROJECTION_MAX_INPUT = 64
 # A core's state: a NamedTuple of batch-first tensors, of the core's ``state_type``.
 State = Any
 _warned: set[str] = set()
+# A dense core with at least this many slots gets a warning that names sparse_top_k: every step reads
+# and writes all N slots (the DNC also updates an N x N link), so a rollout step costs N x W (N^2)
+# work and state; a dense DNC with 4,096 slots trains at about 3 steps/s in 11 GB.
+DENSE_WARNING_MEMORY_UNITS = 2048
 
 
 def _warn_once(message: str) -> None:
@@ -398,6 +402,8 @@ class ExternalMemoryCore(MemoryCore):
 
     # A class default as well, so that models pickled before sparse addressing existed load dense.
     sparse_top_k: Optional[int] = None
+    # What else a dense step updates, besides the slots, for the warning on large dense memories.
+    dense_extra_state: str = ""
 
     def __init__(
         self,
@@ -421,6 +427,18 @@ class ExternalMemoryCore(MemoryCore):
             note = "slots touched per step, at most memory_units; None is dense"
             self.sparse_top_k = check_int("sparse_top_k", sparse_top_k, 1, self.memory_units, note)
         super().__init__(input_dim, controller_dim, controller, num_read_heads * memory_unit_size, compile_step, backend)
+        if self.memory_units >= DENSE_WARNING_MEMORY_UNITS and (
+            self.sparse_top_k is None or self.sparse_top_k >= self.memory_units
+        ):
+            message = (
+                f"{type(self).__name__} with memory_units={self.memory_units} is dense: every step reads and writes all "
+                f"{self.memory_units} slots{self.dense_extra_state}, so each step costs (and each environment's state "
+                "holds) that much. Pass sparse_top_k (e.g. sparse_top_k=8) for sparse reads and writes, whose cost "
+                "follows the slots a step touches"
+            )
+            if message not in _warned:  # once: a policy builds two cores, and models are rebuilt on load
+                _warned.add(message)
+                warnings.warn(message, UserWarning, stacklevel=2)
 
     def sparse(self, weights: Tensor, renormalise: bool = False) -> Tensor:
         """``weights`` with their top ``sparse_top_k`` entries per row kept (unchanged when dense)."""

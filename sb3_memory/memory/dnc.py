@@ -89,6 +89,7 @@ class DNCCell(ExternalMemoryCore):
     """
 
     state_type: type = DNCState  # SparseDNCState with sparse_top_k
+    dense_extra_state = " and an N x N link"
     native_core = "dnc"
     off_diagonal: Tensor  # 1 - I, (N, N), a buffer
 
