@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # The native kernels under a strict compiler and under sanitizers (run by .ci/run).
-#  1. compile both scalar types with -Wall -Wextra -Werror;
+#  1. compile the shipped library's translation unit for both scalar types, and the tests' own
+#     (testing_api.cpp, the primitives one by one), with -Wall -Wextra -Werror;
 #  2. run tests/test_native.py once against kernels built with AddressSanitizer and
 #     UndefinedBehaviorSanitizer, in a private cache, so an out-of-bounds tape or scratch
-#     access fails CI instead of corrupting memory quietly.
+#     access fails CI instead of corrupting memory quietly (the tests compile testing_api.cpp and
+#     the per-instruction-set builds with the same flags, from $SB3_MEMORY_CXXFLAGS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cxx="${CXX:-c++}"
-source=sb3_memory/memory/csrc/memory_kernels.cpp
+csrc=sb3_memory/memory/csrc
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
+strict=(-O2 -std=c++17 -shared -fPIC -fopenmp-simd -Wall -Wextra -Werror)
 for dtype in SMEM_FLOAT32 SMEM_FLOAT64; do
-    "$cxx" -O2 -std=c++17 -shared -fPIC -fopenmp-simd -Wall -Wextra -Werror -D"$dtype" "$source" -o "$out/$dtype.so"
+    "$cxx" "${strict[@]}" -D"$dtype" "$csrc/memory_kernels.cpp" -o "$out/$dtype.so"
 done
+"$cxx" "${strict[@]}" -DSMEM_FLOAT64 "$csrc/testing_api.cpp" -o "$out/testing_api.so"
 echo "kernels compile cleanly with -Wall -Wextra -Werror"
 
 sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 # Python itself is not built with ASan: preload the runtime and ignore the interpreter's leaks;
 # --capture=sys leaves file descriptor 2 alone, so a sanitizer report reaches the log.
-CI=true SB3_MEMORY_CACHE="$out/cache" SB3_MEMORY_CXXFLAGS="$sanitizers" \
+# SB3_MEMORY_BUILD=1: build from csrc/ with these flags even where the package holds built kernels.
+CI=true SB3_MEMORY_BUILD=1 SB3_MEMORY_CACHE="$out/cache" SB3_MEMORY_CXXFLAGS="$sanitizers" \
     LD_PRELOAD="$("$cxx" -print-file-name=libasan.so):$("$cxx" -print-file-name=libubsan.so)" \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     .venv/bin/python -m pytest -q -p no:cacheprovider --capture=sys tests/test_native.py "$@"
