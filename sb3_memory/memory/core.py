@@ -274,16 +274,17 @@ class MemoryCore(nn.Module):
             start += size
         return offsets
 
-    def native_config(self) -> dict[str, int]:
+    def native_config(self) -> dict[str, Any]:
         """
         This core's sizes for the native kernels: the controller's, ``off_<field>`` for each field of
         this core's own state (:meth:`state_offsets`), and what :meth:`_native_config` adds. Kernel
-        offsets of fields this core does not have are left out (the kernels do not read them).
+        offsets of fields this core does not have are left out (the kernels do not read them). The
+        core and controller kinds are names; the kernels' numbers for them come from the library.
         """
         controller = self.controller
         recurrent = controller.weight_recurrent
         config = dict(
-            controller=native.CONTROLLER_IDS[controller.kind],
+            controller=controller.kind,
             C=controller.hidden_dim,
             I=controller.weight_input.shape[1],
             G=controller.weight_input.shape[0],
@@ -295,7 +296,7 @@ class MemoryCore(nn.Module):
         )  # fmt: skip
         config.update({f"off_{name}": offset for name, offset in self.state_offsets().items()})
         config.update(self._native_config())
-        config["core"] = native.CORE_IDS[self.native_core]
+        config["core"] = self.native_core
         return config
 
     def _native_config(self) -> dict[str, int]:

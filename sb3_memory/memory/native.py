@@ -2,45 +2,64 @@
 
 A step of an NTM or DNC is about 60 tiny tensor operations; in eager PyTorch their per-operation
 overhead, not their arithmetic, sets the speed, and the backward pass doubles it. The kernels in
-``csrc/memory_kernels.cpp`` run a whole time-major chunk in one call, with a hand-written backward
-pass, and are checked against the PyTorch reference (``MemoryCore.reference_sequence``) in the
-tests: same features, final state and gradients.
+``csrc/`` run a whole time-major chunk in one call, with a hand-written backward pass, and are
+checked against the PyTorch reference (``MemoryCore.reference_sequence``) in the tests: same
+features, final state and gradients.
 
-The C++ file uses no PyTorch headers. It is compiled on first use with the system C++ compiler,
-one library per scalar type (seconds each, once per machine: the libraries are cached under
-``$SB3_MEMORY_CACHE``, by default ``~/.cache/sb3_memory``), and called through :mod:`ctypes` on
-the tensors' memory. Without a compiler the cores fall back to the reference path (see
-``MemoryCore``'s ``backend``).
+The C++ uses no PyTorch headers. It is compiled when the package is built, one library per scalar
+type and instruction-set level (:mod:`sb3_memory.memory.kernel_build`); at load time the widest
+level this CPU runs is chosen (``$SB3_MEMORY_ISA`` forces one). A source checkout that was not
+built, or whose ``csrc/`` changed since, compiles the library on first use with the system C++
+compiler instead, under a file lock, into ``$SB3_MEMORY_CACHE`` (default ``~/.cache/sb3_memory``).
+
+PyTorch sees the kernels as two registered operators, ``sb3_memory::chunk_forward`` and
+``sb3_memory::chunk_backward`` (:func:`torch.library.custom_op`, with autograd and fake-tensor
+rules), so they work under ``torch.compile``. Each call builds its own calling structures: calls
+from several threads at once are independent.
 """
 
 import ctypes
-import hashlib
+import importlib.machinery
 import os
-import platform
-import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("csrc") / "memory_kernels.cpp"
-# The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in the C++ file).
-ABI_VERSION = 9
-CORE_IDS = {"ntm": 0, "dnc": 1, "plain": 2}
-CONTROLLER_IDS = {"lstm": 0, "gru": 1, "mlp": 2}
-SUPPORTED_DTYPES = {torch.float32: "SMEM_FLOAT32", torch.float64: "SMEM_FLOAT64"}
+from sb3_memory.memory import kernel_build
+
+PACKAGE_DIR = Path(__file__).parent
+SOURCE = kernel_build.SOURCE
+# The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in csrc/interface.h).
+ABI_VERSION = 10
+SUPPORTED_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # Weights in the order the kernels take them; a core passes None for those it does not have. With
 # w_in and b_in the kernels project the inputs themselves, one row at a time (step_input there);
 # without, the inputs come projected.
 WEIGHT_NAMES = ("w_in", "b_in", "w_rec", "w_hid", "b_hid", "w_if", "b_if")
+# Set to build the kernels from csrc/ (into the cache) even where the package holds built ones,
+# e.g. with sanitizer flags in $SB3_MEMORY_CXXFLAGS.
+BUILD_ENV = "SB3_MEMORY_BUILD"
 
 
 class NativeUnavailableError(RuntimeError):
     """The native kernels could not be built or loaded on this machine."""
+
+
+NON_FINITE_ADVICE = (
+    "produced non-finite features (NaN/Inf): the parameters or the carried state diverged; lower the learning "
+    "rate or clip gradients (max_grad_norm)"
+)
+
+
+class NonFiniteFeaturesError(ValueError):
+    """A kernel call produced NaN or Inf features (:func:`fused_sequence` names the core)."""
 
 
 def _names(function: Any) -> list[str]:
@@ -48,24 +67,29 @@ def _names(function: Any) -> list[str]:
     return [name for name in function().decode().split(",") if name]
 
 
+def _numbered(function: Any) -> dict[str, int]:
+    return {name: int(value) for name, value in (item.split("=") for item in _names(function))}
+
+
 class Interface:
     """
     The kernels' calling interface as the library itself declares it (``SMEM_CONFIG_FIELDS``,
-    ``SMEM_BUFFER_FIELDS`` and ``SMEM_STATUS_CODES`` in the C++ file): the ctypes structures are
-    built from the exported field lists, so Python never repeats the C layout.
+    ``SMEM_BUFFER_FIELDS``, ``SMEM_STATUS_CODES`` and the core and controller kinds in
+    ``csrc/interface.h``): the ctypes structures and the kind numbers are read from the library, so
+    Python never repeats the C declarations.
 
     :param library: a loaded kernel library
     :raises NativeUnavailableError: the library speaks another ABI version, or its structure sizes
         disagree with the fields it lists
     """
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    def __init__(self, library: Any) -> None:
         library.smem_abi_version.restype = ctypes.c_int64
         version = int(library.smem_abi_version())
         if version != ABI_VERSION:
             raise NativeUnavailableError(
-                f"the kernel library speaks ABI {version}, this sb3_memory speaks {ABI_VERSION}: "
-                f"delete the cached libraries in {cache_dir()} and run again"
+                f"the kernel library speaks ABI {version}, this sb3_memory speaks {ABI_VERSION}: reinstall "
+                f"sb3-memory (pip install .), or delete the cached libraries in {cache_dir()} and run again"
             )
         self.config_fields = _names(library.smem_config_fields)
         self.buffer_fields = _names(library.smem_buffer_fields)
@@ -85,20 +109,45 @@ class Interface:
                     f"the kernels' Smem{name.capitalize()} is {size_function()} bytes, but its fields make "
                     f"{ctypes.sizeof(structure)}: the C++ declaration and SMEM_{name.upper()}_FIELDS disagree"
                 )
-        self.status_names = {
-            int(value): name for name, value in (item.split("=") for item in _names(library.smem_status_names))
-        }
-        self.statuses = {name: value for value, name in self.status_names.items()}
+        self.statuses = _numbered(library.smem_status_names)
+        self.status_names = {value: name for name, value in self.statuses.items()}
+        self.core_ids = _numbered(library.smem_core_names)
+        self.controller_ids = _numbered(library.smem_controller_names)
+
+
+class KernelLibrary:
+    """
+    One loaded kernel library and its interface.
+
+    :param path: the shared library
+    :param level: its instruction-set level (``kernel_build.levels()``)
+    :param origin: ``"package"`` (built with the package) or ``"cache"`` (built here on first use)
+    """
+
+    def __init__(self, path: Path, level: str, origin: str) -> None:
+        self.path, self.level, self.origin = path, level, origin
+        self.cdll = ctypes.CDLL(str(path))
+        self.interface = Interface(self.cdll)
+        config_pointer = ctypes.POINTER(self.interface.config_type)
+        self.cdll.smem_tape_size.restype = ctypes.c_int64
+        self.cdll.smem_tape_size.argtypes = [config_pointer]
+        self.cdll.smem_tape_fields.restype = None
+        self.cdll.smem_tape_fields.argtypes = [config_pointer, ctypes.POINTER(ctypes.c_int64)]
+        for function in (self.cdll.smem_forward, self.cdll.smem_backward):
+            function.restype = ctypes.c_int
+            function.argtypes = [config_pointer, ctypes.POINTER(self.interface.buffers_type)]
+
+    def __repr__(self) -> str:
+        return f"KernelLibrary({self.level}, {self.origin}: {self.path})"
 
 
 _lock = threading.Lock()
-_libraries: dict[torch.dtype, ctypes.CDLL] = {}
-_interfaces: dict[torch.dtype, Interface] = {}
+_libraries: dict[torch.dtype, KernelLibrary] = {}
 _failures: dict[torch.dtype, str] = {}
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$SB3_MEMORY_CACHE``, else ``$XDG_CACHE_HOME/sb3_memory``."""
+    """Where kernels built on first use are kept: ``$SB3_MEMORY_CACHE``, else ``$XDG_CACHE_HOME/sb3_memory``."""
     if os.environ.get("SB3_MEMORY_CACHE"):
         return Path(os.environ["SB3_MEMORY_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -106,85 +155,117 @@ def cache_dir() -> Path:
 
 
 def _compiler() -> Optional[str]:
+    import shutil
+
     for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if candidate and shutil.which(candidate):
             return candidate
     return None
 
 
-def _cpu_identity() -> str:
-    # -march=native code must not be reused on a CPU with fewer instruction-set extensions.
+def _library_digest(path: Path) -> Optional[str]:
+    """The csrc/ digest a built library was compiled from (None for a build that does not record it)."""
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        function = ctypes.CDLL(str(path)).smem_source_digest
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_char_p
+    return function().decode()
 
 
-def _flag_sets() -> list[list[str]]:
-    common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=off"]
-    common += os.environ.get("SB3_MEMORY_CXXFLAGS", "").split()  # e.g. "-g" to profile the kernels
-    return [[*common, "-march=native"], common]
+def packaged_library(level: str, dtype: torch.dtype) -> Optional[Path]:
+    """The library of ``level`` and ``dtype`` built with the package, or None where the build made none."""
+    stem = kernel_build.library_stem(level, SUPPORTED_DTYPES[dtype])
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = PACKAGE_DIR / f"{stem}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
 
 
-def _build(compiler: str, dtype: torch.dtype) -> Path:
-    source = SOURCE.read_bytes()
+def build_flags(level: str, dtype: torch.dtype) -> list[str]:
+    """The flags a first-use build compiles with: the package's own, plus ``$SB3_MEMORY_CXXFLAGS``."""
+    return [
+        *kernel_build.COMPILE_FLAGS,
+        "-shared",
+        *kernel_build.level_flags(level),
+        f"-D{kernel_build.DTYPE_MACROS[SUPPORTED_DTYPES[dtype]]}",
+        kernel_build.digest_define(kernel_build.source_digest()),
+        *os.environ.get("SB3_MEMORY_CXXFLAGS", "").split(),  # e.g. "-g" to profile, or sanitizers
+    ]
+
+
+def _build(compiler: str, dtype: torch.dtype, level: str) -> Path:
+    """Compile the library into the cache, once per source, flags and compiler, under a file lock."""
+    import hashlib
+
+    flags = build_flags(level, dtype)
+    key = hashlib.sha256(" ".join([compiler, *flags]).encode()).hexdigest()[:16]
     directory = cache_dir()
-    errors = []
-    for flags in _flag_sets():
-        flags = [*flags, f"-D{SUPPORTED_DTYPES[dtype]}"]
-        key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
-        target = directory / f"memory_kernels-{key}.so"
+    target = directory / f"{kernel_build.library_stem(level, SUPPORTED_DTYPES[dtype])}-{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    # The lock makes parallel workers wait for one build instead of each compiling; the private name
+    # and rename keep a half-written file from ever being loaded.
+    with FileLock(str(target) + ".lock"):
         if target.exists():
             return target
-        directory.mkdir(parents=True, exist_ok=True)
-        # Compile to a private name, then rename: concurrent processes never load half a file.
         handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
         os.close(handle)
         result = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], capture_output=True, text=True)
-        if result.returncode == 0:
-            os.replace(partial, target)
-            return target
-        os.unlink(partial)
-        errors.append(f"{compiler} {' '.join(flags)}: {result.stderr.strip()[-2000:]}")
-    raise NativeUnavailableError("compilation failed:\n" + "\n".join(errors))
+        if result.returncode != 0:
+            os.unlink(partial)
+            raise NativeUnavailableError(f"compilation failed: {compiler} {' '.join(flags)}:\n{result.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    return target
 
 
-def load_library(dtype: torch.dtype = torch.float32) -> ctypes.CDLL:
+def _find_library(dtype: torch.dtype) -> KernelLibrary:
+    level = kernel_build.select_level()
+    digest = kernel_build.source_digest() if SOURCE.exists() else None
+    packaged = packaged_library(level, dtype)
+    stale = packaged is not None and digest is not None and _library_digest(packaged) != digest
+    if packaged is not None and not stale and not os.environ.get(BUILD_ENV) and not os.environ.get("SB3_MEMORY_CXXFLAGS"):
+        return KernelLibrary(packaged, level, "package")
+    compiler = _compiler()
+    if compiler is None:
+        if packaged is not None:  # stale, but better than the reference path
+            warnings.warn(f"the kernels in {packaged} were built from other sources than {SOURCE.parent}", RuntimeWarning)
+            return KernelLibrary(packaged, level, "package")
+        raise NativeUnavailableError(
+            "this copy of sb3-memory holds no built kernels and no C++ compiler was found (looked for $CXX, c++, "
+            "g++, clang++): install it from a wheel or with `pip install .`, or install a compiler"
+        )
+    if not SOURCE.exists():
+        raise NativeUnavailableError(f"no kernel sources at {SOURCE.parent} to build from")
+    return KernelLibrary(_build(compiler, dtype, level), level, "cache")
+
+
+def load_library(dtype: torch.dtype = torch.float32) -> KernelLibrary:
     """
-    The compiled kernels for one scalar type, built on first use.
+    The kernels for one scalar type: the package's build for this CPU's level, else one built here.
 
-    :raises NativeUnavailableError: no C++ compiler, a failed build, or an unwritable cache
+    :raises NativeUnavailableError: no build for this CPU and none can be made (no compiler, a failed
+        build), or a library of another interface
+    :raises ValueError: ``$SB3_MEMORY_ISA`` names a level this CPU cannot run
     """
     if dtype not in SUPPORTED_DTYPES:
         raise NativeUnavailableError(f"no native kernels for {dtype}; they support {list(SUPPORTED_DTYPES)}")
+    library = _libraries.get(dtype)
+    if library is not None:
+        return library
     with _lock:
         if dtype in _libraries:
             return _libraries[dtype]
         if dtype in _failures:
             raise NativeUnavailableError(_failures[dtype])
         try:
-            compiler = _compiler()
-            if compiler is None:
-                raise NativeUnavailableError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
-            library = ctypes.CDLL(str(_build(compiler, dtype)))
-            interface = Interface(library)
+            library = _find_library(dtype)
         except (NativeUnavailableError, OSError) as error:
             _failures[dtype] = str(error)
             raise NativeUnavailableError(_failures[dtype]) from None
-        config_pointer = ctypes.POINTER(interface.config_type)
-        library.smem_tape_size.restype = ctypes.c_int64
-        library.smem_tape_size.argtypes = [config_pointer]
-        library.smem_tape_fields.restype = None
-        library.smem_tape_fields.argtypes = [config_pointer, ctypes.POINTER(ctypes.c_int64)]
-        for function in (library.smem_forward, library.smem_backward):
-            function.restype = ctypes.c_int
-            function.argtypes = [config_pointer, ctypes.POINTER(interface.buffers_type)]
         _libraries[dtype] = library
-        _interfaces[dtype] = interface
         return library
 
 
@@ -197,58 +278,71 @@ def is_available(dtype: torch.dtype = torch.float32) -> bool:
     return True
 
 
+def _interface(dtype: torch.dtype = torch.float32) -> Interface:
+    return load_library(dtype).interface
+
+
+def core_ids() -> dict[str, int]:
+    """The kernels' number for each core kind (``ntm``, ``dnc``, ``plain``), as the library declares them."""
+    return _interface().core_ids
+
+
+def controller_ids() -> dict[str, int]:
+    """The kernels' number for each controller kind (``lstm``, ``gru``, ``mlp``), as the library declares them."""
+    return _interface().controller_ids
+
+
 def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
-    return None if tensor is None else tensor.data_ptr()
+    return None if tensor is None or tensor.numel() == 0 else tensor.data_ptr()
 
 
 class NativeSequence:
     """
-    The kernels bound to one core configuration (sizes and flat-state offsets) and scalar type.
+    The kernels bound to one core configuration (sizes and flat-state offsets) and scalar type. It
+    holds no state that a call changes, so one instance serves any number of threads.
 
-    :param config: every field of the kernels' ``SmemConfig`` but ``T`` and ``B``
+    :param config: every field of the kernels' ``SmemConfig`` but ``T`` and ``B``; ``core`` and
+        ``controller`` by name (``"dnc"``, ``"lstm"``...)
     :param init_row: the flat initial state of one row, ``(D,)``, copied in at episode starts; its
         dtype selects the kernels
     :param name: the core's name, for error messages
     """
 
-    def __init__(self, config: dict[str, int], init_row: Tensor, name: str = "memory core") -> None:
+    def __init__(self, config: dict[str, Any], init_row: Tensor, name: str = "memory core") -> None:
         self.dtype = init_row.dtype
         self.library = load_library(self.dtype)
-        self.interface = _interfaces[self.dtype]
-        expected = set(self.interface.config_fields) - {"T", "B"}
+        interface = self.interface = self.library.interface
+        expected = set(interface.config_fields) - {"T", "B"}
         # A core lists the offsets of its own state fields only; the kernels ignore the others.
-        config = {**{name: 0 for name in expected if name.startswith("off_")}, **config}
+        config = {**{field: 0 for field in expected if field.startswith("off_")}, **config}
         if expected != set(config):
             raise ValueError(
                 f"native config for {name}: missing {sorted(expected - set(config))}, "
-                f"unknown {sorted(set(config) - expected)} (the kernels' fields: {self.interface.config_fields})"
+                f"unknown {sorted(set(config) - expected)} (the kernels' fields: {interface.config_fields})"
             )
-        self.config = self.interface.config_type(T=0, B=0, **config)
+        for field, ids in (("core", interface.core_ids), ("controller", interface.controller_ids)):
+            if isinstance(config[field], str):
+                if config[field] not in ids:
+                    raise ValueError(f"the kernels have no {field} {config[field]!r}; they know {sorted(ids)}")
+                config[field] = ids[config[field]]
+        # The configuration as the operators take it: the struct's fields in order, T and B as 0.
+        self.config_values = [0 if field in ("T", "B") else int(config[field]) for field in interface.config_fields]
+        self.config = dict(config)
         self.init_row = init_row.contiguous()
-        self.tape_size = int(self.library.smem_tape_size(ctypes.byref(self.config)))
+        probe = interface.config_type(*self.config_values)
+        self.tape_size = int(self.library.cdll.smem_tape_size(ctypes.byref(probe)))
         fields = (ctypes.c_int64 * 5)()
-        self.library.smem_tape_fields(ctypes.byref(self.config), fields)
+        self.library.cdll.smem_tape_fields(ctypes.byref(probe), fields)
         # Offsets in a step's tape record (see smem_tape_fields)
         self.tape_x, self.tape_out, self.tape_draw, self.tape_dfh, self.tape_hidden = list(fields)
-        self.feature_size = config["C"] + config["R"] * config["W"]
+        self.feature_size = int(config["C"] + config["R"] * config["W"])
         self.name = name
-
-    def _call(self, function: Any, steps: int, batch: int, **buffers: Optional[Tensor]) -> int:
-        for name, tensor in buffers.items():
-            if tensor is not None and tensor.dtype != self.dtype and name != "starts":
-                raise TypeError(f"{name} is {tensor.dtype}, but these kernels are {self.dtype}")
-        self.config.T, self.config.B = steps, batch
-        if not buffers.keys() <= self.interface.buffer_names:  # runs at every rollout step: no sets built here
-            unknown = sorted(set(buffers) - self.interface.buffer_names)
-            raise ValueError(f"the kernels have no buffers {unknown}; they take {self.interface.buffer_fields}")
-        pointers = self.interface.buffers_type(**{name: _pointer(tensor) for name, tensor in buffers.items()})
-        return function(ctypes.byref(self.config), ctypes.byref(pointers))
 
     def forward(
         self, inputs: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...], record: bool
     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         """
-        Run the chunk.
+        Run the chunk (the ``sb3_memory::chunk_forward`` operator, without autograd).
 
         :param inputs: (T, B, I) contiguous, the controller's inputs
         :param state: (B, D) contiguous
@@ -257,17 +351,10 @@ class NativeSequence:
         :param record: keep the tape for :meth:`backward`
         :return: features (T, B, F), final state (B, D), tape (or None)
         """
-        steps, batch = inputs.shape[0], inputs.shape[1]
-        features = inputs.new_empty((steps, batch, self.feature_size))
-        final = state.new_empty(state.shape)
-        tape = inputs.new_empty((batch, steps, self.tape_size)) if record else None
-        status = self._call(
-            self.library.smem_forward, steps, batch, inputs=inputs, state0=state, starts=starts,
-            init_row=self.init_row, features=features, state_T=final, tape=tape, **dict(zip(WEIGHT_NAMES, weights)),
-        )  # fmt: skip
-        if status != 0:
-            raise self._status_error(status)
-        return features, final, tape
+        features, final, tape = _run_forward(
+            self.config_values, self.feature_size, self.tape_size, record, inputs, state, starts, self.init_row, *weights
+        )
+        return features, final, tape if record else None
 
     def backward(
         self,
@@ -285,89 +372,223 @@ class NativeSequence:
         Gradients of the inputs, the initial state (None unless ``state_grad``: a stored state needs
         none, and at large N it is the biggest tensor a call writes) and the weights (``inputs``,
         ``state`` and ``final``: the forward's; the sparse cores rebuild their memory from the states).
+        The tape's gradient fields are overwritten.
         """
-        batch, steps = tape.shape[0], tape.shape[1]
-        config = self.config
-        d_projected = tape.new_empty((steps, batch, config.G))
-        d_state0 = tape.new_empty((batch, config.D)) if state_grad else None
-        status = self._call(
-            self.library.smem_backward, steps, batch, starts=starts, init_row=self.init_row, tape=tape, state0=state,
-            state_T=final,
-            d_features=d_features, d_state_T=d_state,
-            d_projected=d_projected, d_state0=d_state0, **dict(zip(WEIGHT_NAMES, weights)),
+        return _backward_with_weights(
+            self.config_values, self.tape_size, self.tape_fields, tape, inputs, state, final, starts, self.init_row,
+            weights, d_features, d_state, state_grad,
         )  # fmt: skip
-        if status != 0:
-            raise self._status_error(status)
-        # Each weight gradient is one matrix product over all (row, step) records of the tape:
-        # d(out) / dW summed over the chunk = d(out)^T @ (what W multiplied).
-        records = tape.reshape(batch * steps, self.tape_size)
-        gates = d_projected.transpose(0, 1).reshape(batch * steps, config.G)
-        w_in, _, w_rec, w_hid, _, w_if, _ = weights
-        d_inputs, d_w_in, d_b_in = d_projected, None, None  # inputs the caller projected
-        if w_in is not None:
-            d_inputs = d_projected @ w_in
-            d_w_in = d_projected.reshape(steps * batch, config.G).t() @ inputs.reshape(steps * batch, config.I)
-            d_b_in = d_projected.sum(dim=(0, 1))
 
-        def columns(start: int, width: int) -> Tensor:
-            return records[:, start : start + width]
-
-        d_w_rec = None if w_rec is None else gates.t() @ columns(self.tape_x, config.K)
-        d_w_hid = d_b_hid = d_w_if = d_b_if = None
-        if w_hid is not None:
-            d_fh = columns(self.tape_dfh, 3 * config.C)
-            d_w_hid = d_fh.t() @ columns(self.tape_hidden, config.C)
-            d_b_hid = d_fh.sum(0)
-        if w_if is not None:
-            d_raw = columns(self.tape_draw, config.P)
-            d_w_if = d_raw.t() @ columns(self.tape_out, config.C)
-            d_b_if = d_raw.sum(0)
-        return d_inputs, d_state0, (d_w_in, d_b_in, d_w_rec, d_w_hid, d_b_hid, d_w_if, d_b_if)
-
-    def _status_error(self, status: int) -> Exception:
-        if status == self.interface.statuses["non_finite_features"]:
-            return ValueError(
-                f"{self.name} produced non-finite features (NaN/Inf): the parameters or the carried state "
-                "diverged; lower the learning rate or clip gradients (max_grad_norm)"
-            )
-        name = self.interface.status_names.get(status, "not a status the library declares")
-        return RuntimeError(f"native memory kernel failed with status {status} ({name})")
+    @property
+    def tape_fields(self) -> tuple[int, int, int, int, int]:
+        return self.tape_x, self.tape_out, self.tape_draw, self.tape_dfh, self.tape_hidden
 
 
-class _FusedSequenceFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        kernel: NativeSequence,
-        starts: Optional[Tensor],
-        inputs: Tensor,
-        state: Tensor,
-        *weights: Optional[Tensor],
-    ):  # type: ignore[override]
-        features, final, tape = kernel.forward(inputs, state, starts, weights, record=True)
-        ctx.kernel = kernel
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(tape, inputs, state, final, starts, *weights)
-        return features, final
+def _config_field(config: list[int], interface: Interface, name: str) -> int:
+    return config[interface.config_fields.index(name)]
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, d_features: Optional[Tensor], d_final: Optional[Tensor]):  # type: ignore[override]
-        tape, inputs, state, final, starts, *weights = ctx.saved_tensors
-        if d_features is None:
-            d_features = tape.new_zeros((tape.shape[1], tape.shape[0], ctx.kernel.feature_size))
-        d_inputs, d_state0, d_weights = ctx.kernel.backward(
-            tape,
-            inputs,
-            state,
-            final,
-            starts,
-            tuple(weights),
-            d_features.contiguous(),
-            None if d_final is None else d_final.contiguous(),
-            state_grad=ctx.needs_input_grad[3],
-        )
-        return (None, None, d_inputs, d_state0, *d_weights)
+
+def _status_error(interface: Interface, status: int) -> Exception:
+    if status == interface.statuses["non_finite_features"]:
+        return NonFiniteFeaturesError(f"a memory core {NON_FINITE_ADVICE}")
+    name = interface.status_names.get(status, "not a status the library declares")
+    return RuntimeError(f"native memory kernel failed with status {status} ({name})")
+
+
+def _call(
+    library: KernelLibrary, function: Any, config: list[int], steps: int, batch: int, buffers: dict[str, Optional[Tensor]]
+) -> None:
+    """One kernel call with structures of its own: nothing shared with another thread's call."""
+    interface = library.interface
+    for name, tensor in buffers.items():
+        if tensor is not None and name != "starts" and tensor.dtype != buffers["init_row"].dtype:  # type: ignore[union-attr]
+            raise TypeError(f"{name} is {tensor.dtype}, but these kernels are {buffers['init_row'].dtype}")  # type: ignore[union-attr]
+    structure = interface.config_type(*config)
+    structure.T, structure.B = steps, batch
+    pointers = interface.buffers_type(**{name: _pointer(tensor) for name, tensor in buffers.items()})
+    status = function(ctypes.byref(structure), ctypes.byref(pointers))
+    if status != 0:
+        raise _status_error(interface, status)
+
+
+def _contiguous(tensor: Optional[Tensor]) -> Optional[Tensor]:
+    return None if tensor is None else tensor.contiguous()
+
+
+@torch.library.custom_op("sb3_memory::chunk_forward", mutates_args=(), device_types="cpu")
+def _chunk_forward(
+    config: list[int],
+    feature_size: int,
+    tape_size: int,
+    record: bool,
+    inputs: Tensor,
+    state: Tensor,
+    starts: Optional[Tensor],
+    init_row: Tensor,
+    w_in: Optional[Tensor],
+    b_in: Optional[Tensor],
+    w_rec: Optional[Tensor],
+    w_hid: Optional[Tensor],
+    b_hid: Optional[Tensor],
+    w_if: Optional[Tensor],
+    b_if: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Features (T, B, F), final state (B, D) and the tape (B, T, TS), empty unless ``record``."""
+    library = load_library(init_row.dtype)
+    steps, batch = inputs.shape[0], inputs.shape[1]
+    inputs, state = inputs.contiguous(), state.contiguous()
+    features = inputs.new_empty((steps, batch, feature_size))
+    final = state.new_empty(state.shape)
+    # Zeros, not empty: the forward leaves the tape's gradient fields unwritten, and an output with
+    # arbitrary bytes in it would differ between two runs of the same call.
+    tape = inputs.new_zeros((batch, steps, tape_size) if record else (0,))
+    weights = dict(zip(WEIGHT_NAMES, map(_contiguous, (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if))))
+    buffers = dict(inputs=inputs, state0=state, starts=_contiguous(starts), init_row=init_row.contiguous(), **weights)
+    _call(
+        library, library.cdll.smem_forward, config, steps, batch,
+        {**buffers, "features": features, "state_T": final, "tape": tape if record else None},
+    )  # fmt: skip
+    return features, final, tape
+
+
+@_chunk_forward.register_fake
+def _(config, feature_size, tape_size, record, inputs, state, starts, init_row, *weights):  # type: ignore[no-untyped-def]
+    steps, batch = inputs.shape[0], inputs.shape[1]
+    tape_shape = (batch, steps, tape_size) if record else (0,)
+    return inputs.new_empty((steps, batch, feature_size)), state.new_empty(state.shape), inputs.new_empty(tape_shape)
+
+
+@torch.library.custom_op("sb3_memory::chunk_backward", mutates_args=("tape",), device_types="cpu")
+def _chunk_backward(
+    config: list[int],
+    state_grad: bool,
+    tape: Tensor,
+    state: Tensor,
+    final: Tensor,
+    starts: Optional[Tensor],
+    init_row: Tensor,
+    w_in: Optional[Tensor],
+    b_in: Optional[Tensor],
+    w_rec: Optional[Tensor],
+    w_hid: Optional[Tensor],
+    b_hid: Optional[Tensor],
+    w_if: Optional[Tensor],
+    b_if: Optional[Tensor],
+    d_features: Tensor,
+    d_state: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """
+    The gradients of the projected inputs (T, B, G) and of the initial state (B, D), empty unless
+    ``state_grad``; writes the tape's gradient fields, from which the weights' gradients follow.
+    """
+    library = load_library(init_row.dtype)
+    batch, steps = tape.shape[0], tape.shape[1]
+    width = _config_field(config, library.interface, "G")
+    d_projected = tape.new_empty((steps, batch, width))
+    d_state0 = tape.new_empty((batch, state.shape[1]) if state_grad else (0,))
+    weights = dict(zip(WEIGHT_NAMES, map(_contiguous, (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if))))
+    _call(
+        library, library.cdll.smem_backward, config, steps, batch,
+        dict(
+            starts=_contiguous(starts), init_row=init_row.contiguous(), tape=tape, state0=state.contiguous(),
+            state_T=final.contiguous(), d_features=d_features.contiguous(), d_state_T=_contiguous(d_state),
+            d_projected=d_projected, d_state0=d_state0 if state_grad else None, **weights,
+        ),
+    )  # fmt: skip
+    return d_projected, d_state0
+
+
+@_chunk_backward.register_fake
+def _(config, state_grad, tape, state, final, starts, init_row, *rest):  # type: ignore[no-untyped-def]
+    batch, steps = tape.shape[0], tape.shape[1]
+    width = _config_field(config, load_library(init_row.dtype).interface, "G")
+    return tape.new_empty((steps, batch, width)), tape.new_empty((batch, state.shape[1]) if state_grad else (0,))
+
+
+def _run_forward(config: list[int], feature_size: int, tape_size: int, record: bool, *tensors: Optional[Tensor]):  # type: ignore[no-untyped-def]
+    return torch.ops.sb3_memory.chunk_forward(config, feature_size, tape_size, record, *tensors)
+
+
+def _backward_with_weights(
+    config: list[int],
+    tape_size: int,
+    tape_fields: tuple[int, int, int, int, int],
+    tape: Tensor,
+    inputs: Tensor,
+    state: Tensor,
+    final: Tensor,
+    starts: Optional[Tensor],
+    init_row: Tensor,
+    weights: tuple[Optional[Tensor], ...],
+    d_features: Tensor,
+    d_state: Optional[Tensor],
+    state_grad: bool,
+) -> tuple[Tensor, Optional[Tensor], tuple[Optional[Tensor], ...]]:
+    d_projected, d_state0 = torch.ops.sb3_memory.chunk_backward(
+        config, state_grad, tape, state, final, starts, init_row, *weights, d_features, d_state
+    )
+    interface = load_library(init_row.dtype).interface
+    size = {name: _config_field(config, interface, name) for name in ("I", "G", "K", "C", "P")}
+    batch, steps = tape.shape[0], tape.shape[1]
+    tape_x, tape_out, tape_draw, tape_dfh, tape_hidden = tape_fields
+    # Each weight gradient is one matrix product over all (row, step) records of the tape:
+    # d(out) / dW summed over the chunk = d(out)^T @ (what W multiplied).
+    records = tape.reshape(batch * steps, tape_size)
+    gates = d_projected.transpose(0, 1).reshape(batch * steps, size["G"])
+    w_in, _, w_rec, w_hid, _, w_if, _ = weights
+    d_inputs, d_w_in, d_b_in = d_projected, None, None  # inputs the caller projected
+    if w_in is not None:
+        d_inputs = d_projected @ w_in
+        d_w_in = d_projected.reshape(steps * batch, size["G"]).t() @ inputs.reshape(steps * batch, size["I"])
+        d_b_in = d_projected.sum(dim=(0, 1))
+
+    def columns(start: int, width: int) -> Tensor:
+        return records[:, start : start + width]
+
+    d_w_rec = None if w_rec is None else gates.t() @ columns(tape_x, size["K"])
+    d_w_hid = d_b_hid = d_w_if = d_b_if = None
+    if w_hid is not None:
+        d_fh = columns(tape_dfh, 3 * size["C"])
+        d_w_hid = d_fh.t() @ columns(tape_hidden, size["C"])
+        d_b_hid = d_fh.sum(0)
+    if w_if is not None:
+        d_raw = columns(tape_draw, size["P"])
+        d_w_if = d_raw.t() @ columns(tape_out, size["C"])
+        d_b_if = d_raw.sum(0)
+    return d_inputs, d_state0 if state_grad else None, (d_w_in, d_b_in, d_w_rec, d_w_hid, d_b_hid, d_w_if, d_b_if)
+
+
+# What autograd needs to run chunk_forward backwards, besides the tensors: set by fused_sequence
+# for each call (a custom operator's arguments can only be tensors, numbers, strings and lists).
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+    config, _, tape_size, record, x, state, starts, init_row, *weights = inputs
+    _features, final, tape = output
+    ctx.config, ctx.tape_size, ctx.record = config, tape_size, record
+    ctx.save_for_backward(tape, x, state, final, starts, init_row, *weights)
+
+
+def _chunk_forward_backward(ctx: Any, d_features: Optional[Tensor], d_final: Optional[Tensor], _d_tape: Any):  # type: ignore[no-untyped-def]
+    if not ctx.record:
+        raise RuntimeError("sb3_memory::chunk_forward ran with record=False, so it kept no tape to differentiate")
+    tape, inputs, state, final, starts, init_row, *weights = ctx.saved_tensors
+    library = load_library(init_row.dtype)
+    tape_fields = (ctypes.c_int64 * 5)()
+    library.cdll.smem_tape_fields(ctypes.byref(library.interface.config_type(*ctx.config)), tape_fields)
+    if d_features is None:
+        feature_size = _config_field(ctx.config, library.interface, "C") + _config_field(
+            ctx.config, library.interface, "R"
+        ) * _config_field(ctx.config, library.interface, "W")
+        d_features = tape.new_zeros((tape.shape[1], tape.shape[0], feature_size))
+    # The backward writes its gradient fields into the tape: a copy keeps the saved one intact for
+    # a second backward through the same graph (retain_graph=True).
+    d_inputs, d_state0, d_weights = _backward_with_weights(
+        ctx.config, ctx.tape_size, tuple(tape_fields), tape.clone(), inputs, state, final, starts, init_row,
+        tuple(weights), d_features, d_final, bool(ctx.needs_input_grad[5]),
+    )  # fmt: skip
+    return (None, None, None, None, d_inputs, d_state0, None, None, *d_weights)
+
+
+_chunk_forward.register_autograd(_chunk_forward_backward, setup_context=_setup_context)
 
 
 def fused_sequence(
@@ -383,14 +604,22 @@ def fused_sequence(
     :param starts: (T, B) episode starts (any dtype; nonzero resets the row before that step), or None
     :param weights: in :data:`WEIGHT_NAMES` order, None where the core has no such weight
     """
-    inputs = inputs.contiguous()
-    state = state.contiguous()
-    starts = None if starts is None else starts.to(torch.uint8).contiguous()
-    weights = tuple(None if weight is None else weight.contiguous() for weight in weights)
-    needs_grad = torch.is_grad_enabled() and any(
+    starts = None if starts is None else starts.to(torch.uint8)
+    record = torch.is_grad_enabled() and any(
         tensor is not None and tensor.requires_grad for tensor in (inputs, state, *weights)
     )
-    if not needs_grad:
-        features, final, _ = kernel.forward(inputs, state, starts, weights, record=False)
-        return features, final
-    return _FusedSequenceFunction.apply(kernel, starts, inputs, state, *weights)
+    try:
+        features, final, _ = _run_forward(
+            kernel.config_values,
+            kernel.feature_size,
+            kernel.tape_size,
+            record,
+            inputs,
+            state,
+            starts,
+            kernel.init_row,
+            *weights,
+        )
+    except NonFiniteFeaturesError:
+        raise NonFiniteFeaturesError(f"{kernel.name} {NON_FINITE_ADVICE}") from None
+    return features, final

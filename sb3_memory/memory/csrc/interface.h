@@ -10,7 +10,7 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 9  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 10  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   I input size; G width of the projected input (gates * C); C controller output size; K columns of the
