@@ -5,6 +5,7 @@ The distributions come from ``sb3_contrib.common.maskable`` (``make_masked_proba
 ``MaskableRolloutBuffer`` with the chunked memory state; nothing of the masking is written anew.
 """
 
+import copy
 from functools import partial
 from typing import Optional
 
@@ -58,7 +59,9 @@ class MaskableMemoryActorCriticPolicy(MemoryActorCriticPolicy):
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> MaskableDistribution:  # type: ignore[override]
         assert isinstance(self.action_dist, MaskableDistribution)
-        return self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))
+        # A copy per call: the distribution object keeps its last call's logits and masks, which
+        # threads predicting with one policy must not share.
+        return copy.copy(self.action_dist).proba_distribution(action_logits=self.action_net(latent_pi))
 
     def _action_distribution(self, latent_pi: th.Tensor, action_masks: Optional[ActionMasks]) -> MaskableDistribution:
         distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))

@@ -1,5 +1,6 @@
 """Actor-critic policies whose features pass through an external-memory core."""
 
+import copy
 import inspect
 from typing import Any, ClassVar, Optional, Union
 
@@ -106,6 +107,22 @@ def reject_reset_tuple(observation: Any) -> None:
             "predict() got a tuple (obs, info) instead of an observation: that is gymnasium's env.reset(); "
             "pass obs (env.reset()[0]), or the array that a VecEnv's reset() returns"
         )
+
+
+class PerCallDistribution:
+    """
+    A policy as SB3's ``_get_action_dist_from_latent`` reads it, with a copy of its ``action_dist`` of
+    its own: the distribution then holds one call's parameters, whatever other threads do.
+
+    :param policy: the policy to read everything else from
+    """
+
+    def __init__(self, policy: Any) -> None:
+        self._policy = policy
+        self.action_dist = copy.copy(policy.action_dist)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
 
 
 class MemoryActorCriticPolicy(ActorCriticPolicy):
@@ -398,6 +415,11 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             latent_vf = latent_pi
         new_state = self.join_state(actor_state, critic_state) if state_out is None else state_out
         return latent_pi, latent_vf, new_state, pi_features
+
+    def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
+        # SB3's own method, on a copy of action_dist made for this call: SB3's Distribution objects keep
+        # their last call's parameters, so threads predicting with one policy would read each other's.
+        return ActorCriticPolicy._get_action_dist_from_latent(PerCallDistribution(self), latent_pi)  # type: ignore[arg-type]
 
     def _action_distribution(self, latent_pi: th.Tensor, action_masks: Optional[ActionMasks]) -> Distribution:
         """The action distribution of the core's output; masked by a maskable policy (see :mod:`sb3_memory.ppo_mask`)."""

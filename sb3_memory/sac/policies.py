@@ -1,5 +1,6 @@
 """Actor and critics with memory cores, for :class:`~sb3_memory.MemorySAC`."""
 
+import copy
 from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
@@ -76,11 +77,13 @@ class MemoryActor(BasePolicy):
         return self.mu(hidden), th.clamp(self.log_std(hidden), LOG_STD_MIN, LOG_STD_MAX)
 
     def distribution(self, latent: th.Tensor) -> SquashedDiagGaussianDistribution:
-        return self.action_dist.proba_distribution(*self._params(latent))  # type: ignore[return-value]
+        # A copy per call: the distribution object keeps its last call's parameters, which threads
+        # predicting with one policy must not share.
+        return copy.copy(self.action_dist).proba_distribution(*self._params(latent))  # type: ignore[return-value]
 
     def action_log_prob(self, latent: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Sampled actions (in [-1, 1]) and their log-probabilities, from the core's output."""
-        return self.action_dist.log_prob_from_params(*self._params(latent))
+        return copy.copy(self.action_dist).log_prob_from_params(*self._params(latent))
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         raise NotImplementedError("a memory actor needs its state: use MemorySACPolicy.predict(obs, state, episode_start)")
