@@ -2,7 +2,8 @@
 # The native kernels under a strict compiler and under sanitizers (run by .ci/run).
 #  1. compile the shipped library's translation unit for both scalar types, and the tests' own
 #     (testing_api.cpp, the primitives one by one), with -Wall -Wextra -Werror;
-#  2. run tests/test_native.py once against kernels built with AddressSanitizer and
+#  2. run tests/test_native.py and tests/test_native_ops.py (4 threads predicting on one model, the
+#     registered ops, torch.compile) once against kernels built with AddressSanitizer and
 #     UndefinedBehaviorSanitizer, in a private cache, so an out-of-bounds tape or scratch
 #     access fails CI instead of corrupting memory quietly (the tests compile testing_api.cpp and
 #     the per-instruction-set builds with the same flags, from $SB3_MEMORY_CXXFLAGS).
@@ -26,5 +27,5 @@ sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-om
 CI=true SB3_MEMORY_BUILD=1 SB3_MEMORY_CACHE="$out/cache" SB3_MEMORY_CXXFLAGS="$sanitizers" \
     LD_PRELOAD="$("$cxx" -print-file-name=libasan.so):$("$cxx" -print-file-name=libubsan.so)" \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    .venv/bin/python -m pytest -q -p no:cacheprovider --capture=sys tests/test_native.py "$@"
-echo "tests/test_native.py passes under AddressSanitizer and UndefinedBehaviorSanitizer"
+    .venv/bin/python -m pytest -q -p no:cacheprovider --capture=sys tests/test_native.py tests/test_native_ops.py "$@"
+echo "tests/test_native.py and test_native_ops.py (threads included) pass under AddressSanitizer and UndefinedBehaviorSanitizer"

@@ -60,7 +60,7 @@ def test_the_installed_package_holds_a_build_for_this_cpu(fresh_libraries):
     """After `pip install .` (as CI does) the kernels come from the package, at this CPU's widest level."""
     library = native.load_library(torch.float32)
     assert library.level == kernel_build.select_level()
-    if IN_CI:
+    if IN_CI and not os.environ.get(native.BUILD_ENV):  # check_kernels.sh builds sanitized ones on purpose
         assert library.origin == "package", library
     if library.origin == "package":
         assert native._library_digest(library.path) == kernel_build.source_digest()
