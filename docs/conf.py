@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 # autodoc imports the package from the checkout, so the pages document the code beside them.
 sys.path.insert(0, os.path.abspath(".."))
@@ -64,5 +65,22 @@ def end_field_lists(app, what, name, obj, options, lines: list[str]) -> None:
         index += 1
 
 
+def list_result_files(app, docname: str, source: list[str]) -> None:
+    """
+    Fill the benchmarks page's toctree with every table in docs/results/, titled by its file or
+    folder name (many share a heading), so that a result file added later is listed, not a warning.
+    """
+    if docname != "benchmarks":
+        return
+    results = Path(app.srcdir) / "results"
+    entries = []
+    for path in sorted(results.rglob("*.md"), key=lambda path: (path.parent != results, str(path))):
+        name = path.relative_to(results).with_suffix("")
+        title = name.parent if name.name == "comparison" else name
+        entries.append(f"{title} <results/{name}>")
+    source[0] = source[0].replace("RESULT_FILES", "\n".join(entries))
+
+
 def setup(app) -> None:
     app.connect("autodoc-process-docstring", end_field_lists)
+    app.connect("source-read", list_result_files)
