@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -669,25 +669,44 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
         print(f"{len(results)} of {len(jobs)} runs already finished in {args.runs}")
     if not todo:
         return results
-    if args.workers <= 1 and args.ray_address is None:
-        progress = Progress(len(todo), 1)
-        for job in todo:
-            results.append(run_one(args.runs, *job, args))
+    return results + run_jobs(run_one, [(args.runs, *job, args) for job in todo], args.workers, args.ray_address)
+
+
+def run_jobs(
+    run: Callable[..., dict[str, Any]], jobs: list[tuple[Any, ...]], workers: int = 1, ray_address: Optional[str] = None
+) -> list[dict[str, Any]]:
+    """
+    ``run(*job)`` for every job, one at a time in this process or as Ray tasks of one CPU each
+    (``workers`` > 1 starts a local Ray instance, ``ray_address`` joins a cluster), with a
+    :class:`Progress` line per finished run. Shared by the experiment harnesses.
+
+    :param run: a module-level function (Ray ships it by name) returning a result with the keys
+        :class:`Progress` prints (``algo``, ``env``, ``seed``, ``mean_returns``, ``wall_seconds``)
+    :param jobs: the arguments of each call
+    :param workers: runs at a time on a local Ray instance (1: no Ray)
+    :param ray_address: an existing Ray cluster to run on instead (``auto``, ``ray://head:10001``)
+    :return: the results, in the order the runs finished
+    """
+    results: list[dict[str, Any]] = []
+    if workers <= 1 and ray_address is None:
+        progress = Progress(len(jobs), 1)
+        for job in jobs:
+            results.append(run(*job))
             progress.finished(results[-1])
         return results
     try:
         import ray
     except ImportError:
         sys.exit("--workers > 1 and --ray-address need Ray: pip install 'sb3-memory[cluster]'")
-    if args.ray_address is None:
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    if ray_address is None:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(address=args.ray_address, log_to_driver=False)
+        ray.init(address=ray_address, log_to_driver=False)
     try:
-        # One CPU per run; run_one also gives its training process one torch thread.
-        remote_run = ray.remote(num_cpus=1, max_retries=0)(run_one)
-        pending = [remote_run.remote(args.runs, *job, args) for job in todo]
-        progress = Progress(len(todo), int(ray.cluster_resources().get("CPU", 1)))
+        # One CPU per run; each run gives its training one torch thread.
+        remote_run = ray.remote(num_cpus=1, max_retries=0)(run)
+        pending = [remote_run.remote(*job) for job in jobs]
+        progress = Progress(len(jobs), int(ray.cluster_resources().get("CPU", 1)))
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
             results.append(ray.get(finished[0]))
