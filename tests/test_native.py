@@ -4,7 +4,6 @@ import copy
 import ctypes
 import os
 import pickle
-import platform
 import shutil
 import subprocess
 import warnings
@@ -14,7 +13,7 @@ from typing import Any, Callable, Optional
 import pytest
 import torch
 
-from sb3_memory.memory import DNCCell, LSTMCore, MemoryCore, NTMCell, addressing, core, native
+from sb3_memory.memory import DNCCell, LSTMCore, MemoryCore, NTMCell, addressing, core, kernel_build, native
 
 # Configurations: every core, every controller, one and several read/write heads.
 CONFIGS = [
@@ -838,25 +837,6 @@ def test_a_state_without_grad_gets_none_and_the_same_parameter_gradients(name, k
 
 # --- the same bits whatever instruction set the kernels were compiled for ---
 
-# The shipped library's flags (as native.py builds it), and each x86-64 level's on top, with the
-# CPU flags it needs: the kernels sum in a fixed order, so a wider vector unit changes the speed,
-# never a bit.
-KERNEL_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
-ISA_LEVELS = {
-    "baseline": (["-march=x86-64"], set()),
-    "avx2": (["-march=x86-64", "-mavx2", "-mfma"], {"avx2", "fma"}),
-    "avx512": (["-march=x86-64", "-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
-               {"avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq"}),
-}  # fmt: skip
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
 
 def _dtype_macro(dtype: torch.dtype) -> str:
     return {torch.float32: "-DSMEM_FLOAT32", torch.float64: "-DSMEM_FLOAT64"}[dtype]
@@ -865,23 +845,35 @@ def _dtype_macro(dtype: torch.dtype) -> str:
 @pytest.fixture(scope="module")
 def isa_libraries(tmp_path_factory: pytest.TempPathFactory) -> Callable[[torch.dtype], dict[str, ctypes.CDLL]]:
     """
-    The shipped translation unit built for every level this CPU runs (x86-64 only), by scalar type:
-    a function of the dtype, which compiles on first use (the levels in parallel).
+    The shipped library of every instruction-set level this CPU runs (x86-64 only), by scalar type:
+    the package's own builds where it holds them (kernel_build's flags, as setup.py compiles them),
+    else compiled here with the same flags. The kernels sum in a fixed order, so a wider vector unit
+    changes the speed, never a bit.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the instruction-set levels are x86-64's")
-    cpu = _cpu_flags()
-    levels = [level for level, (_, needs) in ISA_LEVELS.items() if needs <= cpu]
+    levels = [level for level in kernel_build.supported_levels() if level in kernel_build.levels()]
     if len(levels) < 2:
         pytest.skip(f"this CPU runs only {levels}: no two levels to compare")
     built: dict[torch.dtype, dict[str, ctypes.CDLL]] = {}
 
     def libraries(dtype: torch.dtype) -> dict[str, ctypes.CDLL]:
         if dtype not in built:
-            source = CSRC / "memory_kernels.cpp"
-            builds = [(source, [*KERNEL_FLAGS, *ISA_LEVELS[level][0], _dtype_macro(dtype)]) for level in levels]
-            paths = _compile(builds, tmp_path_factory.mktemp("isa"))
-            built[dtype] = {level: ctypes.CDLL(str(path)) for level, path in zip(levels, paths)}
+            digest = kernel_build.source_digest()
+            packaged = {level: native.packaged_library(level, dtype) for level in levels}
+            usable = {
+                level: path
+                for level, path in packaged.items()
+                if path is not None and native._library_digest(path) == digest and not os.environ.get(native.BUILD_ENV)
+            }
+            missing = [level for level in levels if level not in usable]
+            builds = [
+                (
+                    CSRC / "memory_kernels.cpp",
+                    [*kernel_build.COMPILE_FLAGS, *kernel_build.level_flags(level), _dtype_macro(dtype)],
+                )
+                for level in missing
+            ]
+            paths = dict(zip(missing, _compile(builds, tmp_path_factory.mktemp("isa")))) if builds else {}
+            built[dtype] = {level: ctypes.CDLL(str(usable.get(level) or paths[level])) for level in levels}
         return built[dtype]
 
     return libraries
