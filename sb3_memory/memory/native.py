@@ -415,6 +415,21 @@ def _contiguous(tensor: Optional[Tensor]) -> Optional[Tensor]:
     return None if tensor is None else tensor.contiguous()
 
 
+def _clear_gradient_fields(library: KernelLibrary, config: list[int], tape: Tensor, gru: bool) -> None:
+    """
+    Zero the tape's columns that the forward leaves for the backward to write (the interface's
+    gradient, and a GRU's hidden-product gradient): an output with arbitrary bytes in it would differ
+    between two runs of the same call. Only those columns: zeroing the whole tape (tens of MB for a
+    DNC chunk) made a DNC training step a quarter slower.
+    """
+    fields = (ctypes.c_int64 * 5)()
+    library.cdll.smem_tape_fields(ctypes.byref(library.interface.config_type(*config)), fields)
+    _, _, draw, dfh, _ = list(fields)
+    tape[..., draw : draw + _config_field(config, library.interface, "P")] = 0
+    if gru:
+        tape[..., dfh : dfh + 3 * _config_field(config, library.interface, "C")] = 0
+
+
 @torch.library.custom_op("sb3_memory::chunk_forward", mutates_args=(), device_types="cpu")
 def _chunk_forward(
     config: list[int],
@@ -439,9 +454,9 @@ def _chunk_forward(
     inputs, state = inputs.contiguous(), state.contiguous()
     features = inputs.new_empty((steps, batch, feature_size))
     final = state.new_empty(state.shape)
-    # Zeros, not empty: the forward leaves the tape's gradient fields unwritten, and an output with
-    # arbitrary bytes in it would differ between two runs of the same call.
-    tape = inputs.new_zeros((batch, steps, tape_size) if record else (0,))
+    tape = inputs.new_empty((batch, steps, tape_size) if record else (0,))
+    if record:
+        _clear_gradient_fields(library, config, tape, w_hid is not None)
     weights = dict(zip(WEIGHT_NAMES, map(_contiguous, (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if))))
     buffers = dict(inputs=inputs, state0=state, starts=_contiguous(starts), init_row=init_row.contiguous(), **weights)
     _call(
@@ -579,10 +594,14 @@ def _chunk_forward_backward(ctx: Any, d_features: Optional[Tensor], d_final: Opt
             ctx.config, library.interface, "R"
         ) * _config_field(ctx.config, library.interface, "W")
         d_features = tape.new_zeros((tape.shape[1], tape.shape[0], feature_size))
-    # The backward writes its gradient fields into the tape: a copy keeps the saved one intact for
-    # a second backward through the same graph (retain_graph=True).
+    # The backward writes its gradient fields into the tape (chunk_backward declares it), so it gets a
+    # copy: a traced graph (torch.compile) may not mutate a forward's output, and a second backward
+    # through the same graph (retain_graph=True) needs the saved tape as it was. The copy costs a
+    # memory pass over the tape (megabytes for a DNC chunk); writing the gradient fields to buffers of
+    # their own would save it (a change of the kernels' interface).
+    tape = tape.clone()
     d_inputs, d_state0, d_weights = _backward_with_weights(
-        ctx.config, ctx.tape_size, tuple(tape_fields), tape.clone(), inputs, state, final, starts, init_row,
+        ctx.config, ctx.tape_size, tuple(tape_fields), tape, inputs, state, final, starts, init_row,
         tuple(weights), d_features, d_final, bool(ctx.needs_input_grad[5]),
     )  # fmt: skip
     return (None, None, None, None, d_inputs, d_state0, None, None, *d_weights)

@@ -453,12 +453,13 @@ void write_backward(const F* RESTRICT mem, const F* RESTRICT ww, const F* RESTRI
     F* RESTRICT dm = dmem + i * w;
     if (heads == 1) {
       const F wi = ww[i];
-      dww[i] += ordered_sum<F>(w, [=](int64_t j) {
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {  // apart from the sum, as in link_backward
         dm[j] += g[j] * (F(1) - wi * erase[j]);
         derase[j] -= g[j] * m[j] * wi;
         dadd[j] += g[j] * wi;
-        return g[j] * (add[j] - m[j] * erase[j]);
-      });
+      }
+      dww[i] += ordered_sum<F>(w, [=](int64_t j) { return g[j] * (add[j] - m[j] * erase[j]); });
       continue;
     }
     std::fill(keep, keep + w, F(1));
@@ -609,12 +610,15 @@ void link_backward(const F* RESTRICT link, const F* RESTRICT ww, const F* RESTRI
     const F* RESTRICT l = link + i * n;
     F* RESTRICT dl = dlink + i * n;
     const F wi = ww[i];
-    dww[i] += ordered_sum<F>(n, [=](int64_t j) {
+    // The updates in a plain vector loop, the row's sum in one of its own: fused into
+    // ordered_sum's term they stopped vectorising (a DNC step 1.5x slower).
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
       dl[j] += g[j] * ((F(1) - wi) - ww[j]);
       dww_cols[j] -= g[j] * l[j];
       dprec[j] += g[j] * wi;
-      return g[j] * (prec[j] - l[j]);
-    });
+    }
+    dww[i] += ordered_sum<F>(n, [=](int64_t j) { return g[j] * (prec[j] - l[j]); });
   }
   axpy(dww, dww_cols, F(1), n);
 }
