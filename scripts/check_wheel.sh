@@ -42,12 +42,11 @@ deps="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["pure
 "$work/venv/bin/python" -m pip install --no-deps --quiet --disable-pip-version-check "$wheel"
 echo "$deps" > "$site/zz_dependencies_from_dev_venv.pth"
 
-# Outside the checkout (so the checkout's sb3_memory is not on sys.path), with PATH holding the
-# interpreter only: no c++, g++ or clang++ to build with.
-mkdir "$work/bin" "$work/run"
-ln -s "$work/venv/bin/python" "$work/bin/python"
+# Outside the checkout (so the checkout's sb3_memory is not on sys.path), with PATH holding the fresh
+# environment's bin/ only (python, pip): no c++, g++ or clang++ to build with.
+mkdir "$work/run"
 cd "$work/run"
-env -u CXX PATH="$work/bin" SB3_MEMORY_CACHE="$work/empty-cache" OMP_NUM_THREADS=1 python - "$root" <<'PY'
+env -u CXX PATH="$work/venv/bin" SB3_MEMORY_CACHE="$work/empty-cache" OMP_NUM_THREADS=1 python - "$root" <<'PY'
 import os, sys
 from pathlib import Path
 
