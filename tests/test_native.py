@@ -892,12 +892,16 @@ def _kernel_outputs(library: ctypes.CDLL, core_: MemoryCore, dtype: torch.dtype)
     struct = ctypes.byref(interface.config_type(T=steps, B=batch, **config))
     library.smem_tape_size.restype = ctypes.c_int64
     tape_size = int(library.smem_tape_size(struct))
+    library.smem_gradient_fields.restype = None
+    gradient_fields = (ctypes.c_int64 * 3)()
+    library.smem_gradient_fields(struct, gradient_fields)
     out = {
         "features": torch.zeros(steps, batch, config["C"] + config["R"] * config["W"], dtype=dtype),
         "state_T": torch.zeros(flat.shape, dtype=dtype),
         "tape": torch.zeros(batch, steps, tape_size, dtype=dtype),
         "d_projected": torch.zeros(steps, batch, config["G"], dtype=dtype),
         "d_state0": torch.zeros(flat.shape, dtype=dtype),
+        "d_records": torch.zeros(batch, steps, gradient_fields[2], dtype=dtype),
     }
     generator = torch.Generator().manual_seed(2)
     given = {

@@ -174,6 +174,57 @@ def test_the_forward_operator_passes_pytorchs_checks(record):
     torch.library.opcheck(torch.ops.sb3_memory.chunk_forward.default, _chunk_arguments(record))
 
 
+def test_the_backward_reads_the_tape_and_can_run_twice():
+    """The backward writes its gradient records to a buffer of its own: the saved tape stays as the
+    forward left it, and a second backward through the same graph gives the same gradients."""
+    arguments = _chunk_arguments(record=True)
+    features, final, tape = torch.ops.sb3_memory.chunk_forward(*arguments)
+    assert not tape.requires_grad
+    before = tape.clone()
+    leaves = [argument for argument in arguments if isinstance(argument, torch.Tensor) and argument.requires_grad]
+    loss = features.square().sum() + final.sum()
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    assert torch.equal(tape, before)
+    second = torch.autograd.grad(loss, leaves)
+    assert torch.equal(tape, before)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_an_unused_final_state_gets_the_gradient_of_zeros():
+    """Autograd passes None, not zeros, for an output the loss does not use; the backward treats it as zero."""
+    arguments = _chunk_arguments(record=True)
+    leaves = [argument for argument in arguments if isinstance(argument, torch.Tensor) and argument.requires_grad]
+    features, final, _ = torch.ops.sb3_memory.chunk_forward(*arguments)
+    without = torch.autograd.grad(features.square().sum(), leaves)
+    features, final, _ = torch.ops.sb3_memory.chunk_forward(*arguments)
+    with_zeros = torch.autograd.grad(features.square().sum() + (final * 0).sum(), leaves)
+    for a, b in zip(without, with_zeros):
+        assert torch.equal(a, b)
+
+
+def test_inference_calls_the_implementation_directly_with_the_operators_results(monkeypatch):
+    """Eager inference skips the dispatcher (its cost is a small rollout step's); training, and any
+    tracing, go through the registered operator. Both give the same bits."""
+    calls = []
+    implementation = native._forward_implementation
+
+    def counted(*args):
+        calls.append(args[3])  # record
+        return implementation(*args)
+
+    monkeypatch.setattr(native, "_forward_implementation", counted)
+    arguments = _chunk_arguments(record=False)
+    with torch.no_grad():
+        direct = native._run_forward(*arguments)
+        through_operator = torch.ops.sb3_memory.chunk_forward(*arguments)
+    assert calls == [False]  # the operator holds the original implementation, not the counted one
+    for a, b in zip(direct[:2], through_operator[:2]):
+        assert torch.equal(a, b)
+    native._run_forward(*_chunk_arguments(record=True))
+    assert calls == [False]
+
+
 def test_torch_compile_of_a_policy_with_native_cores_matches_eager():
     model = MemoryPPO("DNCPolicy", PassiveTMazeEnv(corridor_length=3), n_steps=32, batch_size=32, seed=0, device="cpu")
     policy = model.policy

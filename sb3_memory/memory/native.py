@@ -37,7 +37,7 @@ from sb3_memory.memory import kernel_build
 PACKAGE_DIR = Path(__file__).parent
 SOURCE = kernel_build.SOURCE
 # The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in csrc/interface.h).
-ABI_VERSION = 10
+ABI_VERSION = 11
 SUPPORTED_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # Weights in the order the kernels take them; a core passes None for those it does not have. With
 # w_in and b_in the kernels project the inputs themselves, one row at a time (step_input there);
@@ -131,8 +131,9 @@ class KernelLibrary:
         config_pointer = ctypes.POINTER(self.interface.config_type)
         self.cdll.smem_tape_size.restype = ctypes.c_int64
         self.cdll.smem_tape_size.argtypes = [config_pointer]
-        self.cdll.smem_tape_fields.restype = None
-        self.cdll.smem_tape_fields.argtypes = [config_pointer, ctypes.POINTER(ctypes.c_int64)]
+        for fields in (self.cdll.smem_tape_fields, self.cdll.smem_gradient_fields):
+            fields.restype = None
+            fields.argtypes = [config_pointer, ctypes.POINTER(ctypes.c_int64)]
         for function in (self.cdll.smem_forward, self.cdll.smem_backward):
             function.restype = ctypes.c_int
             function.argtypes = [config_pointer, ctypes.POINTER(self.interface.buffers_type)]
@@ -331,10 +332,6 @@ class NativeSequence:
         self.init_row = init_row.contiguous()
         probe = interface.config_type(*self.config_values)
         self.tape_size = int(self.library.cdll.smem_tape_size(ctypes.byref(probe)))
-        fields = (ctypes.c_int64 * 5)()
-        self.library.cdll.smem_tape_fields(ctypes.byref(probe), fields)
-        # Offsets in a step's tape record (see smem_tape_fields)
-        self.tape_x, self.tape_out, self.tape_draw, self.tape_dfh, self.tape_hidden = list(fields)
         self.feature_size = int(config["C"] + config["R"] * config["W"])
         self.name = name
 
@@ -372,16 +369,12 @@ class NativeSequence:
         Gradients of the inputs, the initial state (None unless ``state_grad``: a stored state needs
         none, and at large N it is the biggest tensor a call writes) and the weights (``inputs``,
         ``state`` and ``final``: the forward's; the sparse cores rebuild their memory from the states).
-        The tape's gradient fields are overwritten.
+        The tape is only read.
         """
         return _backward_with_weights(
-            self.config_values, self.tape_size, self.tape_fields, tape, inputs, state, final, starts, self.init_row,
+            self.config_values, self.tape_size, tape, inputs, state, final, starts, self.init_row,
             weights, d_features, d_state, state_grad,
         )  # fmt: skip
-
-    @property
-    def tape_fields(self) -> tuple[int, int, int, int, int]:
-        return self.tape_x, self.tape_out, self.tape_draw, self.tape_dfh, self.tape_hidden
 
 
 def _config_field(config: list[int], interface: Interface, name: str) -> int:
@@ -415,23 +408,14 @@ def _contiguous(tensor: Optional[Tensor]) -> Optional[Tensor]:
     return None if tensor is None else tensor.contiguous()
 
 
-def _clear_gradient_fields(library: KernelLibrary, config: list[int], tape: Tensor, gru: bool) -> None:
-    """
-    Zero the tape's columns that the forward leaves for the backward to write (the interface's
-    gradient, and a GRU's hidden-product gradient): an output with arbitrary bytes in it would differ
-    between two runs of the same call. Only those columns: zeroing the whole tape (tens of MB for a
-    DNC chunk) made a DNC training step a quarter slower.
-    """
-    fields = (ctypes.c_int64 * 5)()
-    library.cdll.smem_tape_fields(ctypes.byref(library.interface.config_type(*config)), fields)
-    _, _, draw, dfh, _ = list(fields)
-    tape[..., draw : draw + _config_field(config, library.interface, "P")] = 0
-    if gru:
-        tape[..., dfh : dfh + 3 * _config_field(config, library.interface, "C")] = 0
+def _fields(library: KernelLibrary, function: Any, config: list[int]) -> tuple[int, int, int]:
+    """The three numbers ``smem_tape_fields`` or ``smem_gradient_fields`` gives for ``config``."""
+    fields = (ctypes.c_int64 * 3)()
+    function(ctypes.byref(library.interface.config_type(*config)), fields)
+    return fields[0], fields[1], fields[2]
 
 
-@torch.library.custom_op("sb3_memory::chunk_forward", mutates_args=(), device_types="cpu")
-def _chunk_forward(
+def _forward_implementation(
     config: list[int],
     feature_size: int,
     tape_size: int,
@@ -455,8 +439,6 @@ def _chunk_forward(
     features = inputs.new_empty((steps, batch, feature_size))
     final = state.new_empty(state.shape)
     tape = inputs.new_empty((batch, steps, tape_size) if record else (0,))
-    if record:
-        _clear_gradient_fields(library, config, tape, w_hid is not None)
     weights = dict(zip(WEIGHT_NAMES, map(_contiguous, (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if))))
     buffers = dict(inputs=inputs, state0=state, starts=_contiguous(starts), init_row=init_row.contiguous(), **weights)
     _call(
@@ -466,6 +448,11 @@ def _chunk_forward(
     return features, final, tape
 
 
+_chunk_forward = torch.library.custom_op("sb3_memory::chunk_forward", mutates_args=(), device_types="cpu")(
+    _forward_implementation
+)
+
+
 @_chunk_forward.register_fake
 def _(config, feature_size, tape_size, record, inputs, state, starts, init_row, *weights):  # type: ignore[no-untyped-def]
     steps, batch = inputs.shape[0], inputs.shape[1]
@@ -473,7 +460,7 @@ def _(config, feature_size, tape_size, record, inputs, state, starts, init_row, 
     return inputs.new_empty((steps, batch, feature_size)), state.new_empty(state.shape), inputs.new_empty(tape_shape)
 
 
-@torch.library.custom_op("sb3_memory::chunk_backward", mutates_args=("tape",), device_types="cpu")
+@torch.library.custom_op("sb3_memory::chunk_backward", mutates_args=(), device_types="cpu")
 def _chunk_backward(
     config: list[int],
     state_grad: bool,
@@ -491,43 +478,65 @@ def _chunk_backward(
     b_if: Optional[Tensor],
     d_features: Tensor,
     d_state: Optional[Tensor],
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """
     The gradients of the projected inputs (T, B, G) and of the initial state (B, D), empty unless
-    ``state_grad``; writes the tape's gradient fields, from which the weights' gradients follow.
+    ``state_grad``, and the gradient records (B, T, size; ``smem_gradient_fields``), from which the
+    weights' gradients follow. The tape is only read.
     """
     library = load_library(init_row.dtype)
     batch, steps = tape.shape[0], tape.shape[1]
     width = _config_field(config, library.interface, "G")
     d_projected = tape.new_empty((steps, batch, width))
     d_state0 = tape.new_empty((batch, state.shape[1]) if state_grad else (0,))
+    d_records = tape.new_empty((batch, steps, _fields(library, library.cdll.smem_gradient_fields, config)[2]))
     weights = dict(zip(WEIGHT_NAMES, map(_contiguous, (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if))))
     _call(
         library, library.cdll.smem_backward, config, steps, batch,
         dict(
             starts=_contiguous(starts), init_row=init_row.contiguous(), tape=tape, state0=state.contiguous(),
             state_T=final.contiguous(), d_features=d_features.contiguous(), d_state_T=_contiguous(d_state),
-            d_projected=d_projected, d_state0=d_state0 if state_grad else None, **weights,
+            d_projected=d_projected, d_state0=d_state0 if state_grad else None, d_records=d_records, **weights,
         ),
     )  # fmt: skip
-    return d_projected, d_state0
+    return d_projected, d_state0, d_records
 
 
 @_chunk_backward.register_fake
 def _(config, state_grad, tape, state, final, starts, init_row, *rest):  # type: ignore[no-untyped-def]
+    library = load_library(init_row.dtype)
     batch, steps = tape.shape[0], tape.shape[1]
-    width = _config_field(config, load_library(init_row.dtype).interface, "G")
-    return tape.new_empty((steps, batch, width)), tape.new_empty((batch, state.shape[1]) if state_grad else (0,))
+    width = _config_field(config, library.interface, "G")
+    record_size = _fields(library, library.cdll.smem_gradient_fields, config)[2]
+    return (
+        tape.new_empty((steps, batch, width)),
+        tape.new_empty((batch, state.shape[1]) if state_grad else (0,)),
+        tape.new_empty((batch, steps, record_size)),
+    )
+
+
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 
 def _run_forward(config: list[int], feature_size: int, tape_size: int, record: bool, *tensors: Optional[Tensor]):  # type: ignore[no-untyped-def]
+    # Inference on plain tensors, outside any tracing: the operator's own implementation, called
+    # directly. The dispatcher and the operator's autograd wrapper cost about 0.1-0.2 ms a call,
+    # as much as a rollout step's kernel at small sizes; with nothing to record and nothing tracing,
+    # they have nothing to do. Everything else (training, torch.compile, fake tensors, dispatch
+    # modes) goes through the registered operator.
+    if (
+        not record
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and all(tensor is None or type(tensor) in _PLAIN_TENSORS for tensor in tensors)
+    ):
+        return _forward_implementation(config, feature_size, tape_size, record, *tensors)
     return torch.ops.sb3_memory.chunk_forward(config, feature_size, tape_size, record, *tensors)
 
 
 def _backward_with_weights(
     config: list[int],
     tape_size: int,
-    tape_fields: tuple[int, int, int, int, int],
     tape: Tensor,
     inputs: Tensor,
     state: Tensor,
@@ -539,16 +548,18 @@ def _backward_with_weights(
     d_state: Optional[Tensor],
     state_grad: bool,
 ) -> tuple[Tensor, Optional[Tensor], tuple[Optional[Tensor], ...]]:
-    d_projected, d_state0 = torch.ops.sb3_memory.chunk_backward(
+    d_projected, d_state0, d_records = torch.ops.sb3_memory.chunk_backward(
         config, state_grad, tape, state, final, starts, init_row, *weights, d_features, d_state
     )
-    interface = load_library(init_row.dtype).interface
-    size = {name: _config_field(config, interface, name) for name in ("I", "G", "K", "C", "P")}
+    library = load_library(init_row.dtype)
+    size = {name: _config_field(config, library.interface, name) for name in ("I", "G", "K", "C", "P")}
     batch, steps = tape.shape[0], tape.shape[1]
-    tape_x, tape_out, tape_draw, tape_dfh, tape_hidden = tape_fields
+    tape_x, tape_out, tape_hidden = _fields(library, library.cdll.smem_tape_fields, config)
+    grad_draw, grad_dfh, _ = _fields(library, library.cdll.smem_gradient_fields, config)
     # Each weight gradient is one matrix product over all (row, step) records of the tape:
     # d(out) / dW summed over the chunk = d(out)^T @ (what W multiplied).
     records = tape.reshape(batch * steps, tape_size)
+    gradients = d_records.reshape(batch * steps, d_records.shape[2])
     gates = d_projected.transpose(0, 1).reshape(batch * steps, size["G"])
     w_in, _, w_rec, w_hid, _, w_if, _ = weights
     d_inputs, d_w_in, d_b_in = d_projected, None, None  # inputs the caller projected
@@ -563,11 +574,11 @@ def _backward_with_weights(
     d_w_rec = None if w_rec is None else gates.t() @ columns(tape_x, size["K"])
     d_w_hid = d_b_hid = d_w_if = d_b_if = None
     if w_hid is not None:
-        d_fh = columns(tape_dfh, 3 * size["C"])
+        d_fh = gradients[:, grad_dfh : grad_dfh + 3 * size["C"]]
         d_w_hid = d_fh.t() @ columns(tape_hidden, size["C"])
         d_b_hid = d_fh.sum(0)
     if w_if is not None:
-        d_raw = columns(tape_draw, size["P"])
+        d_raw = gradients[:, grad_draw : grad_draw + size["P"]]
         d_w_if = d_raw.t() @ columns(tape_out, size["C"])
         d_b_if = d_raw.sum(0)
     return d_inputs, d_state0 if state_grad else None, (d_w_in, d_b_in, d_w_rec, d_w_hid, d_b_hid, d_w_if, d_b_if)
@@ -580,6 +591,11 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tens
     _features, final, tape = output
     ctx.config, ctx.tape_size, ctx.record = config, tape_size, record
     ctx.save_for_backward(tape, x, state, final, starts, init_row, *weights)
+    # The tape is the backward's record, not a result: no gradient flows into it. And an output that
+    # the loss does not use (the final state, often) gets None, not a tensor of zeros: the backward
+    # treats None as zero without writing megabytes of zeros first.
+    ctx.mark_non_differentiable(tape)
+    ctx.set_materialize_grads(False)
 
 
 def _chunk_forward_backward(ctx: Any, d_features: Optional[Tensor], d_final: Optional[Tensor], _d_tape: Any):  # type: ignore[no-untyped-def]
@@ -587,21 +603,13 @@ def _chunk_forward_backward(ctx: Any, d_features: Optional[Tensor], d_final: Opt
         raise RuntimeError("sb3_memory::chunk_forward ran with record=False, so it kept no tape to differentiate")
     tape, inputs, state, final, starts, init_row, *weights = ctx.saved_tensors
     library = load_library(init_row.dtype)
-    tape_fields = (ctypes.c_int64 * 5)()
-    library.cdll.smem_tape_fields(ctypes.byref(library.interface.config_type(*ctx.config)), tape_fields)
     if d_features is None:
         feature_size = _config_field(ctx.config, library.interface, "C") + _config_field(
             ctx.config, library.interface, "R"
         ) * _config_field(ctx.config, library.interface, "W")
         d_features = tape.new_zeros((tape.shape[1], tape.shape[0], feature_size))
-    # The backward writes its gradient fields into the tape (chunk_backward declares it), so it gets a
-    # copy: a traced graph (torch.compile) may not mutate a forward's output, and a second backward
-    # through the same graph (retain_graph=True) needs the saved tape as it was. The copy costs a
-    # memory pass over the tape (megabytes for a DNC chunk); writing the gradient fields to buffers of
-    # their own would save it (a change of the kernels' interface).
-    tape = tape.clone()
     d_inputs, d_state0, d_weights = _backward_with_weights(
-        ctx.config, ctx.tape_size, tuple(tape_fields), tape, inputs, state, final, starts, init_row,
+        ctx.config, ctx.tape_size, tape, inputs, state, final, starts, init_row,
         tuple(weights), d_features, d_final, bool(ctx.needs_input_grad[5]),
     )  # fmt: skip
     return (None, None, None, None, d_inputs, d_state0, None, None, *d_weights)

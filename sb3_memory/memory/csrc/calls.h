@@ -113,7 +113,7 @@ struct BackwardCall {
   const Weights<F> wt;
   F* tape;
   const F *state0, *init, *state_T, *dfeatures, *dstate_T;
-  F *dprojected, *dstate0;
+  F *dprojected, *dstate0, *grads;
   const int64_t T, B, D, FD;
 
   BackwardCall(const SmemConfig& config, const SmemBuffers& buffers)
@@ -129,6 +129,7 @@ struct BackwardCall {
         dstate_T(static_cast<const F*>(buffers.d_state_T)),
         dprojected(static_cast<F*>(buffers.d_projected)),
         dstate0(static_cast<F*>(buffers.d_state0)),
+        grads(static_cast<F*>(buffers.d_records)),
         T(config.T),
         B(config.B),
         D(config.D),
@@ -151,7 +152,8 @@ struct BackwardCall {
         const F* s = reset ? init : record + L.state;
         const F* next = t + 1 == T ? state_T + row * D : tape + (row * T + t + 1) * L.size + L.state;
         std::fill(din.begin(), din.end(), F(0));
-        core.backward(wt, s, next, record, dfeatures + (t * B + row) * FD, dout.data(), din.data(),
+        core.backward(wt, s, next, record, grads + (row * T + t) * L.grad.size, dfeatures + (t * B + row) * FD,
+                      dout.data(), din.data(),
                       dprojected + (t * B + row) * c.G, sc);
         // A reset replaced the state: what came before gets no gradient through it.
         if (reset) std::fill(din.begin(), din.end(), F(0));
@@ -195,7 +197,8 @@ struct BackwardCall {
         }
         for (int64_t t = end - 1; t >= begin; --t) {
           const bool whole = t == begin && !reset(t);  // the segment's first state is an input
-          core.backward(wt, s.data(), start, t > begin ? record(t - 1) : nullptr, record(t), dfeatures + (t * B + row) * FD,
+          core.backward(wt, s.data(), start, t > begin ? record(t - 1) : nullptr, record(t),
+                        grads + (row * T + t) * L.grad.size, dfeatures + (t * B + row) * FD,
                         dacc.data(), reset(t), whole, logs[t], dnext, dprev, dprojected + (t * B + row) * c.G, wk);
           if (reset(t)) {  // nothing before a reset gets a gradient through the state
             std::fill(dacc.begin(), dacc.end(), F(0));

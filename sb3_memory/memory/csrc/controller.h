@@ -107,12 +107,12 @@ void controller_forward(const SmemConfig& c, const Weights<F>& wt, const F* proj
 
 // dout: total gradient of the controller output (features, interface and carried hidden state);
 // dcell_out: gradient of the carried cell state. Writes dprojected (which is also the gradient of
-// the gate pre-activations, hence of W_rec's output) and, for a GRU, the tape's dfh; accumulates
+// the gate pre-activations, hence of W_rec's output) and, for a GRU, dfh; accumulates
 // dreads, dhidden and dcell. Weight gradients are left to one matrix product over the whole tape.
 template <typename F>
-void controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, const ControllerTape& L,
+void controller_backward(const SmemConfig& c, const Weights<F>& wt, const F* tape, const ControllerTape& L,
                          const F* hidden, const F* cell, const F* dout, const F* dcell_out, F* dprojected,
-                         F* dreads, F* dhidden, F* dcell, F* scratch) {
+                         F* dfh, F* dreads, F* dhidden, F* dcell, F* scratch) {
   const int64_t C = c.C, rin = c.K - (c.controller == kController_lstm ? C : 0);
   const F* act = tape + L.act;
   F* dgates = dprojected;
@@ -129,7 +129,6 @@ void controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, con
     }
   } else if (c.controller == kController_gru) {
     const F* fh = tape + L.fh;
-    F* dfh = tape + L.dfh;
     for (int64_t j = 0; j < C; ++j) {
       const F r = act[j], z = act[C + j], n = act[2 * C + j];
       const F dn_pre = dout[j] * (F(1) - z) * (F(1) - n * n);
@@ -173,16 +172,17 @@ void core_controller_forward(const SmemConfig& c, const Weights<F>& wt, const F*
 }
 
 // Its backward, a core's last stage. out feeds the interface raw = W_if out + b_if, so
-// dL/dout += W_if^T dL/draw (draw null: no interface); then the controller's own backward, which
-// adds into dreads and into dstate_in's controller fields.
+// dL/dout += W_if^T dL/draw (no interface: P = 0); then the controller's own backward, which
+// adds into dreads and into dstate_in's controller fields. grad: the step's gradient record, whose
+// draw the core has written.
 template <typename F>
-void core_controller_backward(const SmemConfig& c, const Weights<F>& wt, F* tape, const ControllerTape& L, const F* s,
-                              const F* draw, const F* dstate_out, F* dout, F* dprojected, F* dreads, F* dstate_in,
+void core_controller_backward(const SmemConfig& c, const Weights<F>& wt, const F* tape, const Tape& L, F* grad,
+                              const F* s, const F* dstate_out, F* dout, F* dprojected, F* dreads, F* dstate_in,
                               F* scratch) {
-  if (draw) gemv_cols(dout, wt.w_if, draw, c.C, c.P);
-  controller_backward(c, wt, tape, L, s + c.off_controller_hidden, s + c.off_controller_cell, dout,
-                      dstate_out + c.off_controller_cell, dprojected, dreads, dstate_in + c.off_controller_hidden,
-                      dstate_in + c.off_controller_cell, scratch);
+  if (c.P > 0) gemv_cols(dout, wt.w_if, grad + L.grad.draw, c.C, c.P);
+  controller_backward(c, wt, tape, L.ctrl, s + c.off_controller_hidden, s + c.off_controller_cell, dout,
+                      dstate_out + c.off_controller_cell, dprojected, grad + L.grad.dfh, dreads,
+                      dstate_in + c.off_controller_hidden, dstate_in + c.off_controller_cell, scratch);
 }
 
 // Interface: raw = W_if out + b_if
@@ -225,14 +225,14 @@ struct Plain : CoreView {
   // Backward scratch: the output gradient, then the controller's.
   int64_t scratch_size() const { return c.C + controller_scratch_size(c); }
 
-  void backward(const Weights<F>& wt, const F* s, const F* /*next*/, F* tape, const F* dfeatures,
+  void backward(const Weights<F>& wt, const F* s, const F* /*next*/, const F* tape, F* grad, const F* dfeatures,
                 const F* dstate_out, F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t C = c.C;
     F* dout = sc.at(0);
     std::copy(dfeatures, dfeatures + C, dout);
     axpy(dout, dstate_out + c.off_controller_hidden, F(1), C);
-    // No interface (draw) and no read vectors to feed back (R = 0).
-    core_controller_backward<F>(c, wt, tape, L.ctrl, s, nullptr, dstate_out, dout, dprojected, nullptr, dstate_in, sc.at(C));
+    // No interface (P = 0) and no read vectors to feed back (R = 0).
+    core_controller_backward<F>(c, wt, tape, L, grad, s, dstate_out, dout, dprojected, nullptr, dstate_in, sc.at(C));
   }
 };
 

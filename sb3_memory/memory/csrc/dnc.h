@@ -146,8 +146,8 @@ struct Dnc : CoreView {
     apply_norm_grad(dnew_mem, new_mem, mnorm2, dmnorm, n, w);
   }
 
-  void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
-                F* dstate_in, F* dprojected, Scratch<F>& sc) const {
+  void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, F* grad, const F* dfeatures,
+                const F* dstate_out, F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t n = c.N, w = c.W, R = c.R, nw = n * w;
     const F* mem = s + c.off_memory;
     const F* new_mem = next + c.off_memory;
@@ -172,7 +172,7 @@ struct Dnc : CoreView {
     F *dnew_mem = sc.at(pad.dnew_mem), *dlink = sc.at(pad.dlink), *drw = sc.at(pad.drw), *dbwd = sc.at(pad.dbwd);
     F *dww = sc.at(pad.dww), *dmnorm = sc.at(pad.dmnorm), *dcw = sc.at(pad.dcw), *dalloc = sc.at(pad.dalloc);
     F *dsorted = sc.at(pad.dsorted), *dusage = sc.at(pad.dusage), *tmp = sc.at(pad.tmp), *dact = sc.at(pad.dact);
-    F *dout = sc.at(pad.dout), *dreads = sc.at(pad.dreads), *ctrl_scratch = sc.at(pad.ctrl), *draw = tape + L.draw;
+    F *dout = sc.at(pad.dout), *dreads = sc.at(pad.dreads), *ctrl_scratch = sc.at(pad.ctrl), *draw = grad + L.grad.draw;
 
     features_backward(c, dfeatures, dstate_out, dout, dreads);
     std::copy(dstate_out + c.off_memory, dstate_out + c.off_memory + nw, dnew_mem);
@@ -213,7 +213,7 @@ struct Dnc : CoreView {
                    dstate_in + c.off_usage, dstate_in + c.off_write_weights, dprev_rw, dfree);
 
     activate_backward(raw, act, dact, draw);
-    core_controller_backward(c, wt, tape, L.ctrl, s, draw, dstate_out, dout, dprojected, dstate_in + c.off_read_vectors,
+    core_controller_backward(c, wt, tape, L, grad, s, dstate_out, dout, dprojected, dstate_in + c.off_read_vectors,
                              dstate_in, ctrl_scratch);
   }
 };

@@ -10,7 +10,7 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 10  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 11  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   I input size; G width of the projected input (gates * C); C controller output size; K columns of the
@@ -27,7 +27,8 @@ extern "C" {
 // Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
 // starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if
 // external-memory cores only; tape null = inference; d_state_T null = zero; d_state0 null = not
-// wanted. The backward pass also writes the tape's gradient fields (smem_tape_fields).
+// wanted. The backward pass reads the tape and writes d_records, one gradient record per (row,
+// step) in the tape's order (smem_gradient_fields), from which native.py makes the weight gradients.
 #define SMEM_BUFFER_FIELDS(X)                                                                      \
   /* forward inputs */                                                                             \
   X(const void*, inputs) X(const void*, state0) X(const uint8_t*, starts) X(const void*, init_row)  \
@@ -36,7 +37,8 @@ extern "C" {
   /* forward outputs */                                                                            \
   X(void*, features) X(void*, state_T) X(void*, tape)                                              \
   /* backward inputs, then outputs */                                                              \
-  X(const void*, d_features) X(const void*, d_state_T) X(void*, d_projected) X(void*, d_state0)
+  X(const void*, d_features) X(const void*, d_state_T) X(void*, d_projected) X(void*, d_state0)   \
+  X(void*, d_records)
 
 // What smem_forward and smem_backward return; native.py reads the names from smem_status_names.
 #define SMEM_STATUS_CODES(X) X(ok, 0) X(unknown_core, 1) X(non_finite_features, 2) X(unknown_primitive, 3)

@@ -78,15 +78,21 @@ const char* smem_controller_names() { return SMEM_CONTROLLER_KINDS(SMEM_NAME_VAL
 int64_t smem_tape_size(const SmemConfig* c) { return make_tape(*c).size; }
 
 // Offsets in a step's tape record of what the weight gradients are made of: the controller's
-// recurrent input, its output, the interface gradient and, for a GRU, the hidden-product gradient
-// and the hidden state.
+// recurrent input, its output and, for a GRU, the hidden state.
 void smem_tape_fields(const SmemConfig* c, int64_t* out) {
   const Tape t = make_tape(*c);
   out[0] = t.ctrl.x;
   out[1] = t.ctrl.out;
-  out[2] = t.draw;
-  out[3] = t.ctrl.dfh;
-  out[4] = t.ctrl.hidden;
+  out[2] = t.ctrl.hidden;
+}
+
+// The layout of a step's gradient record (d_records): the interface gradient's offset, the GRU's
+// hidden-product gradient's offset, and the record's size.
+void smem_gradient_fields(const SmemConfig* c, int64_t* out) {
+  const GradientRecord g = make_gradient_record(*c);
+  out[0] = g.draw;
+  out[1] = g.dfh;
+  out[2] = g.size;
 }
 
 // Return an SmemStatus.

@@ -145,13 +145,13 @@ struct Ntm : CoreView {
 
   // s, next: the states before and after the step; dstate_out: gradient of next; dstate_in
   // (zeroed by the caller) receives the gradient of s.
-  void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, const F* dfeatures, const F* dstate_out,
-                F* dstate_in, F* dprojected, Scratch<F>& sc) const {
+  void backward(const Weights<F>& wt, const F* s, const F* next, F* tape, F* grad, const F* dfeatures,
+                const F* dstate_out, F* dstate_in, F* dprojected, Scratch<F>& sc) const {
     const int64_t n = c.N, w = c.W, R = c.R, nw = n * w;
     F *dnew_mem = sc.at(pad.dnew_mem), *dwsh = sc.at(pad.dwsh), *dws = sc.at(pad.dws), *dwg = sc.at(pad.dwg);
     F *dwc = sc.at(pad.dwc), *dmnorm = sc.at(pad.dmnorm), *location = sc.at(pad.location), *keep = sc.at(pad.keep);
     F *others = sc.at(pad.others), *dact = sc.at(pad.dact), *dout = sc.at(pad.dout), *dreads = sc.at(pad.dreads);
-    F *ctrl_scratch = sc.at(pad.ctrl), *draw = tape + L.draw;
+    F *ctrl_scratch = sc.at(pad.ctrl), *draw = grad + L.grad.draw;
     const F *mem = s + c.off_memory, *new_mem = next + c.off_memory;
     const F *act = tape + L.act, *raw = tape + L.raw, *mnorm = tape + L.mnorm;
 
@@ -207,7 +207,7 @@ struct Ntm : CoreView {
     apply_norm_grad(dmem, mem, mnorm, dmnorm, n, w);
 
     activate_backward(raw, act, dact, draw);
-    core_controller_backward(c, wt, tape, L.ctrl, s, draw, dstate_out, dout, dprojected, dstate_in + c.off_read_vectors,
+    core_controller_backward(c, wt, tape, L, grad, s, dstate_out, dout, dprojected, dstate_in + c.off_read_vectors,
                              dstate_in, ctrl_scratch);
   }
 };

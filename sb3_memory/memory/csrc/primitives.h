@@ -69,7 +69,7 @@ SCALAR_MATH F ordered_sum(int64_t n, Term term) {
 // Small dense helpers.
 
 template <typename F>
-inline F dot(const F* RESTRICT a, const F* RESTRICT b, int64_t n) {
+SCALAR_MATH F dot(const F* RESTRICT a, const F* RESTRICT b, int64_t n) {
   return ordered_sum<F>(n, [a, b](int64_t i) { return a[i] * b[i]; });
 }
 

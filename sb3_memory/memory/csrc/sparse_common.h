@@ -251,18 +251,18 @@ void scatter_add_rows(F* mem, const int64_t* slots, int64_t count, int64_t w, co
 template <typename F>
 struct StateCarry;
 
-// A sparse core's last stage backward: from the interface's gradient (the tape's draw) through
+// A sparse core's last stage backward: from the interface's gradient (grad's draw) through
 // W_if into dout, then the controller, whose previous cell is the previous step's (tape) or the
 // segment's first state's.
 template <typename F>
 void sparse_controller_backward(const SmemConfig& c, const Tape& L, const Weights<F>& wt, const F* start,
-                                const F* before, F* tape, const StateCarry<F>& dnext, StateCarry<F>& dprev,
-                                F* dprojected, F* dout, F* scratch) {
-  gemv_cols(dout, wt.w_if, tape + L.draw, c.C, c.P);
+                                const F* before, const F* tape, F* grad, const StateCarry<F>& dnext,
+                                StateCarry<F>& dprev, F* dprojected, F* dout, F* scratch) {
+  gemv_cols(dout, wt.w_if, grad + L.grad.draw, c.C, c.P);
   dprev.clear();
   const F* cell = before ? before + L.ctrl.cell : start + c.off_controller_cell;
   controller_backward(c, wt, tape, L.ctrl, tape + L.ctrl.hidden, cell, dout, dnext.cell.data(), dprojected,
-                      dprev.reads.data(), dprev.hidden.data(), dprev.cell.data(), scratch);
+                      grad + L.grad.dfh, dprev.reads.data(), dprev.hidden.data(), dprev.cell.data(), scratch);
 }
 
 // The carried gradients of the controller state and the read vectors (sparse cores' backward

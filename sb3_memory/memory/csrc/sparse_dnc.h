@@ -488,7 +488,7 @@ struct SparseDnc : CoreView {
   void write_backward_sparse(F* s, const F* tape, F* dacc, Work& wk) const;
   void usage_backward_sparse(F* s, const F* act, const std::vector<F>& usage_log, bool whole, F* dacc,
                              Work& wk) const;
-  void backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, const F* dfeatures, F* dacc,
+  void backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, F* grad, const F* dfeatures, F* dacc,
                 bool /*reset*/, bool whole, const Log& log, const Carry& dnext, Carry& dprev, F* dprojected,
                 Work& wk) const;
 };

@@ -308,7 +308,8 @@ void SparseDnc<F>::usage_backward_sparse(F* s, const F* act, const std::vector<F
 // start: the segment's first state; before: the previous step's tape record, or null; whole: the
 // step is the segment's first and its state an input (gradients for every slot of its weightings).
 template <typename F>
-void SparseDnc<F>::backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, const F* dfeatures, F* dacc,
+void SparseDnc<F>::backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, F* grad,
+                            const F* dfeatures, F* dacc,
                             bool /*reset*/, bool whole, const Log& log, const Carry& dnext, Carry& dprev, F* dprojected,
                             Work& wk) const {
   const int64_t C = c.C;
@@ -331,8 +332,8 @@ void SparseDnc<F>::backward(const Weights<F>& wt, F* s, const F* start, const F*
   precedence_link_backward(s, tape, log.link, dweights + (c.R + 1) * k, dacc, whole, wk);
   write_backward_sparse(s, tape, dacc, wk);
   usage_backward_sparse(s, act, log.usage, whole, dacc, wk);
-  dnc.activate_backward(tape + L.raw, act, wk.dact.data(), tape + L.draw);
-  sparse_controller_backward(c, L, wt, start, before, tape, dnext, dprev, dprojected, dout, wk.ctrl.data());
+  dnc.activate_backward(tape + L.raw, act, wk.dact.data(), grad + L.grad.draw);
+  sparse_controller_backward(c, L, wt, start, before, tape, grad, dnext, dprev, dprojected, dout, wk.ctrl.data());
 }
 
 }  // namespace

@@ -356,7 +356,7 @@ struct SparseNtm : CoreView {
   // step found it); start: the segment's first state; before: the previous step's tape record, or
   // null for the segment's first step. dacc: the memory's and weightings' gradients (on entry of
   // the step's output, on return of its input); dnext, dprev: the carried ones.
-  void backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, const F* dfeatures, F* dacc,
+  void backward(const Weights<F>& wt, F* s, const F* start, const F* before, F* tape, F* grad, const F* dfeatures, F* dacc,
                 bool reset, bool /*whole*/, const Log& /*log*/, const Carry& dnext, Carry& dprev, F* dprojected,
                 Work& wk) const {
     const int64_t C = c.C;
@@ -377,8 +377,8 @@ struct SparseNtm : CoreView {
         head_backward(h, s, ntm.weights_of(start, h), wk.support[h], tape, dacc, !reset, wk);
       }
     }
-    ntm.activate_backward(tape + L.raw, act, wk.dact.data(), tape + L.draw);
-    sparse_controller_backward(c, L, wt, start, before, tape, dnext, dprev, dprojected, dout, wk.ctrl.data());
+    ntm.activate_backward(tape + L.raw, act, wk.dact.data(), grad + L.grad.draw);
+    sparse_controller_backward(c, L, wt, start, before, tape, grad, dnext, dprev, dprojected, dout, wk.ctrl.data());
   }
 };
 

@@ -26,7 +26,7 @@ struct Arena {
 // Layout of one step's tape record. Every core starts with the state it read and the controller.
 
 struct ControllerTape {
-  int64_t x, act, hidden, fh, dfh, cell, tanh_cell, out;
+  int64_t x, act, hidden, fh, cell, tanh_cell, out;
 };
 
 ControllerTape controller_tape(const SmemConfig& c, Arena& a) {
@@ -36,7 +36,6 @@ ControllerTape controller_tape(const SmemConfig& c, Arena& a) {
   t.act = a.take(c.G);                 // LSTM: i, f, o, g; GRU: r, z, n; MLP: relu output
   t.hidden = a.take(gru ? c.C : 0);    // GRU: the hidden state it multiplied (after any reset), for W_hid's gradient
   t.fh = a.take(gru ? 3 * c.C : 0);    // GRU: b_hid + W_hid h
-  t.dfh = a.take(gru ? 3 * c.C : 0);   // GRU, written by the backward pass: gradient of fh, for W_hid's and b_hid's
   t.cell = a.take(lstm ? c.C : 0);     // LSTM: new cell
   t.tanh_cell = a.take(lstm ? c.C : 0);
   t.out = a.take(c.C);
@@ -47,11 +46,29 @@ ControllerTape controller_tape(const SmemConfig& c, Arena& a) {
 // gradients go straight into dprojected.
 inline int64_t controller_scratch_size(const SmemConfig& c) { return c.K; }
 
+// Layout of one step's gradient record: what the backward pass writes for the weight gradients
+// (one matrix product each over the chunk, in native.py). It is a buffer of its own, not part of
+// the tape, so that the backward reads the tape without writing it: autograd may run a graph's
+// backward twice, or from two threads, and a traced graph may not mutate a forward output.
+struct GradientRecord {
+  int64_t draw;  // gradient of the interface's raw vector, for W_if's and b_if's
+  int64_t dfh;   // GRU: gradient of fh = b_hid + W_hid h, for W_hid's and b_hid's
+  int64_t size;
+};
+
+GradientRecord make_gradient_record(const SmemConfig& c) {
+  Arena a;
+  GradientRecord g{};
+  g.draw = a.take(c.P);
+  g.dfh = a.take(c.controller == kController_gru ? 3 * c.C : 0);
+  g.size = a.size;
+  return g;
+}
+
 struct Tape {
   int64_t state;
   ControllerTape ctrl;
   int64_t raw, act;  // interface before / after its nonlinearities
-  int64_t draw;      // written by the backward pass: gradient of raw, for W_if's and b_if's
   // NTM
   int64_t knorm, mnorm, cos, wc;
   // DNC
@@ -65,6 +82,7 @@ struct Tape {
   // weightings (slots, values; the reads' backward and forward weightings at their slots)
   int64_t wsel, aslot, asorted, wwslot, wwval, pslot, pval, rsel, rwslot, rwval, rwb, rwf;
   int64_t size;
+  GradientRecord grad;  // the layout of the step's gradient record, beside the tape
 };
 
 inline bool is_sparse_ntm(const SmemConfig& c) { return c.core == kCore_ntm && c.top_k > 0; }
@@ -79,10 +97,9 @@ Tape make_tape(const SmemConfig& c) {
   t.state = take(is_sparse_ntm(c) || is_sparse_dnc(c) ? 0 : c.D);
   t.ctrl = controller_tape(c, a);
   const int64_t n = c.N, r = c.R;
-  // Every core's interface vector: raw, activated, and its gradient.
+  // Every core's interface vector: raw and activated.
   t.raw = take(c.P);
   t.act = take(c.P);
-  t.draw = take(c.P);
   if (is_sparse_ntm(c)) {
     const int64_t heads = c.R + c.Hw, k = c.top_k, rows = c.Hw * c.top_k;
     t.knorm = take(heads);
@@ -141,6 +158,7 @@ Tape make_tape(const SmemConfig& c) {
     t.bwd = take(r * n);
   }
   t.size = a.size;
+  t.grad = make_gradient_record(c);
   return t;
 }
 
