@@ -45,9 +45,9 @@ class CountRowCalls:
         self.row_calls = 0
         original = core.MemoryCore.forward_flat
 
-        def counted(module: Any, x: th.Tensor, flat_state: th.Tensor, episode_starts: Any = None) -> Any:
+        def counted(module: Any, x: th.Tensor, flat_state: th.Tensor, episode_starts: Any = None, **kwargs: Any) -> Any:
             self.row_calls += int(flat_state.shape[0] == 1)
-            return original(module, x, flat_state, episode_starts)
+            return original(module, x, flat_state, episode_starts, **kwargs)
 
         monkeypatch.setattr(core.MemoryCore, "forward_flat", counted)
 

@@ -203,26 +203,39 @@ def test_an_unused_final_state_gets_the_gradient_of_zeros():
         assert torch.equal(a, b)
 
 
-def test_inference_calls_the_implementation_directly_with_the_operators_results(monkeypatch):
+def _operator_calls(function) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        function()
+    return sum(event.name == "sb3_memory::chunk_forward" for event in profile.events())
+
+
+def test_inference_calls_the_implementation_directly_with_the_operators_results():
     """Eager inference skips the dispatcher (its cost is a small rollout step's); training, and any
-    tracing, go through the registered operator. Both give the same bits."""
-    calls = []
-    implementation = native._forward_implementation
-
-    def counted(*args):
-        calls.append(args[3])  # record
-        return implementation(*args)
-
-    monkeypatch.setattr(native, "_forward_implementation", counted)
+    tracing, go through the registered operator. Both give the same bits, and the direct call
+    writes the final state into a given buffer."""
     arguments = _chunk_arguments(record=False)
     with torch.no_grad():
+        assert _operator_calls(lambda: native._run_forward(*arguments)) == 0
         direct = native._run_forward(*arguments)
         through_operator = torch.ops.sb3_memory.chunk_forward(*arguments)
-    assert calls == [False]  # the operator holds the original implementation, not the counted one
-    for a, b in zip(direct[:2], through_operator[:2]):
-        assert torch.equal(a, b)
-    native._run_forward(*_chunk_arguments(record=True))
-    assert calls == [False]
+        state_out = torch.full_like(direct[1], float("nan"))
+        into = native._run_forward(*arguments, state_out=state_out)
+    assert into[1] is state_out
+    for a, b, c in zip(direct[:2], through_operator[:2], into[:2]):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert _operator_calls(lambda: native._run_forward(*_chunk_arguments(record=True))) == 1
+
+
+def test_a_state_out_that_cannot_be_written_is_refused():
+    core_ = DNCCell(input_dim=4, controller_dim=6, memory_units=7, memory_unit_size=3)
+    x = torch.zeros(2, 3, 4)
+    state = core_.flatten_state(core_.initial_state(3))
+    with pytest.raises(ValueError, match="overlaps"):
+        core_.forward_flat(x, state, state_out=state)
+    with pytest.raises(ValueError, match="contiguous"):
+        core_.forward_flat(x, state, state_out=torch.zeros(state.shape[1], 3).t())
+    with pytest.raises(ValueError, match="like the state"):
+        core_.forward_flat(x, state, state_out=torch.zeros(2, state.shape[1]))
 
 
 def test_torch_compile_of_a_policy_with_native_cores_matches_eager():

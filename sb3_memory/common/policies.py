@@ -351,16 +351,17 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             and core.rows_independent(x)
         )
         if not row_calls:
+            if state_out.is_contiguous():
+                return core.forward_flat(x, state, starts, state_out=state_out)
+            # The actor's or the critic's columns of a joint state: computed, then copied in.
             features, new_state = core.forward_flat(x, state, starts)
-            state_out.copy_(new_state)
-            return features, state_out
+            return features, state_out.copy_(new_state)
         # A row of the flat state is contiguous (a column slice of the batch is not), and the kernels
         # compute each row on its own, so these calls give the batched call's numbers to the bit.
         features_per_row = []
         for row in range(n_seq):
-            features, new_row = core.forward_flat(x[:, row : row + 1], state[row : row + 1], starts[:, row : row + 1])
-            state_out[row : row + 1].copy_(new_row)
-            del new_row  # freed before the next row's call allocates its new state, so that reuses it
+            rows = slice(row, row + 1)
+            features, _ = core.forward_flat(x[:, rows], state[rows], starts[:, rows], state_out=state_out[rows])
             features_per_row.append(features)
         return th.cat(features_per_row, dim=1), state_out
 

@@ -31,6 +31,23 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def _check_state_out(state: Tensor, state_out: Tensor) -> None:
+    """A ``state_out`` the kernels can write while they read ``state``: same shape, dtype and device,
+    contiguous, and apart from it in memory."""
+    if state_out.shape != state.shape or state_out.dtype != state.dtype or state_out.device != state.device:
+        raise ValueError(
+            f"state_out must be like the state, a {state.dtype} tensor of shape {tuple(state.shape)} on "
+            f"{state.device}; got {state_out.dtype} {tuple(state_out.shape)} on {state_out.device}"
+        )
+    if not state_out.is_contiguous():
+        raise ValueError("state_out must be contiguous: pass a row range of a (batch, state_size) buffer, or None")
+    start, end = state.data_ptr(), state.data_ptr() + state.numel() * state.element_size()
+    out_start = state_out.data_ptr()
+    out_end = out_start + state_out.numel() * state_out.element_size()
+    if state.numel() and out_start < end and start < out_end:
+        raise ValueError("state_out overlaps the state it is computed from: pass another buffer (or None)")
+
+
 class MemoryCore(nn.Module):
     """
     Base class of the recurrent cores.
@@ -202,17 +219,27 @@ class MemoryCore(nn.Module):
         features, flat = self.forward_flat(x, self.flatten_state(state), episode_starts)
         return features, self.unflatten_state(flat)
 
-    def forward_flat(self, x: Tensor, flat_state: Tensor, episode_starts: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward_flat(
+        self, x: Tensor, flat_state: Tensor, episode_starts: Optional[Tensor] = None, state_out: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor]:
         """
         :meth:`forward_sequence` on the flat ``(B, state_size)`` state (see :meth:`flatten_state`),
         as policies and rollout buffers hold it: the native path reads and writes it directly.
 
-        :return: features (T, B, output_dim) and the flat state after the last step
+        :param state_out: a contiguous tensor like ``flat_state`` (not overlapping it) to write the
+            new state into, instead of a new one. In inference the native kernels write it there
+            directly, which at a large memory saves allocating and copying megabytes per call.
+        :return: features (T, B, output_dim) and the flat state after the last step (``state_out``
+            when given)
         """
+        if state_out is not None:
+            _check_state_out(flat_state, state_out)
         kernel = self._native_for(x)
         if kernel is None:
             features, state = self.reference_sequence(x, self.unflatten_state(flat_state), episode_starts)
-            return features, self.flatten_state(state)
+            if state_out is None:
+                return features, self.flatten_state(state)
+            return features, state_out.copy_(self.flatten_state(state))
         if flat_state.dim() != 2 or flat_state.shape[1] != self.state_size:
             raise ValueError(
                 f"flat state must have shape (batch, {self.state_size}) for this core, got {tuple(flat_state.shape)}"
@@ -221,9 +248,9 @@ class MemoryCore(nn.Module):
         weights = self._native_weights()
         if self.input_dim > KERNEL_PROJECTION_MAX_INPUT:
             return native.fused_sequence(
-                kernel, self.controller.project_input(x), flat_state, episode_starts, (None, None, *weights[2:])
+                kernel, self.controller.project_input(x), flat_state, episode_starts, (None, None, *weights[2:]), state_out
             )
-        return native.fused_sequence(kernel, x, flat_state, episode_starts, weights)
+        return native.fused_sequence(kernel, x, flat_state, episode_starts, weights, state_out)
 
     def rows_independent(self, x: Tensor) -> bool:
         """

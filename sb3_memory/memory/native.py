@@ -433,13 +433,30 @@ def _forward_implementation(
     b_if: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Features (T, B, F), final state (B, D) and the tape (B, T, TS), empty unless ``record``."""
+    weights = (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if)
+    final = state.new_empty(state.shape)
+    return _forward_into(config, feature_size, tape_size, record, inputs, state, starts, init_row, weights, final)
+
+
+def _forward_into(
+    config: list[int],
+    feature_size: int,
+    tape_size: int,
+    record: bool,
+    inputs: Tensor,
+    state: Tensor,
+    starts: Optional[Tensor],
+    init_row: Tensor,
+    weight_tensors: tuple[Optional[Tensor], ...],
+    final: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward call, with the final state written into ``final`` (contiguous, not ``state``)."""
     library = load_library(init_row.dtype)
     steps, batch = inputs.shape[0], inputs.shape[1]
     inputs, state = inputs.contiguous(), state.contiguous()
     features = inputs.new_empty((steps, batch, feature_size))
-    final = state.new_empty(state.shape)
     tape = inputs.new_empty((batch, steps, tape_size) if record else (0,))
-    weights = dict(zip(WEIGHT_NAMES, map(_contiguous, (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if))))
+    weights = dict(zip(WEIGHT_NAMES, map(_contiguous, weight_tensors)))
     buffers = dict(inputs=inputs, state0=state, starts=_contiguous(starts), init_row=init_row.contiguous(), **weights)
     _call(
         library, library.cdll.smem_forward, config, steps, batch,
@@ -518,20 +535,34 @@ def _(config, state_grad, tape, state, final, starts, init_row, *rest):  # type:
 _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 
-def _run_forward(config: list[int], feature_size: int, tape_size: int, record: bool, *tensors: Optional[Tensor]):  # type: ignore[no-untyped-def]
+def _run_forward(  # type: ignore[no-untyped-def]
+    config: list[int],
+    feature_size: int,
+    tape_size: int,
+    record: bool,
+    *tensors: Optional[Tensor],
+    state_out: Optional[Tensor] = None,
+):
     # Inference on plain tensors, outside any tracing: the operator's own implementation, called
     # directly. The dispatcher and the operator's autograd wrapper cost about 0.1-0.2 ms a call,
     # as much as a rollout step's kernel at small sizes; with nothing to record and nothing tracing,
-    # they have nothing to do. Everything else (training, torch.compile, fake tensors, dispatch
-    # modes) goes through the registered operator.
+    # they have nothing to do. It writes the final state straight into state_out: at a large memory
+    # that saves allocating and copying megabytes per call. Everything else (training,
+    # torch.compile, fake tensors, dispatch modes) goes through the registered operator.
     if (
         not record
         and not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
-        and all(tensor is None or type(tensor) in _PLAIN_TENSORS for tensor in tensors)
+        and all(tensor is None or type(tensor) in _PLAIN_TENSORS for tensor in (*tensors, state_out))
     ):
-        return _forward_implementation(config, feature_size, tape_size, record, *tensors)
-    return torch.ops.sb3_memory.chunk_forward(config, feature_size, tape_size, record, *tensors)
+        inputs, state, starts, init_row, *weights = tensors
+        final = state.new_empty(state.shape) if state_out is None else state_out  # type: ignore[union-attr]
+        return _forward_into(config, feature_size, tape_size, record, inputs, state, starts, init_row, tuple(weights), final)  # type: ignore[arg-type]
+    features, final, tape = torch.ops.sb3_memory.chunk_forward(config, feature_size, tape_size, record, *tensors)
+    if state_out is not None:
+        state_out.copy_(final)
+        final = state_out
+    return features, final, tape
 
 
 def _backward_with_weights(
@@ -619,7 +650,12 @@ _chunk_forward.register_autograd(_chunk_forward_backward, setup_context=_setup_c
 
 
 def fused_sequence(
-    kernel: NativeSequence, inputs: Tensor, state: Tensor, starts: Optional[Tensor], weights: tuple[Optional[Tensor], ...]
+    kernel: NativeSequence,
+    inputs: Tensor,
+    state: Tensor,
+    starts: Optional[Tensor],
+    weights: tuple[Optional[Tensor], ...],
+    state_out: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """
     Features and final state of a chunk through the native kernels, differentiable with respect to
@@ -630,6 +666,7 @@ def fused_sequence(
     :param state: (B, D) flat state before the first step
     :param starts: (T, B) episode starts (any dtype; nonzero resets the row before that step), or None
     :param weights: in :data:`WEIGHT_NAMES` order, None where the core has no such weight
+    :param state_out: where to write the final state, without gradient (see ``MemoryCore.forward_flat``)
     """
     starts = None if starts is None else starts.to(torch.uint8)
     record = torch.is_grad_enabled() and any(
@@ -646,6 +683,7 @@ def fused_sequence(
             starts,
             kernel.init_row,
             *weights,
+            state_out=state_out,
         )
     except NonFiniteFeaturesError:
         raise NonFiniteFeaturesError(f"{kernel.name} {NON_FINITE_ADVICE}") from None

@@ -73,20 +73,34 @@ constexpr int64_t kScanBlock = 512;  // rows per block of a content scan: its lo
 
 inline int64_t wrap(int64_t i, int64_t n) { return i < 0 ? i + n : (i >= n ? i - n : i); }
 
-// The slots of a weighting with a non-zero weight, ascending.
+// The slots of a weighting with a non-zero weight, ascending. A sparse weighting is mostly zeros,
+// so blocks are tested whole first (a branch-free loop the compiler vectorises), and only a block
+// with a non-zero weight is walked slot by slot.
 template <typename F>
 void nonzero_slots(const F* weights, int64_t n, std::vector<int64_t>& out) {
+  constexpr int64_t block = 64;
   out.clear();
-  for (int64_t i = 0; i < n; ++i)
-    if (weights[i] != F(0)) out.push_back(i);
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int64_t len = std::min(block, n - b0);
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t i = 0; i < len; ++i) any |= weights[b0 + i] != F(0);
+    if (!any) continue;
+    for (int64_t i = b0; i < b0 + len; ++i)
+      if (weights[i] != F(0)) out.push_back(i);
+  }
 }
 
 // Whether a[0, n) and b[0, n) hold the same bits (so -0 differs from 0, and a NaN equals itself).
+// The OR of the words' XORs, with no early exit: the rows compared are short (a memory word, a
+// link row), and a branch per element kept the loop from vectorising; the loads of a whole
+// memory's rows were most of a large sparse call's time.
 template <typename F>
 bool same_bits(const F* a, const F* b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (to_bits(a[i]) != to_bits(b[i])) return false;
-  return true;
+  typename FloatBits<F>::Int differ = 0;
+#pragma omp simd reduction(| : differ)
+  for (int64_t i = 0; i < n; ++i) differ |= to_bits(a[i]) ^ to_bits(b[i]);
+  return differ == 0;
 }
 
 // What a sparse core's content scans (and the DNC's allocation) read, per batch row. memory_init
