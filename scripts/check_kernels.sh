@@ -29,6 +29,6 @@ sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-om
 CI=true SB3_MEMORY_BUILD=1 SB3_MEMORY_CACHE="$out/cache" SB3_MEMORY_CXXFLAGS="$sanitizers" \
     LD_PRELOAD="$("$cxx" -print-file-name=libasan.so):$("$cxx" -print-file-name=libubsan.so)" \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    .venv/bin/python -m pytest -q -p no:cacheprovider --capture=sys tests/test_native.py tests/test_native_ops.py \
+    .venv/bin/python -m pytest -q -n 0 -p no:cacheprovider --capture=sys tests/test_native.py tests/test_native_ops.py \
     -k "not instruction_set_level and not torch_compile and not pytorchs_checks" "$@"
 echo "tests/test_native.py and test_native_ops.py (threads included) pass under AddressSanitizer and UndefinedBehaviorSanitizer"
