@@ -7,8 +7,11 @@
 #     UndefinedBehaviorSanitizer, in a private cache, so an out-of-bounds tape or scratch
 #     access fails CI instead of corrupting memory quietly (the tests compile testing_api.cpp and
 #     the per-instruction-set builds with the same flags, from $SB3_MEMORY_CXXFLAGS). Left out here, run
-#     by the main test run: the bitwise test across instruction-set levels (two more sanitized builds)
-#     and the operator and torch.compile checks (PyTorch's own tracing, no kernel code of ours).
+#     by the main test run: the bitwise test across instruction-set levels (two more sanitized builds),
+#     the tests of the build machinery (forced levels and the cache: more sanitized builds of code
+#     the other tests run already) and the operator and torch.compile checks (PyTorch's own tracing,
+#     no kernel code of ours). Two test processes (-n 2): a report still fails the run, through the
+#     test whose process aborted, and ASan writes it to the process's stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cxx="${CXX:-c++}"
@@ -29,6 +32,6 @@ sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-om
 CI=true SB3_MEMORY_BUILD=1 SB3_MEMORY_CACHE="$out/cache" SB3_MEMORY_CXXFLAGS="$sanitizers" \
     LD_PRELOAD="$("$cxx" -print-file-name=libasan.so):$("$cxx" -print-file-name=libubsan.so)" \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    .venv/bin/python -m pytest -q -n 0 -p no:cacheprovider --capture=sys tests/test_native.py tests/test_native_ops.py \
-    -k "not instruction_set_level and not torch_compile and not pytorchs_checks" "$@"
+    .venv/bin/python -m pytest -q -n 2 -p no:cacheprovider --capture=sys tests/test_native.py tests/test_native_ops.py \
+    -k "not instruction_set_level and not torch_compile and not pytorchs_checks and not forced_level and not cached_library" "$@"
 echo "tests/test_native.py and test_native_ops.py (threads included) pass under AddressSanitizer and UndefinedBehaviorSanitizer"
