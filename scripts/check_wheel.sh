@@ -3,7 +3,10 @@
 #  1. `pip wheel --no-deps .` makes a platform-tagged wheel that holds the compiled kernels (every
 #     instruction-set level, both scalar types) and the rl-zoo3 configs;
 #  2. installed into a fresh virtual environment, with no C++ compiler on PATH and an empty kernel
-#     cache, it loads its own kernels and trains a rollout with backend="native".
+#     cache, it loads its own kernels and trains a rollout with backend="native";
+#  3. from a folder with nothing of the checkout in it, the comparison harness runs a tiny grid
+#     through rl-zoo3 with the configs the wheel ships, and writes its runs and table relative to
+#     that folder (runs/compare, docs/results).
 # The fresh environment takes its dependencies (torch, SB3...) from .venv through a .pth file: the
 # wheel itself is installed with --no-deps, so nothing of the checkout can stand in for it.
 set -euo pipefail
@@ -68,4 +71,19 @@ model.learn(128)
 assert model.num_timesteps == 128
 assert not Path(os.environ["SB3_MEMORY_CACHE"]).exists(), "the kernels were built at run time"
 print(f"check_wheel: the installed wheel trained with its {library.level} kernels, no compiler, nothing built")
+PY
+env -u CXX PATH="$work/venv/bin" SB3_MEMORY_CACHE="$work/empty-cache" OMP_NUM_THREADS=1 \
+    python -m sb3_memory.experiments.compare --envs CartPoleNoVel-v1 --algos memory_ppo-lstm --seeds 0 \
+    --budget 512 --eval-freq 256 --eval-episodes 2 >"$work/compare.log" 2>&1 || { cat "$work/compare.log"; exit 1; }
+python3 - <<'PY'
+import json
+from pathlib import Path
+
+(result,) = Path("runs/compare").rglob("result.json")
+run = json.loads(result.read_text())
+assert (run["algo"], run["env"], run["seed"], run["budget"]) == ("memory_ppo-lstm", "CartPoleNoVel-v1", 0, 512), run
+assert run["timesteps"][-1] == 512, run["timesteps"]
+table = Path("docs/results/comparison.md").read_text()
+assert "| CartPoleNoVel-v1 | memory_ppo-lstm | 1 | 512 |" in table, table
+print("check_wheel: the installed wheel's comparison harness ran a grid through rl-zoo3 with its own configs")
 PY

@@ -146,24 +146,24 @@ def test_grid_runs_on_a_two_worker_ray_and_resumes(tmp_path, monkeypatch, capsys
 
     argv = [
         "compare.py", "--envs", "sb3_memory/PassiveTMaze-v0", "--env-kwargs", "corridor_length:3",
-        "--algos", "ppo", "memory_ppo-ntm", "--seeds", "0", "1", "--budget", "512", "--eval-freq", "256",
+        "--algos", "ppo", "memory_ppo-ntm", "--seeds", "0", "--budget", "512", "--eval-freq", "256",
         "--eval-episodes", "2", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--workers", "2",
     ]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     compare.main()
     printed = capsys.readouterr().out
     results = sorted((tmp_path / "runs").rglob("result.json"))
-    assert len(results) == 4
-    assert printed.count("ETA") == 4 and "[4/4 done, 0 running, 0 waiting" in printed
+    assert len(results) == 2
+    assert printed.count("ETA") == 2 and "[2/2 done, 0 running, 0 waiting" in printed
     assert (tmp_path / "out" / "comparison.md").exists() and (tmp_path / "out" / "comparison.png").exists()
     # Same folder again: every run is read back, none is trained again.
     stamps = [path.stat().st_mtime_ns for path in results]
     compare.main()
-    assert "4 of 4 runs already finished" in capsys.readouterr().out
+    assert "2 of 2 runs already finished" in capsys.readouterr().out
     assert [path.stat().st_mtime_ns for path in results] == stamps
     # Another budget on the same folder would read back runs of the wrong length: refused, with the fix.
     monkeypatch.setattr("sys.argv", [*argv[: argv.index("--budget") + 1], "1024", *argv[argv.index("--budget") + 2 :]])
-    with pytest.raises(SystemExit, match=r"4 finished run.*--budget 512, not --budget 1024.*its own --runs folder"):
+    with pytest.raises(SystemExit, match=r"2 finished run.*--budget 512, not --budget 1024.*its own --runs folder"):
         compare.main()
 
 

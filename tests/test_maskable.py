@@ -198,6 +198,9 @@ class MaskedCueEnv(gym.Env):
         return self._obs(), reward, True, False, {}
 
 
+# A learning test (two trainings of 30k steps, a minute of CPU): with the slow tests. The fast suite keeps
+# the masks' mechanics: never taken, replayed in training, saved and loaded.
+@pytest.mark.slow
 def test_masking_is_what_makes_the_task_learnable():
     def train(algo):
         env = make_vec_env(lambda: ActionMasker(MaskedCueEnv(), lambda e: e.action_masks()), n_envs=8, seed=0)
