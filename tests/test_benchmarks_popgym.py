@@ -72,6 +72,17 @@ def test_paired_comparison_by_hand():
     assert bench.paired(results[:1] + results[3:4], "dnc", "lstm") == "+0.100 (p=nan)"  # one pair: no test
 
 
+def test_still_rising_counts_the_seeds_whose_best_window_is_the_last():
+    runs = [
+        dict(agent="dnc", env="A", mean_returns=[0.1, 0.3, 0.5]),  # best last: rising
+        dict(agent="dnc", env="A", mean_returns=[0.1, 0.6, 0.5]),  # best earlier: levelled off
+        dict(agent="dnc", env="A", mean_returns=[0.2, 1.0, 1.0]),  # solved and flat: the last only ties
+        dict(agent="lstm", env="A", mean_returns=[0.4]),  # one window: no curve to judge
+    ]
+    assert [bench.still_rising(run) for run in runs] == [True, False, False, False]
+    assert bench.rising_table(runs, ["A"], ["dnc", "lstm", "ppo"])[2] == "| A | 1/3 | 0/1 |"
+
+
 def table_rows(text: str, section: str) -> dict[str, list[str]]:
     """The rows of a report's table under ``## <section>``: first cell -> the other cells."""
     block = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]

@@ -434,6 +434,25 @@ def score_table(results: list[dict[str, Any]], envs: list[str], agents: list[str
     return lines
 
 
+def still_rising(run: dict[str, Any]) -> bool:
+    """Whether a run's last window beats every earlier one: its curve was still climbing when the budget ran out."""
+    returns = run["mean_returns"]
+    return len(returns) > 1 and returns[-1] > max(returns[:-1])
+
+
+def rising_table(results: list[dict[str, Any]], envs: list[str], agents: list[str]) -> list[str]:
+    """A row per environment: for each agent, how many of its seeds were still rising (:func:`still_rising`)."""
+    present = [a for a in agents if any(r["agent"] == a for r in results)]
+    lines = ["| env | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for env in envs:
+        cells = []
+        for agent in present:
+            runs = [r for r in results if r["agent"] == agent and r["env"] == env]
+            cells.append(f"{sum(still_rising(r) for r in runs)}/{len(runs)}" if runs else "-")
+        lines.append(f"| {env} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def describe_recipe(agents: list[str], setting: str) -> list[str]:
     """The recipe and each agent's algorithm, policy and ``policy_kwargs``, as printed and in the report."""
     recipe = ", ".join(f"{key}={value}" for key, value in RECIPE.items())
@@ -467,6 +486,16 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, agents:
     if stepped:
         lines += ["", f"## At equal steps ({', '.join(map(str, steps))} steps)", ""]
         lines += score_table(stepped, envs, agents, timed=False)
+    if stepped:
+        lines += [
+            "",
+            "## Still rising at the end",
+            "",
+            "Seeds whose last window beat every earlier one (their curve was still climbing when the budget ran out: "
+            "a larger budget would likely score higher).",
+            "",
+        ]
+        lines += rising_table(stepped, envs, agents)
     if timed:
         seconds = ", ".join(f"{s:g}" for s in sorted({r["wall_clock"] for r in timed}))
         lines += [
