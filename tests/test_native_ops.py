@@ -236,6 +236,8 @@ def test_a_state_out_that_cannot_be_written_is_refused():
         core_.forward_flat(x, state, state_out=torch.zeros(state.shape[1], 3).t())
     with pytest.raises(ValueError, match="like the state"):
         core_.forward_flat(x, state, state_out=torch.zeros(2, state.shape[1]))
+    with pytest.raises(ValueError, match="need no gradient"):
+        core_.forward_flat(x, state, state_out=torch.zeros_like(state, requires_grad=True))
 
 
 def test_torch_compile_of_a_policy_with_native_cores_matches_eager():

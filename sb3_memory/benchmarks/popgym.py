@@ -486,7 +486,6 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, agents:
     if stepped:
         lines += ["", f"## At equal steps ({', '.join(map(str, steps))} steps)", ""]
         lines += score_table(stepped, envs, agents, timed=False)
-    if stepped:
         lines += [
             "",
             "## Still rising at the end",

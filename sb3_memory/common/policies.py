@@ -22,6 +22,7 @@ from sb3_memory.common.auxiliary import AuxiliaryHeads
 from sb3_memory.common.value_normalization import NormalizedValueHead
 from sb3_memory.memory import CORES, MemoryCore
 from sb3_memory.memory.checks import check_int
+from sb3_memory.memory.core import check_state_out
 
 CRITIC_MEMORY_MODES = ("shared", "detached", "separate", "none")
 # A core whose state takes at least this many bytes per environment is run one environment at a
@@ -320,18 +321,6 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         if batch % state.shape[0] != 0:
             raise ValueError(f"{batch} observations cannot be split into sequences of {state.shape[0]} environments")
 
-    def _check_state_out(self, state: th.Tensor, state_out: th.Tensor) -> None:
-        if state_out.shape != state.shape or state_out.dtype != state.dtype or state_out.device != state.device:
-            raise ValueError(
-                f"state_out must be a {state.dtype} tensor of shape {tuple(state.shape)} on {state.device}, like the "
-                f"state, got {state_out.dtype} {tuple(state_out.shape)} on {state_out.device}"
-            )
-        if state_out.requires_grad or not state_out.is_contiguous() or state_out.data_ptr() == state.data_ptr():
-            raise ValueError(
-                "state_out must be a contiguous tensor that needs no gradient and is not the state itself: "
-                "the new state is written into it while the old one is read (keep two and alternate)"
-            )
-
     def _core_forward(
         self, core: MemoryCore, x: th.Tensor, state: th.Tensor, starts: th.Tensor, state_out: Optional[th.Tensor]
     ) -> tuple[th.Tensor, th.Tensor]:
@@ -389,7 +378,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         pi_features, vf_features = (features, features) if isinstance(features, th.Tensor) else features
         self._check_state(state, pi_features.shape[0])
         if state_out is not None:
-            self._check_state_out(state, state_out)
+            check_state_out(state, state_out)
         starts = episode_starts.reshape(-1, n_seq)
         actor_state, critic_state = self.split_state(state)
         actor_out, critic_out = (None, None) if state_out is None else self.split_state(state_out)

@@ -31,9 +31,12 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _check_state_out(state: Tensor, state_out: Tensor) -> None:
-    """A ``state_out`` the kernels can write while they read ``state``: same shape, dtype and device,
-    contiguous, and apart from it in memory."""
+def check_state_out(state: Tensor, state_out: Tensor) -> None:
+    """
+    A ``state_out`` the new state can be written into while ``state`` is read: same shape, dtype and
+    device, contiguous, needing no gradient, and apart from ``state`` in memory (keep two buffers and
+    alternate). Used by :meth:`MemoryCore.forward_flat` and by the policies, for their joint state.
+    """
     if state_out.shape != state.shape or state_out.dtype != state.dtype or state_out.device != state.device:
         raise ValueError(
             f"state_out must be like the state, a {state.dtype} tensor of shape {tuple(state.shape)} on "
@@ -41,11 +44,16 @@ def _check_state_out(state: Tensor, state_out: Tensor) -> None:
         )
     if not state_out.is_contiguous():
         raise ValueError("state_out must be contiguous: pass a row range of a (batch, state_size) buffer, or None")
+    if state_out.requires_grad:
+        raise ValueError("state_out must need no gradient: the new state is written into it without one")
     start, end = state.data_ptr(), state.data_ptr() + state.numel() * state.element_size()
     out_start = state_out.data_ptr()
     out_end = out_start + state_out.numel() * state_out.element_size()
     if state.numel() and out_start < end and start < out_end:
-        raise ValueError("state_out overlaps the state it is computed from: pass another buffer (or None)")
+        raise ValueError(
+            "state_out overlaps the state it is computed from: pass another buffer, not the state itself "
+            "(keep two and alternate), or None"
+        )
 
 
 class MemoryCore(nn.Module):
@@ -233,7 +241,7 @@ class MemoryCore(nn.Module):
             when given)
         """
         if state_out is not None:
-            _check_state_out(flat_state, state_out)
+            check_state_out(flat_state, state_out)
         kernel = self._native_for(x)
         if kernel is None:
             features, state = self.reference_sequence(x, self.unflatten_state(flat_state), episode_starts)
