@@ -1,9 +1,9 @@
 """Large memories in training: how a rollout carries the state, and the warning on large dense cores.
 
-A rollout step writes the new state into one of two buffers it alternates between, and runs a
-large core one environment at a time (see ``MemoryActorCriticPolicy._core_forward``). These tests
-pin that down against the plain path (a new tensor per step, the cores' parts split and joined):
-the same rollout to the bit, with episodes starting inside the chunks.
+A rollout step updates the state in place, and runs a large core one environment at a time (see
+``MemoryActorCriticPolicy._core_forward``). These tests pin that down against the plain path (a
+new tensor per step, the cores' parts split and joined): the same rollout to the bit, with
+episodes starting inside the chunks.
 """
 
 import os
@@ -62,35 +62,32 @@ def rollout(policy: str, policy_kwargs: dict[str, Any], algo: type = MemoryPPO) 
 @needs_kernels
 @pytest.mark.parametrize("algo", [MemoryPPO, MemoryA2C])
 @pytest.mark.parametrize("policy, policy_kwargs", CASES)
-def test_rollout_into_state_buffers_equals_the_plain_path(monkeypatch, policy, policy_kwargs, algo):
+def test_rollout_in_place_equals_the_plain_path(monkeypatch, policy, policy_kwargs, algo):
     # Every core run one environment at a time, as a 65,536-slot memory is.
     monkeypatch.setattr(policies, "ROW_CALL_MIN_STATE_BYTES", 0)
     counter = CountRowCalls(monkeypatch)
     model, recorder = rollout(policy, policy_kwargs, algo)
     assert counter.row_calls >= N_STEPS * 3  # the environments' rows did go through one by one
     with monkeypatch.context() as plain:
-        plain.setattr(MemoryOnPolicyAlgorithm, "_next_state_buffer", lambda self, state: None)
+        plain.setattr(MemoryOnPolicyAlgorithm, "_rollout_state_out", lambda self, state: None)
         reference, reference_recorder = rollout(policy, policy_kwargs, algo)
 
     # Episodes start inside the rollout, so rows are reset to the initial state mid-chunk.
     assert model.rollout_buffer.episode_starts[1:].sum() >= 6
     for name in ("observations", "actions", "rewards", "episode_starts", "values", "log_probs", "advantages"):
         np.testing.assert_array_equal(getattr(model.rollout_buffer, name), getattr(reference.rollout_buffer, name))
-    for states, expected in [
-        (recorder.states, reference_recorder.states),
-        (recorder.new_states, reference_recorder.new_states),
-    ]:
-        for state, expected_state in zip(states, expected):
-            assert th.equal(state, expected_state)
+    for state, expected_state in zip(recorder.new_states, reference_recorder.new_states, strict=True):
+        assert th.equal(state, expected_state)
+    # In place, a step's state is its new state by the time a callback sees it.
+    for state, new_state in zip(recorder.states, recorder.new_states):
+        assert th.equal(state, new_state)
     assert th.equal(model._last_memory_state, reference._last_memory_state)
-    assert th.equal(model.rollout_buffer.stored_chunk_states(), reference.rollout_buffer.stored_chunk_states())
-    # The buffer keeps the states the policy had at the chunk starts (rebuilt from compact ones).
+    # The buffer kept the states the policy had at the chunk starts (rebuilt from compact ones),
+    # copied before the step updated them.
     stored = model.rollout_buffer.stored_chunk_states()
+    assert th.equal(stored, reference.rollout_buffer.stored_chunk_states())
     for chunk in range(N_STEPS // 4):
-        assert th.equal(stored[chunk], recorder.states[chunk * 4])
-    # Each step read the previous step's new state, not a buffer overwritten since.
-    for before, after in zip(recorder.new_states[:-1], recorder.states[1:]):
-        assert th.equal(before, after)
+        assert th.equal(stored[chunk], reference_recorder.states[chunk * 4])
 
 
 @needs_kernels
@@ -122,17 +119,12 @@ def test_chunks_replayed_from_the_stored_states_reach_the_next_stored_state_to_t
             th.testing.assert_close(values, th.as_tensor(buffer.values[steps]), atol=1e-5, rtol=0)
 
 
-def test_state_buffers_alternate_and_are_not_saved(tmp_path):
+def test_rollouts_update_the_state_in_place_and_do_not_save_it(tmp_path):
     model = make_model(MemoryPPO, "DNCPolicy", short_episode_env, policy_kwargs=SPARSE_DNC)
-    model.learn(N_STEPS * 2)
-    state = model._last_memory_state
-    assert state is not None and any(state is buffer for buffer in model._state_buffers)
-    first = model._next_state_buffer(state)
-    assert first is not state and model._next_state_buffer(first) is state
-    fresh = model.policy.initial_state(2)
-    assert model._next_state_buffer(fresh) is model._state_buffers[0]
-    # Another number of environments gets buffers of its own size.
-    assert model._next_state_buffer(model.policy.initial_state(3)).shape == (3, model.policy.state_size)
+    start = model.policy.initial_state(2)
+    model._last_memory_state = start
+    model.learn(N_STEPS * 2, reset_num_timesteps=False)
+    assert model._last_memory_state is start and not th.equal(start, model.policy.initial_state(2))
 
     class KeepEndStates(BaseCallback):
         def __init__(self) -> None:
@@ -150,24 +142,29 @@ def test_state_buffers_alternate_and_are_not_saved(tmp_path):
     model.learn(N_STEPS * 2 * 2, callback=keep, reset_num_timesteps=False)
     assert not th.equal(keep.ends[0], keep.ends[1])  # the second rollout went on from the first's end
     model.save(tmp_path / "model.zip")
-    assert "_state_buffers" in model._excluded_save_params()
+    assert "_last_memory_state" in model._excluded_save_params()
     loaded = MemoryPPO.load(tmp_path / "model.zip")
-    assert loaded._state_buffers == []
+    assert loaded._last_memory_state is None
 
 
-def test_forward_rejects_a_state_out_that_is_the_state_or_misshapen():
+def test_forward_writes_state_out_or_the_state_in_place_and_refuses_the_rest():
     model = make_model(MemoryPPO, "DNCPolicy", short_episode_env, policy_kwargs=SPARSE_DNC)
     policy = model.policy
     obs = th.zeros((2, 4))
     state, starts = policy.initial_state(2), th.ones(2)
+    joint = th.cat([state, state])
     with th.no_grad():
-        with pytest.raises(ValueError, match="not the state itself"):
-            policy(obs, state, starts, state_out=state)
+        with pytest.raises(ValueError, match="overlaps the state it is computed from without being it"):
+            policy(obs, joint[:2], starts, state_out=joint[1:3])
         with pytest.raises(ValueError, match="shape"):
             policy(obs, state, starts, state_out=th.empty((3, policy.state_size)))
         out = th.full_like(state, float("nan"))
         _, _, _, new_state = policy(obs, state, starts, state_out=out)
         assert new_state is out and th.equal(out, policy(obs, state, starts)[3])
+        _, _, _, in_place = policy(obs, state, starts, state_out=state)
+        assert in_place is state and th.equal(state, out)
+    with pytest.raises(ValueError, match="in place needs torch.no_grad"):
+        policy(obs, state, starts, state_out=state)
 
 
 # --------------------------------------------------------------------------------------------

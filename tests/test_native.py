@@ -298,6 +298,30 @@ def test_native_sparse_scans_of_an_initial_memory_with_unlike_rows_equal_the_ref
     generator = torch.Generator().manual_seed(5)
     core_._initial_rows[key] = row._replace(memory=torch.randn(row.memory.shape, generator=generator, dtype=torch.float64))
     assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
+    # The library found no alike rows in this initial row, so no call assumed them.
+    assert core_._native_kernels[torch.float64].config["init_layout"] == (2 if name == "dnc" else 0)
+
+
+def test_native_sparse_dnc_with_an_initial_link_laid_out_otherwise_equals_the_reference():
+    """An initial link whose rows name other columns than i..i+K-1: every link row counts."""
+    core_ = make_core("dnc", "lstm", torch.float64, sparse_top_k=2, memory_units=16)
+    key = (torch.device("cpu"), torch.float64)
+    row = core_.initial_row(*key)
+    core_._initial_rows[key] = row._replace(link_index=row.link_index.flip(-2))  # row i names 15 - i, 16 - i mod 16
+    assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
+    assert core_._native_kernels[torch.float64].config["init_layout"] == 1  # alike rows, another link
+
+
+@pytest.mark.parametrize("name, kwargs", [("ntm", {"sparse_top_k": 2}), ("dnc", {"sparse_top_k": 2}), ("dnc", {})])
+def test_the_library_finds_the_initial_layout_once_per_core(name, kwargs):
+    """What a call may assume of the initial row is found when the kernels are bound, not per call."""
+    core_ = make_core(name, "lstm", torch.float32, **kwargs)
+    x, starts, flat = chunk(core_, torch.float32)
+    with torch.no_grad():
+        core_.forward_flat(x, flat, starts)
+    sparse = "sparse_top_k" in kwargs
+    expected = {"ntm": 1, "dnc": 3}[name] if sparse else 0
+    assert core_._native_kernels[torch.float32].config["init_layout"] == expected
 
 
 @pytest.mark.parametrize(
@@ -335,9 +359,13 @@ def test_wide_inputs_come_projected_and_still_equal_the_reference():
     assert reference["controller.weight_input"].abs().sum() > 0
 
 
+def bound_kernels(core_: MemoryCore) -> native.NativeSequence:
+    """The core's kernels in float32, bound to its initial row."""
+    return native.NativeSequence(core_.native_config(), core_.flatten_state(core_.initial_state(1, dtype=torch.float32))[0])
+
+
 def test_native_sparse_dnc_tape_does_not_grow_with_the_memory():
-    sizes = [native.NativeSequence(make_core("dnc", "lstm", sparse_top_k=4, memory_units=n).native_config(),
-                                   torch.zeros(1)).tape_size for n in (16, 4096)]  # fmt: skip
+    sizes = [bound_kernels(make_core("dnc", "lstm", sparse_top_k=4, memory_units=n)).tape_size for n in (16, 4096)]
     assert sizes[0] == sizes[1]
 
 
@@ -351,11 +379,15 @@ def test_native_sparse_ntm_with_every_slot_kept_is_the_dense_ntm():
 
 def test_native_sparse_ntm_tape_does_not_grow_with_the_memory():
     """The tape keeps each head's K slots and the written rows, not the state: no term in N."""
-    sizes = [native.NativeSequence(make_core("ntm", "lstm", sparse_top_k=4, memory_units=n).native_config(),
-                                   torch.zeros(1)).tape_size for n in (16, 4096)]  # fmt: skip
+    sizes = [bound_kernels(make_core("ntm", "lstm", sparse_top_k=4, memory_units=n)).tape_size for n in (16, 4096)]
     assert sizes[0] == sizes[1]
-    dense = make_core("ntm", "lstm", memory_units=4096)
-    assert native.NativeSequence(dense.native_config(), torch.zeros(1)).tape_size > 4096 * 4
+    assert bound_kernels(make_core("ntm", "lstm", memory_units=4096)).tape_size > 4096 * 4
+
+
+def test_an_initial_row_of_another_size_is_refused():
+    core_ = make_core("dnc", "lstm", sparse_top_k=4, memory_units=16)
+    with pytest.raises(ValueError, match=r"init_row must have shape \(%d,\)" % core_.state_size):
+        native.NativeSequence(core_.native_config(), torch.zeros(1))
 
 
 @pytest.mark.parametrize("name,controller,kwargs", DNC_CASES)

@@ -12,7 +12,7 @@ import torch
 
 from sb3_memory import MemoryPPO
 from sb3_memory.envs import PassiveTMazeEnv
-from sb3_memory.memory import DNCCell, kernel_build, native
+from sb3_memory.memory import DNCCell, NTMCell, kernel_build, native
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 pytestmark = pytest.mark.skipif(not IN_CI and not native.is_available(), reason="no native kernels on this machine")
@@ -226,11 +226,44 @@ def test_inference_calls_the_implementation_directly_with_the_operators_results(
     assert _operator_calls(lambda: native._run_forward(*_chunk_arguments(record=True))) == 1
 
 
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize(
+    "cell, kwargs",
+    [(DNCCell, {"sparse_top_k": 3}), (NTMCell, {"sparse_top_k": 3}), (DNCCell, {}), (NTMCell, {})],
+)
+def test_a_state_updated_in_place_equals_one_written_elsewhere(cell, kwargs, backend):
+    """state_out=state (inference): the same features and state to the bit as a new tensor, over
+    chunks with episode starts, batched and one row at a time (as rollouts run a large memory)."""
+    if backend == "native" and not native.is_available():
+        pytest.skip("no C++ compiler for the native kernels")
+    torch.manual_seed(0)
+    core_ = cell(input_dim=4, controller_dim=6, memory_units=24, memory_unit_size=3, backend=backend, **kwargs)
+    x = torch.randn(5, 3, 4)
+    starts = torch.zeros(5, 3)
+    starts[2, 1] = 1.0
+    with torch.no_grad():
+        state = core_.flatten_state(core_.initial_state(3))
+        for _ in range(3):
+            features, expected = core_.forward_flat(x, state, starts)
+            in_place = state.clone()
+            got_features, got = core_.forward_flat(x, in_place, starts, state_out=in_place)
+            assert got is in_place and torch.equal(got_features, features) and torch.equal(in_place, expected)
+            row = state[1:2].clone()
+            _, row_expected = core_.forward_flat(x[:, 1:2], row, starts[:, 1:2])
+            core_.forward_flat(x[:, 1:2], row, starts[:, 1:2], state_out=row)
+            assert torch.equal(row, row_expected)
+            state = expected
+    assert not torch.equal(state, core_.flatten_state(core_.initial_state(3)))
+
+
 def test_a_state_out_that_cannot_be_written_is_refused():
     core_ = DNCCell(input_dim=4, controller_dim=6, memory_units=7, memory_unit_size=3)
     x = torch.zeros(2, 3, 4)
     state = core_.flatten_state(core_.initial_state(3))
+    rows = torch.cat([state, state])
     with pytest.raises(ValueError, match="overlaps"):
+        core_.forward_flat(x, rows[:3], state_out=rows[1:4])
+    with pytest.raises(ValueError, match="in place needs torch.no_grad"):
         core_.forward_flat(x, state, state_out=state)
     with pytest.raises(ValueError, match="contiguous"):
         core_.forward_flat(x, state, state_out=torch.zeros(state.shape[1], 3).t())

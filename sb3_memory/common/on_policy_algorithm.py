@@ -166,7 +166,6 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"got {type(self.policy).__name__}"
             )
         self._last_memory_state: Optional[th.Tensor] = None
-        self._state_buffers: list[th.Tensor] = []
 
     def _setup_learn(self, *args, **kwargs):
         result = super()._setup_learn(*args, **kwargs)
@@ -182,26 +181,23 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
         with single_thread_on_cpu(self.device):
             return super().learn(total_timesteps, *args, **kwargs)
 
-    def _next_state_buffer(self, state: th.Tensor) -> th.Tensor:
+    def _rollout_state_out(self, state: th.Tensor) -> Optional[th.Tensor]:
         """
-        Where a rollout step writes the new state: one of two tensors kept for the purpose, never
-        ``state`` itself. A large memory's state (tens of MB per step at 65,536 slots) written into
-        a fresh tensor costs more in page faults than the step computes; these are mapped once.
-        (A callback that keeps the ``state`` or ``new_state`` of a step must copy it.)
+        Where a rollout step writes the new state: ``state`` itself, updated in place (the step runs
+        under ``torch.no_grad()``, and the rollout buffer has already copied the chunk's first state).
+        At 65,536 slots a state is tens of MB per step: a fresh tensor costs more in page faults than
+        the step computes, and in place a sparse core's kernels copy nothing and write only the
+        rows the step touches. (A callback that keeps the ``state`` of a step must copy it: the
+        next step overwrites it.)
         """
-        buffers = self._state_buffers
-        if len(buffers) != 2 or any(
-            buffer.shape != state.shape or buffer.dtype != state.dtype or buffer.device != state.device for buffer in buffers
-        ):
-            self._state_buffers = buffers = [th.empty_like(state), th.empty_like(state)]
-        return buffers[1] if state is buffers[0] else buffers[0]
+        return state
 
     def _action_masks(self, env: VecEnv) -> Optional[np.ndarray]:
         """The invalid-action masks of the current step (None: no masking; see MaskableMemoryPPO)."""
         return None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_last_memory_state", "_state_buffers", "_auxiliary_log"]
+        return [*super()._excluded_save_params(), "_last_memory_state", "_auxiliary_log"]
 
     def save(
         self,
@@ -272,8 +268,9 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)  # sb3-memory
                 action_masks = self._action_masks(env)  # sb3-memory: invalid-action masks, with MaskableMemoryPPO
+                rollout_buffer.add_state(state, initial_state)  # sb3-memory: kept once per chunk, before the step updates it
                 actions, values, log_probs, new_state = self.policy(  # sb3-memory
-                    obs_tensor, state, episode_starts, action_masks=action_masks, state_out=self._next_state_buffer(state)
+                    obs_tensor, state, episode_starts, action_masks=action_masks, state_out=self._rollout_state_out(state)
                 )
             actions = actions.cpu().numpy()
 
@@ -322,7 +319,6 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                         terminal_value = self.policy.predict_values(terminal_obs, new_state[idx : idx + 1], no_start)[0]  # type: ignore[arg-type]
                     rewards[idx] += self.gamma * terminal_value
 
-            rollout_buffer.add_state(state, initial_state)  # sb3-memory: kept once per chunk
             rollout_buffer.add(
                 self._last_obs,  # type: ignore[arg-type]
                 actions,

@@ -364,11 +364,11 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         """
         Features of flattened time-major sequences through the core(s).
 
-        :param state_out: where to write the new state (same shape as ``state``, not ``state``
-            itself), or None for a new tensor. Rollouts pass one of two buffers they alternate
-            between, so a step writes into memory that is already mapped, without the copies of
-            splitting and joining the cores' parts of the state (which at 65,536 slots cost more
-            than the step itself)
+        :param state_out: where to write the new state (like ``state``: another buffer, or
+            ``state`` itself under ``torch.no_grad()``), or None for a new tensor. Rollouts update
+            the state in place, so a step writes into memory that is already mapped, without the
+            copies of splitting and joining the cores' parts of the state (which at 65,536 slots
+            cost more than the step itself)
         :return: actor latent, critic latent (both ``(T * B, core.output_dim)``), the new state and
             the actor's features-extractor output (``(T * B, features_dim)``)
         """
@@ -431,9 +431,10 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         """
         One rollout step: actions, values, log-probabilities and the new state.
 
-        :param state_out: a tensor like ``state`` (not ``state`` itself) to write the new state
-            into, which is then the state returned; None: a new tensor. Rollouts alternate
-            between two, as a large memory's state is costly to allocate afresh at every step
+        :param state_out: a tensor like ``state`` to write the new state into (``state`` itself,
+            updated in place, under ``torch.no_grad()``), which is then the state returned; None: a
+            new tensor. Rollouts update the state in place, as a large memory's state is costly to
+            allocate afresh at every step
         """
         latent_pi, latent_vf, state, _ = self._run_cores(obs, state, episode_starts, state_out)
         distribution = self._action_distribution(latent_pi, action_masks)

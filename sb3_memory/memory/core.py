@@ -31,11 +31,18 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def same_view(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same elements of the same memory (the same tensor, or two views alike)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.device == b.device
+
+
 def check_state_out(state: Tensor, state_out: Tensor) -> None:
     """
     A ``state_out`` the new state can be written into while ``state`` is read: same shape, dtype and
-    device, contiguous, needing no gradient, and apart from ``state`` in memory (keep two buffers and
-    alternate). Used by :meth:`MemoryCore.forward_flat` and by the policies, for their joint state.
+    device, contiguous, needing no gradient, and either apart from ``state`` in memory or ``state``
+    itself. ``state`` itself (updated in place) only without gradients (under ``torch.no_grad()``):
+    the backward pass reads the state a chunk started from. Used by :meth:`MemoryCore.forward_flat`
+    and by the policies, for their joint state.
     """
     if state_out.shape != state.shape or state_out.dtype != state.dtype or state_out.device != state.device:
         raise ValueError(
@@ -46,13 +53,20 @@ def check_state_out(state: Tensor, state_out: Tensor) -> None:
         raise ValueError("state_out must be contiguous: pass a row range of a (batch, state_size) buffer, or None")
     if state_out.requires_grad:
         raise ValueError("state_out must need no gradient: the new state is written into it without one")
+    if same_view(state, state_out):
+        if torch.is_grad_enabled():
+            raise ValueError(
+                "state_out is the state itself: updating the state in place needs torch.no_grad() (training "
+                "reads the state a chunk started from); pass another buffer, or None"
+            )
+        return
     start, end = state.data_ptr(), state.data_ptr() + state.numel() * state.element_size()
     out_start = state_out.data_ptr()
     out_end = out_start + state_out.numel() * state_out.element_size()
     if state.numel() and out_start < end and start < out_end:
         raise ValueError(
-            "state_out overlaps the state it is computed from: pass another buffer, not the state itself "
-            "(keep two and alternate), or None"
+            "state_out overlaps the state it is computed from without being it: pass the state itself "
+            "(in place, under torch.no_grad()), another buffer, or None"
         )
 
 
@@ -234,9 +248,11 @@ class MemoryCore(nn.Module):
         :meth:`forward_sequence` on the flat ``(B, state_size)`` state (see :meth:`flatten_state`),
         as policies and rollout buffers hold it: the native path reads and writes it directly.
 
-        :param state_out: a contiguous tensor like ``flat_state`` (not overlapping it) to write the
-            new state into, instead of a new one. In inference the native kernels write it there
-            directly, which at a large memory saves allocating and copying megabytes per call.
+        :param state_out: a contiguous tensor like ``flat_state`` to write the new state into,
+            instead of a new one: another buffer, or ``flat_state`` itself under ``torch.no_grad()``
+            (updated in place). In inference the native kernels write it there directly, which at a
+            large memory saves allocating megabytes per call; in place, a sparse core's call also
+            copies nothing, and costs what its steps touch plus one read of the state.
         :return: features (T, B, output_dim) and the flat state after the last step (``state_out``
             when given)
         """

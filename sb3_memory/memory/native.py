@@ -37,7 +37,7 @@ from sb3_memory.memory import kernel_build
 PACKAGE_DIR = Path(__file__).parent
 SOURCE = kernel_build.SOURCE
 # The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in csrc/interface.h).
-ABI_VERSION = 11
+ABI_VERSION = 12
 SUPPORTED_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # Weights in the order the kernels take them; a core passes None for those it does not have. With
 # w_in and b_in the kernels project the inputs themselves, one row at a time (step_input there);
@@ -137,6 +137,8 @@ class KernelLibrary:
         for function in (self.cdll.smem_forward, self.cdll.smem_backward):
             function.restype = ctypes.c_int
             function.argtypes = [config_pointer, ctypes.POINTER(self.interface.buffers_type)]
+        self.cdll.smem_init_layout.restype = ctypes.c_int64
+        self.cdll.smem_init_layout.argtypes = [config_pointer, ctypes.c_void_p]
 
     def __repr__(self) -> str:
         return f"KernelLibrary({self.level}, {self.origin}: {self.path})"
@@ -313,7 +315,8 @@ class NativeSequence:
         self.dtype = init_row.dtype
         self.library = load_library(self.dtype)
         interface = self.interface = self.library.interface
-        expected = set(interface.config_fields) - {"T", "B"}
+        # T and B are each call's; init_layout is what the library finds in init_row (below).
+        expected = set(interface.config_fields) - {"T", "B", "init_layout"}
         # A core lists the offsets of its own state fields only; the kernels ignore the others.
         config = {**{field: 0 for field in expected if field.startswith("off_")}, **config}
         if expected != set(config):
@@ -326,10 +329,19 @@ class NativeSequence:
                 if config[field] not in ids:
                     raise ValueError(f"the kernels have no {field} {config[field]!r}; they know {sorted(ids)}")
                 config[field] = ids[config[field]]
+        self.init_row = init_row.contiguous()
+        if self.init_row.shape != (int(config["D"]),):
+            raise ValueError(f"native config for {name}: init_row must have shape ({config['D']},), got {tuple(init_row.shape)}")
+        # What the sparse cores may assume of the initial row (alike memory rows, a laid-out link),
+        # checked here once rather than at every call: a large memory's check reads megabytes.
+        config["init_layout"] = 0
+        values = [int(config.get(field, 0)) for field in interface.config_fields]
+        config["init_layout"] = int(
+            self.library.cdll.smem_init_layout(ctypes.byref(interface.config_type(*values)), self.init_row.data_ptr())
+        )
         # The configuration as the operators take it: the struct's fields in order, T and B as 0.
         self.config_values = [0 if field in ("T", "B") else int(config[field]) for field in interface.config_fields]
         self.config = dict(config)
-        self.init_row = init_row.contiguous()
         probe = interface.config_type(*self.config_values)
         self.tape_size = int(self.library.cdll.smem_tape_size(ctypes.byref(probe)))
         self.feature_size = int(config["C"] + config["R"] * config["W"])
@@ -450,7 +462,7 @@ def _forward_into(
     weight_tensors: tuple[Optional[Tensor], ...],
     final: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The forward call, with the final state written into ``final`` (contiguous, not ``state``)."""
+    """The forward call, with the final state written into ``final`` (contiguous: another buffer, or ``state`` itself)."""
     library = load_library(init_row.dtype)
     steps, batch = inputs.shape[0], inputs.shape[1]
     inputs, state = inputs.contiguous(), state.contiguous()

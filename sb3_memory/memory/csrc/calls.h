@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "controller.h"
@@ -80,11 +82,12 @@ struct ForwardCall {
     return status();
   }
 
-  // The sparse cores: each row's state lives in state_T, updated in place.
+  // The sparse cores: each row's state lives in state_T, updated in place (state0 may be state_T:
+  // then nothing is copied, and a step costs what it touches plus the scans of load).
   template <template <typename> class CoreT>
   int sparse() {
     const CoreT<F> core(c, L);
-    typename CoreT<F>::Work wk = core.work();
+    typename CoreT<F>::Work& wk = cached_work(core);
     std::vector<F> scratch_record(tape ? 0 : L.size), projected(c.G);
     for (int64_t row = 0; row < B; ++row) {
       F* s = state_T + row * D;
@@ -98,6 +101,24 @@ struct ForwardCall {
     return status();
   }
 };
+
+// The working storage of a sparse core's forward calls, kept per thread and per core type between
+// calls of the same configuration: at N = 65,536 its slot maps are megabytes, and zeroing them at
+// every rollout step cost as much as the step. Every use of a slot map or list starts by clearing
+// what the last use left (as from one batch row to the next within a call), so reuse changes no
+// number. Per thread: calls from several threads never share one.
+template <typename CoreT>
+typename CoreT::Work& cached_work(const CoreT& core) {
+  thread_local std::unique_ptr<typename CoreT::Work> work;
+  thread_local SmemConfig key{};
+  SmemConfig probe = core.c;
+  probe.T = probe.B = 0;  // the storage does not depend on the call's length or batch
+  if (!work || std::memcmp(&probe, &key, sizeof(SmemConfig)) != 0) {
+    work = std::make_unique<typename CoreT::Work>(core.work());
+    key = probe;
+  }
+  return *work;
+}
 
 template <typename F, template <typename> class CoreT>
 int run_forward(const SmemConfig& c, const SmemBuffers& b) {
@@ -230,6 +251,15 @@ int run_sparse_forward(const SmemConfig& c, const SmemBuffers& b) {
 template <typename F, template <typename> class CoreT>
 int run_sparse_backward(const SmemConfig& c, const SmemBuffers& b) {
   return BackwardCall<F>(c, b).template sparse<CoreT>();
+}
+
+// SmemInitLayout bits for a core's initial row (smem_init_layout): only the sparse cores use them.
+template <typename F>
+int64_t init_layout(const SmemConfig& c, const F* init) {
+  if (c.top_k <= 0) return 0;
+  if (c.core == kCore_ntm) return SparseNtm<F>::init_layout(c, init);
+  if (c.core == kCore_dnc) return SparseDnc<F>::init_layout(c, init);
+  return 0;
 }
 
 template <typename F>

@@ -10,19 +10,21 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 11  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 12  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   I input size; G width of the projected input (gates * C); C controller output size; K columns of the
 //   recurrent weight (fed-back reads, + hidden for an LSTM); N, W, R memory slots, word size, read
 //   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width; top_k the
 //   slots a weighting keeps (sparse_top_k, 0 for the dense model; the sparse DNC's link then keeps
-//   top_k values and column indices per row, at off_link_values and off_link_index).
+//   top_k values and column indices per row, at off_link_values and off_link_index); init_layout
+//   what smem_init_layout found in the initial row (SmemInitLayout bits; 0 assumes nothing, which
+//   is always right but makes a sparse core check every row of the state at every call).
 #define SMEM_CONFIG_FIELDS(X)                                                                      \
   X(core) X(controller) X(T) X(B) X(I) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)            \
   X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
   X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size) \
-  X(top_k) X(off_link_values) X(off_link_index)
+  X(top_k) X(off_link_values) X(off_link_index) X(init_layout)
 
 // Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
 // starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if
@@ -51,6 +53,12 @@ extern "C" {
 // One "name=value," entry of the strings smem_status_names, smem_core_names and
 // smem_controller_names return (string literals, concatenated by the compiler).
 #define SMEM_NAME_VALUE(name, value) #name "=" #value ","
+
+// The bits of SmemConfig's init_layout: every row of the initial memory (and its usage) is alike,
+// so the rows nobody wrote need no scan; the sparse DNC's initial link is laid out as
+// addressing.initial_link_index lays it out (values 0, row i naming i..i+K-1 mod N), so a link
+// row can be checked against that rule instead of against the initial row's.
+enum SmemInitLayout : int64_t { kInit_alike_rows = 1, kInit_laid_out_link = 2 };
 
 struct SmemConfig {
 #define SMEM_DECLARE(name) int64_t name;

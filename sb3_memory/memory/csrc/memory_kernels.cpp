@@ -95,6 +95,12 @@ void smem_gradient_fields(const SmemConfig* c, int64_t* out) {
   out[2] = g.size;
 }
 
+// What the sparse cores may assume of the initial row init_row (SmemInitLayout bits), for
+// SmemConfig's init_layout: native.py asks once per core, so that no call checks it again.
+int64_t smem_init_layout(const SmemConfig* c, const void* init_row) {
+  return init_layout<Scalar>(*c, static_cast<const Scalar*>(init_row));
+}
+
 // Return an SmemStatus.
 int smem_forward(const SmemConfig* c, const SmemBuffers* b) { return dispatch<Scalar>(*c, *b, false); }
 int smem_backward(const SmemConfig* c, const SmemBuffers* b) { return dispatch<Scalar>(*c, *b, true); }

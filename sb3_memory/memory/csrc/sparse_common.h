@@ -103,6 +103,20 @@ bool same_bits(const F* a, const F* b, int64_t n) {
   return differ == 0;
 }
 
+// Whether every x[0, n) holds the bits of v (no early exit, so the loop vectorises).
+template <typename F>
+bool all_bits(const F* x, F v, int64_t n) {
+  const typename FloatBits<F>::Int want = to_bits(v);
+  typename FloatBits<F>::Int differ = 0;
+#pragma omp simd reduction(| : differ)
+  for (int64_t i = 0; i < n; ++i) differ |= to_bits(x[i]) ^ want;
+  return differ == 0;
+}
+
+// Rows a whole-state check tests together: at large N nearly every block is untouched, and a
+// block's test is one vectorised pass with no reduction per row.
+constexpr int64_t kCheckBlock = 64;
+
 // What a sparse core's content scans (and the DNC's allocation) read, per batch row. memory_init
 // makes every row of the initial memory alike, and a row nobody has written since (a "pristine"
 // row) still equals it: all pristine rows score alike, so a scan visits the rows that changed and
@@ -117,10 +131,11 @@ struct ScanRows {
   std::vector<F> block, norms, logits;  // candidates' rows transposed (W x kScanBlock), norms, per-head logits
   std::vector<const F*> keys;           // each head's key (W), strength and key norm, set by the caller
   std::vector<F> betas, knorms;
-  const F* checked = nullptr;     // the initial row last checked, and whether its rows are all alike
+  const F* init = nullptr;        // the initial row (set by load), and whether its rows are all alike
   bool uniform = false;
   bool count_once = false;        // unwritten rows count once in a top K (uniform, K < N)
   std::vector<uint8_t> later_unwritten;  // per candidate: holds the initial row, and is not the lowest such
+  std::vector<F> init_block;             // kCheckBlock copies of the initial memory row
 
   ScanRows(const SmemConfig& c, int64_t heads)
       : mnorm(c.N),
@@ -130,39 +145,54 @@ struct ScanRows {
         logits(heads * kScanBlock),
         keys(heads),
         betas(heads),
-        knorms(heads) {}
+        knorms(heads),
+        init_block(kCheckBlock * c.W) {}
 
-  // A row's working state (into s) from a flat state, which rows changed and their norms (a
-  // pristine row's norm is taken when a scan visits it: at large N the norms of every row were a
-  // call's largest cost outside the steps).
-  void load(const SmemConfig& c, const F* from, const F* init, int64_t usage_offset, F* s) {
-    if (init != checked) {
-      checked = init;
-      uniform = true;
-      for (int64_t i = 1; i < c.N && uniform; ++i)
-        uniform = same_bits(init + c.off_memory, init + c.off_memory + i * c.W, c.W) &&
-                  (usage_offset < 0 || to_bits(init[usage_offset]) == to_bits(init[usage_offset + i]));
-    }
+  // Whether every row of the initial memory (and, at usage_offset >= 0, every usage) is alike: the
+  // kInit_alike_rows bit of smem_init_layout, checked once per core, not per call.
+  static bool alike_rows(const SmemConfig& c, const F* init, int64_t usage_offset) {
+    bool alike = true;
+    for (int64_t i = 1; i < c.N && alike; ++i)
+      alike = same_bits(init + c.off_memory, init + c.off_memory + i * c.W, c.W) &&
+              (usage_offset < 0 || to_bits(init[usage_offset]) == to_bits(init[usage_offset + i]));
+    return alike;
+  }
+
+  // A row's working state (in s) from a flat state (from; s itself when the state is updated in
+  // place), which rows changed and their norms (a pristine row's norm is taken when a scan visits
+  // it: at large N the norms of every row were a call's largest cost outside the steps).
+  void load(const SmemConfig& c, const F* from, const F* init_, int64_t usage_offset, F* s) {
+    init = init_;
+    uniform = (c.init_layout & kInit_alike_rows) != 0;
     count_once = uniform && c.top_k < c.N;
     for (int64_t i : changed_rows) changed[i] = 0;
     changed_rows.clear();
-    std::copy(from, from + c.D, s);
+    if (from != s) std::copy(from, from + c.D, s);
     const int64_t w = c.W;
     const F* init_row = init + c.off_memory;  // with uniform rows, every row of the initial memory
-    for (int64_t i = 0; i < c.N; ++i) {
-      const F* row = s + c.off_memory + i * w;
-      const bool pristine = uniform && same_bits(row, init_row, w) &&
-                            (usage_offset < 0 || to_bits(s[usage_offset + i]) == to_bits(init[usage_offset]));
-      if (!pristine) {
-        mark(i);
-        row_norms(mnorm.data() + i, row, 1, w);
+    const F* mem = s + c.off_memory;
+    if (uniform)
+      for (int64_t r = 0; r < kCheckBlock; ++r) std::copy(init_row, init_row + w, init_block.data() + r * w);
+    for (int64_t b0 = 0; b0 < c.N; b0 += kCheckBlock) {
+      const int64_t len = std::min(kCheckBlock, c.N - b0);
+      if (uniform && same_bits(mem + b0 * w, init_block.data(), len * w) &&
+          (usage_offset < 0 || all_bits(s + usage_offset + b0, init[usage_offset], len)))
+        continue;  // the whole block is pristine
+      for (int64_t i = b0; i < b0 + len; ++i) {
+        const F* row = mem + i * w;
+        const bool pristine = uniform && same_bits(row, init_row, w) &&
+                              (usage_offset < 0 || to_bits(s[usage_offset + i]) == to_bits(init[usage_offset]));
+        if (!pristine) {
+          mark(i);
+          row_norms(mnorm.data() + i, row, 1, w);
+        }
       }
     }
   }
 
   // Memory row i (of mem) holds the initial row, with count_once: the rows of an unwritten memory.
   bool unwritten(const SmemConfig& c, const F* mem, int64_t i) const {
-    return same_bits(mem + i * c.W, checked + c.off_memory, c.W);
+    return same_bits(mem + i * c.W, init + c.off_memory, c.W);
   }
 
   // Which of a head's chosen slots (ascending) get no weight (addressing.count_unwritten_once): the

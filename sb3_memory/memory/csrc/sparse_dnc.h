@@ -35,13 +35,16 @@ struct SparseDnc : CoreView {
   // The link rows that may differ from the initial link's, so that the link's passes visit them
   // and not all N. The initial link (values 0, row i naming columns i..i+K-1 mod N, as
   // addressing.initial_link_index lays it out) changes under a write to slot j only in row j and
-  // in the rows naming j, j-K+1..j; with any other initial link every row counts.
+  // in the rows naming j, j-K+1..j; with any other initial link (init_layout without
+  // kInit_laid_out_link) every row counts.
   struct LinkRows {
     std::vector<uint8_t> in, seen;
     std::vector<int64_t> rows, candidates;
-    const F* checked = nullptr;          // the initial row last checked, and whether its link is laid out so
-    bool laid_out = false;
-    explicit LinkRows(int64_t n) : in(n, 0), seen(n, 0) {}
+    std::vector<F> columns;  // r + m for row r < kCheckBlock of a block, column m < K: a block's initial columns less its first row
+    LinkRows(int64_t n, int64_t k) : in(n, 0), seen(n, 0), columns(kCheckBlock * k) {
+      for (int64_t r = 0; r < kCheckBlock; ++r)
+        for (int64_t m = 0; m < k; ++m) columns[r * k + m] = F(r + m);
+    }
     void mark(int64_t i) {
       if (!in[i]) {
         in[i] = 1;
@@ -49,6 +52,33 @@ struct SparseDnc : CoreView {
       }
     }
   };
+
+  // Whether row i of a link (values, column indices) is the laid-out initial row: values 0 (the
+  // bits: -0 differs) and columns i..i+K-1 mod N. No early exit: the loop vectorises, and at large
+  // N it runs over every row at every call.
+  static bool initial_link_row(const F* values, const F* index, int64_t i, int64_t k, int64_t n) {
+    typename FloatBits<F>::Int bits = 0;
+    bool other_column = false;
+    for (int64_t m = 0; m < k; ++m) {
+      bits |= to_bits(values[m]);
+      other_column |= index[m] != F(wrap(i + m, n));
+    }
+    return bits == 0 && !other_column;
+  }
+
+  // Whether init's link is laid out as addressing.initial_link_index lays it out (kInit_laid_out_link).
+  static bool laid_out_link(const SmemConfig& c, const F* init) {
+    for (int64_t i = 0; i < c.N; ++i)
+      if (!initial_link_row(init + c.off_link_values + i * c.top_k, init + c.off_link_index + i * c.top_k, i, c.top_k, c.N))
+        return false;
+    return true;
+  }
+
+  // smem_init_layout's bits for this core's initial row.
+  static int64_t init_layout(const SmemConfig& c, const F* init) {
+    return (ScanRows<F>::alike_rows(c, init, c.off_usage) ? kInit_alike_rows : 0) |
+           (laid_out_link(c, init) ? kInit_laid_out_link : 0);
+  }
 
   // One batch row's working storage, reused from row to row.
   struct Work {
@@ -77,7 +107,7 @@ struct SparseDnc : CoreView {
                 std::vector<F>(k), std::vector<F>(k), std::vector<F>(m), std::vector<F>(m), std::vector<F>(w),
                 std::vector<F>(w), std::vector<F>(c.P), std::vector<F>(c.C), std::vector<F>(c.R * w),
                 std::vector<F>(controller_scratch_size(c)), std::vector<F>(std::max(3 * k, heads)),
-                std::vector<F>((c.R + 2) * k), LinkRows(n), std::vector<uint8_t>(k)};
+                std::vector<F>((c.R + 2) * k), LinkRows(n, k), std::vector<uint8_t>(k)};
   }
 
   // The weighting fields of a flat state: read head h < R, the write head (R), the precedence (R + 1).
@@ -97,25 +127,29 @@ struct SparseDnc : CoreView {
     find_link_rows(s, init, wk);
   }
 
-  // The rows of s's link that differ from init's (LinkRows).
-  void find_link_rows(const F* s, const F* init, Work& wk) const {
+  // The rows of s's link that may differ from the initial link (LinkRows).
+  void find_link_rows(const F* s, const F* /*init*/, Work& wk) const {
     LinkRows& links = wk.links;
     const int64_t n = c.N;
+    const bool laid_out = (c.init_layout & kInit_laid_out_link) != 0;
     const F *values = s + c.off_link_values, *index = s + c.off_link_index;
-    const F *init_values = init + c.off_link_values, *init_index = init + c.off_link_index;
-    if (init != links.checked) {
-      links.checked = init;
-      links.laid_out = true;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t m = 0; m < k; ++m)
-          links.laid_out &= to_bits(init_values[i * k + m]) == to_bits(F(0)) && int64_t(init_index[i * k + m]) == wrap(i + m, n);
-    }
     for (int64_t i : links.rows) links.in[i] = 0;
     links.rows.clear();
-    for (int64_t i = 0; i < n; ++i)
-      if (!links.laid_out || !same_bits(values + i * k, init_values + i * k, k) ||
-          !same_bits(index + i * k, init_index + i * k, k))
-        links.mark(i);
+    for (int64_t b0 = 0; b0 < n; b0 += kCheckBlock) {
+      const int64_t len = std::min(kCheckBlock, n - b0);
+      if (laid_out && b0 + len + k <= n + 1 && all_bits(values + b0 * k, F(0), len * k)) {
+        // A block whose columns do not wrap: initial when row r names b0 + r + m (whole numbers
+        // below 2^24 are exact in float, so the sums are too). Compared as bits, which vectorises
+        // (a -0 column would count as changed: a row checked once more, no number changed).
+        const F *at = index + b0 * k, *columns = links.columns.data(), first = F(b0);
+        typename FloatBits<F>::Int differ = 0;
+#pragma omp simd reduction(| : differ)
+        for (int64_t e = 0; e < len * k; ++e) differ |= to_bits(at[e]) ^ to_bits(first + columns[e]);
+        if (differ == 0) continue;
+      }
+      for (int64_t i = b0; i < b0 + len; ++i)
+        if (!laid_out || !initial_link_row(values + i * k, index + i * k, i, k, n)) links.mark(i);
+    }
   }
 
   // Each scanning head's K best content logits in [h0, h1) (ScanRows::scan): keys at act + h W,

@@ -66,6 +66,11 @@ struct SparseNtm : CoreView {
     for (int64_t h = 0; h < heads; ++h) nonzero_slots(ntm.weights_of(s, h), c.N, wk.support[h]);
   }
 
+  // smem_init_layout's bits for this core's initial row (it has no usage and no link).
+  static int64_t init_layout(const SmemConfig& c, const F* init) {
+    return ScanRows<F>::alike_rows(c, init, -1) ? kInit_alike_rows : 0;
+  }
+
   // A row's working state (in s, updated in place by forward) from a flat state; init: the initial row.
   void load(const F* from, const F* init, F* s, Work& wk) const {
     wk.scan.load(c, from, init, -1, s);
