@@ -163,7 +163,7 @@ def test_forward_writes_state_out_or_the_state_in_place_and_refuses_the_rest():
         assert new_state is out and th.equal(out, policy(obs, state, starts)[3])
         _, _, _, in_place = policy(obs, state, starts, state_out=state)
         assert in_place is state and th.equal(state, out)
-    with pytest.raises(ValueError, match="in place needs torch.no_grad"):
+    with pytest.raises(ValueError, match=r"in place needs torch\.no_grad"):
         policy(obs, state, starts, state_out=state)
 
 

@@ -386,7 +386,7 @@ def test_native_sparse_ntm_tape_does_not_grow_with_the_memory():
 
 def test_an_initial_row_of_another_size_is_refused():
     core_ = make_core("dnc", "lstm", sparse_top_k=4, memory_units=16)
-    with pytest.raises(ValueError, match=r"init_row must have shape \(%d,\)" % core_.state_size):
+    with pytest.raises(ValueError, match=rf"init_row must have shape \({core_.state_size},\)"):
         native.NativeSequence(core_.native_config(), torch.zeros(1))
 
 

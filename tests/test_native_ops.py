@@ -263,7 +263,7 @@ def test_a_state_out_that_cannot_be_written_is_refused():
     rows = torch.cat([state, state])
     with pytest.raises(ValueError, match="overlaps"):
         core_.forward_flat(x, rows[:3], state_out=rows[1:4])
-    with pytest.raises(ValueError, match="in place needs torch.no_grad"):
+    with pytest.raises(ValueError, match=r"in place needs torch\.no_grad"):
         core_.forward_flat(x, state, state_out=state)
     with pytest.raises(ValueError, match="contiguous"):
         core_.forward_flat(x, state, state_out=torch.zeros(state.shape[1], 3).t())

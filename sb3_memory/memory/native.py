@@ -331,7 +331,9 @@ class NativeSequence:
                 config[field] = ids[config[field]]
         self.init_row = init_row.contiguous()
         if self.init_row.shape != (int(config["D"]),):
-            raise ValueError(f"native config for {name}: init_row must have shape ({config['D']},), got {tuple(init_row.shape)}")
+            raise ValueError(
+                f"native config for {name}: init_row must have shape ({config['D']},), got {tuple(init_row.shape)}"
+            )
         # What the sparse cores may assume of the initial row (alike memory rows, a laid-out link),
         # checked here once rather than at every call: a large memory's check reads megabytes.
         config["init_layout"] = 0
