@@ -331,7 +331,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         :return: the features ``(T, B, output_dim)`` and the new state (``state_out`` when given)
         """
         if state_out is None:
-            return core.forward_flat(x, state, starts)
+            # The actor's or the critic's columns of a joint state are copied once here, so that
+            # the kernels' forward and backward passes (which read contiguous rows) share the copy.
+            return core.forward_flat(x, state.contiguous(), starts)
         n_seq = state.shape[0]
         row_calls = (
             n_seq > 1
@@ -360,7 +362,8 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         state: th.Tensor,
         episode_starts: th.Tensor,
         state_out: Optional[th.Tensor] = None,
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        keep_state: bool = True,
+    ) -> tuple[th.Tensor, th.Tensor, Optional[th.Tensor], th.Tensor]:
         """
         Features of flattened time-major sequences through the core(s).
 
@@ -369,7 +372,10 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             the state in place, so a step writes into memory that is already mapped, without the
             copies of splitting and joining the cores' parts of the state (which at 65,536 slots
             cost more than the step itself)
-        :return: actor latent, critic latent (both ``(T * B, core.output_dim)``), the new state and
+        :param keep_state: False when the caller has no use for the new state (training, values):
+            the cores' parts are then not joined (at 65,536 slots a join copies tens of MB)
+        :return: actor latent, critic latent (both ``(T * B, core.output_dim)``), the new state (None
+            without ``keep_state``) and
             the actor's features-extractor output (``(T * B, features_dim)``)
         """
         n_seq = state.shape[0]
@@ -403,7 +409,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             latent_vf = latent_pi.detach()
         else:
             latent_vf = latent_pi
-        new_state = self.join_state(actor_state, critic_state) if state_out is None else state_out
+        new_state = state_out if state_out is not None else (self.join_state(actor_state, critic_state) if keep_state else None)
         return latent_pi, latent_vf, new_state, pi_features
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
@@ -436,24 +442,26 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             new tensor. Rollouts update the state in place, as a large memory's state is costly to
             allocate afresh at every step
         """
-        latent_pi, latent_vf, state, _ = self._run_cores(obs, state, episode_starts, state_out)
+        latent_pi, latent_vf, new_state, _ = self._run_cores(obs, state, episode_starts, state_out)
+        assert new_state is not None
         distribution = self._action_distribution(latent_pi, action_masks)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
-        return actions, values, log_prob, state
+        return actions, values, log_prob, new_state
 
     def get_distribution(  # type: ignore[override]
         self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor, action_masks: Optional[ActionMasks] = None
     ) -> tuple[Distribution, th.Tensor]:
         """Action distribution and the new state."""
-        latent_pi, _, state, _ = self._run_cores(obs, state, episode_starts)
-        return self._action_distribution(latent_pi, action_masks), state
+        latent_pi, _, new_state, _ = self._run_cores(obs, state, episode_starts)
+        assert new_state is not None
+        return self._action_distribution(latent_pi, action_masks), new_state
 
     def predict_values(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:  # type: ignore[override]
         """Values of the observations under the given state."""
-        _, latent_vf, _, _ = self._run_cores(obs, state, episode_starts)
+        _, latent_vf, _, _ = self._run_cores(obs, state, episode_starts, keep_state=False)
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
 
     def evaluate_actions(  # type: ignore[override]
@@ -484,7 +492,7 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         :param rewards: ``(T * B,)``
         :param action_masks: ``(T * B, mask_size)`` (maskable policies only)
         """
-        latent_pi, latent_vf, _, features = self._run_cores(obs, state, episode_starts)
+        latent_pi, latent_vf, _, features = self._run_cores(obs, state, episode_starts, keep_state=False)
         distribution = self._action_distribution(latent_pi, action_masks)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
         losses: dict[str, th.Tensor] = {}
