@@ -220,10 +220,16 @@ class RecordSteps(BaseCallback):
         self.dones: list[np.ndarray] = []
         self.infos: list[list[dict]] = []
 
+    def _on_rollout_start(self) -> None:
+        self._entering = self.model._last_memory_state.clone()
+
     def _on_step(self) -> bool:
-        # Called before collect_rollouts adds the timeout bootstrap to ``rewards`` in place.
-        self.states.append(self.locals["state"].clone())
-        self.new_states.append(self.locals["new_state"].clone())
+        # Called before collect_rollouts adds the timeout bootstrap to ``rewards`` in place. The
+        # rollout updates the state in place, so the state a step was fed is the last step's new one.
+        new_state = self.locals["new_state"].clone()
+        self.states.append(self._entering)
+        self.new_states.append(new_state)
+        self._entering = new_state
         self.raw_rewards.append(np.array(self.locals["rewards"], dtype=np.float32))
         self.dones.append(np.array(self.locals["dones"]))
         self.infos.append(self.locals["infos"])

@@ -207,3 +207,38 @@ def test_grid_runs_on_a_two_worker_ray(tmp_path, capsys):
     assert "[4/4 done, 0 running, 0 waiting" in capsys.readouterr().out
     rows = table_rows((tmp_path / "popgym.md").read_text(), "At equal steps")
     assert re.fullmatch(r"\d\.\d{3} ± \d+\.\d{3}", rows["RepeatFirstEasy"][0])
+
+
+def test_several_settings_give_each_memory_agent_a_column_compared_with_the_first(tmp_path):
+    """A defaults search: the MemoryPPO agents run under every setting, the baselines once."""
+
+    def run(agent: str, setting: str, env: str, seed: int, score: float) -> dict:
+        return dict(
+            agent=agent, algo=agent, setting=setting, env=env, seed=seed, score=score, wall_clock=None, steps=1024,
+            eval_freq=512, timesteps=[512, 1024], mean_returns=[2 * score - 1.5, 2 * score - 1], bounds=[-1.0, 1.0],
+            num_timesteps=1024, cpu_seconds=10.0, steps_per_second=100.0,
+        )  # fmt: skip
+
+    scores = {("dnc", "library"): 0.5, ("dnc", "chunk=64"): 0.6, ("lstm", "library"): 0.4, ("lstm", "chunk=64"): 0.4}
+    results = [
+        run(agent, setting, env, seed, score + 0.01 * seed + (0.1 if env == "B" else 0.0))
+        for (agent, setting), score in scores.items()
+        for env in ("A", "B")
+        for seed in (0, 1)
+    ] + [run("ppo", "library", env, seed, 0.3) for env in ("A", "B") for seed in (0, 1)]
+    assert bench.columns(["dnc", "lstm", "ppo"], ["library", "chunk=64"]) == [
+        "dnc",
+        "dnc chunk=64",
+        "lstm",
+        "lstm chunk=64",
+        "ppo",
+    ]
+    bench.write_report(results, tmp_path, "search", ["dnc", "lstm", "ppo"], ["library", "chunk=64"])
+    report = (tmp_path / "popgym.md").read_text()
+    assert "each of the settings `library`, `chunk=64`" in report
+    rows = table_rows(report, "At equal steps")
+    assert rows["env"] == ["dnc", "dnc chunk=64", "lstm", "lstm chunk=64", "ppo"]
+    assert rows["A"][:2] == ["0.505 ± 0.064", "0.605 ± 0.064"]
+    # chunk=64 adds 0.1 to the DNC in every (env, seed) pair and nothing to the control.
+    assert rows["vs the first setting (paired)"] == ["-", "+0.100 (p=nan)", "-", "+0.000 (p=nan)", "-"]
+    assert rows["vs lstm (paired)"][1] == "+0.200 (p=nan)"

@@ -30,6 +30,7 @@ Usage:
     python -m sb3_memory.benchmarks.popgym --envs all --difficulty easy medium --seeds 0 1 2 \\
         --steps 150000 --wall-clock 600 --workers 2 --out runs/popgym
     python -m sb3_memory.benchmarks.popgym --envs all --setting chunk=64 ...   # a memory setting (recipe.py)
+    python -m sb3_memory.benchmarks.popgym --envs all --agents dnc lstm --setting library chunk=64 ...  # defaults search
 """
 
 import argparse
@@ -401,8 +402,15 @@ def score_cell(scores: list[float]) -> str:
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
-def score_table(results: list[dict[str, Any]], envs: list[str], agents: list[str], timed: bool) -> list[str]:
-    """One Markdown table: a row per environment, a column per agent, then the means and comparisons."""
+def score_table(
+    results: list[dict[str, Any]], envs: list[str], agents: list[str], timed: bool, firsts: Optional[dict[str, str]] = None
+) -> list[str]:
+    """
+    One Markdown table: a row per environment, a column per agent, then the means and comparisons.
+
+    :param firsts: for a column of an agent under another setting, the agent's column under the first
+        (a row compares them, paired)
+    """
     present = [a for a in agents if any(r["agent"] == a for r in results)]
     lines = ["| env | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
     for env in envs:
@@ -427,6 +435,8 @@ def score_table(results: list[dict[str, Any]], envs: list[str], agents: list[str
     for other in (CONTROL, BASELINE):
         if other in present:
             lines.append(row(f"vs {other} (paired)", lambda a, other=other: paired(results, a, other)))
+    if firsts:
+        lines.append(row("vs the first setting (paired)", lambda a: paired(results, a, firsts[a]) if a in firsts else "-"))
     if timed:
         lines.append(row("steps reached (median)", lambda a: f"{np.median([r['num_timesteps'] for r in runs_of(a)]):.0f}"))
     lines.append(row("CPU s per run (median)", lambda a: f"{np.median([r['cpu_seconds'] for r in runs_of(a)]):.0f}"))
@@ -453,18 +463,42 @@ def rising_table(results: list[dict[str, Any]], envs: list[str], agents: list[st
     return lines
 
 
-def describe_recipe(agents: list[str], setting: str) -> list[str]:
+def describe_recipe(agents: list[str], settings: list[str]) -> list[str]:
     """The recipe and each agent's algorithm, policy and ``policy_kwargs``, as printed and in the report."""
     recipe = ", ".join(f"{key}={value}" for key, value in RECIPE.items())
-    lines = [f"Recipe (every agent): {recipe}. MemoryPPO agents: setting `{setting}` (recipe.py), the rest library defaults."]
+    named = ", ".join(f"`{setting}`" for setting in settings)
+    which = f"setting {named}" if len(settings) == 1 else f"each of the settings {named} (a column `agent setting` each)"
+    lines = [f"Recipe (every agent): {recipe}. MemoryPPO agents: {which} (recipe.py), the rest library defaults."]
     for agent in agents:
         spec = AGENTS[agent]
         lines.append(f"- `{agent}`: {spec.algorithm}('{spec.policy}', policy_kwargs={spec.policy_kwargs})")
     return lines
 
 
-def write_report(results: list[dict[str, Any]], out: Path, command: str, agents: list[str], setting: str) -> None:
-    """``popgym.md`` (:func:`score_table` at equal steps, and at equal CPU time where runs were timed) and ``popgym.png``."""
+def column(agent: str, setting: str, settings: list[str]) -> str:
+    """The report's name for ``agent`` run with ``setting``: the agent's own under the first setting."""
+    return agent if setting == settings[0] else f"{agent} {setting}"
+
+
+def columns(agents: list[str], settings: list[str]) -> list[str]:
+    """Every column of the report: each agent, then each MemoryPPO agent under the other settings."""
+    return [
+        column(agent, setting, settings)
+        for agent in agents
+        for setting in (settings if AGENTS[agent].algorithm == "MemoryPPO" else settings[:1])
+    ]
+
+
+def write_report(results: list[dict[str, Any]], out: Path, command: str, agents: list[str], settings: list[str]) -> None:
+    """
+    ``popgym.md`` (:func:`score_table` at equal steps, and at equal CPU time where runs were timed) and
+    ``popgym.png``. With several ``settings``, a MemoryPPO agent has a column per setting (:func:`column`),
+    compared with its column under the first.
+    """
+    by_setting = {column(r["agent"], r.get("setting", settings[0]), settings): r["agent"] for r in results}
+    results = [{**r, "agent": column(r["agent"], r.get("setting", settings[0]), settings)} for r in results]
+    firsts = {label: agent for label, agent in by_setting.items() if label != agent}
+    names, agents = agents, columns(agents, settings)
     envs = list(dict.fromkeys(r["env"] for r in results))
     stepped = [r for r in results if not r["wall_clock"]]
     timed = [r for r in results if r["wall_clock"]]
@@ -474,18 +508,19 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, agents:
         "",
         f"Made by `{command}`.",
         "",
-        *describe_recipe(agents, setting),
+        *describe_recipe(names, settings),
         "",
         "Score: POPGym's MMER, normalised. A run's mean episodic reward (MER) is the mean return of the training "
         f"episodes (sampled actions) ending in each window of {results[0]['eval_freq']} steps; its MMER is the largest "
         "MER over training, rescaled by the environment's lowest and highest possible episodic return (0: the worst, "
         "1: the best). Cells: mean over seeds ± half-width of the 95% t-interval. Mean over envs: of the cells. "
-        f"vs {CONTROL} / {BASELINE}: mean difference of the scores paired over environments and seeds, with the "
-        "p-value of the paired t-test. Times: one CPU and one torch thread per run.",
+        f"vs {CONTROL} / {BASELINE} (and, with several settings, vs the first setting): mean difference of the scores "
+        "paired over environments and seeds, with the p-value of the paired t-test. Times: one CPU and one torch "
+        "thread per run.",
     ]
     if stepped:
         lines += ["", f"## At equal steps ({', '.join(map(str, steps))} steps)", ""]
-        lines += score_table(stepped, envs, agents, timed=False)
+        lines += score_table(stepped, envs, agents, timed=False, firsts=firsts)
         lines += [
             "",
             "## Still rising at the end",
@@ -502,7 +537,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, agents:
             f"## At equal CPU time ({seconds} s of its own CPU time per run, at most {WALL_CLOCK_STEP_CAP}x the steps)",
             "",
         ]
-        lines += score_table(timed, envs, agents, timed=True)
+        lines += score_table(timed, envs, agents, timed=True, firsts=firsts)
     out.mkdir(parents=True, exist_ok=True)
     (out / "popgym.md").write_text("\n".join(lines) + "\n")
     kept = sorted(results, key=lambda r: (r["env"], r["algo"], r["seed"]))
@@ -529,7 +564,7 @@ def plot(results: list[dict[str, Any]], envs: list[str], agents: list[str], path
     columns = min(len(envs) + 1, 4)
     rows = -(-(len(envs) + 1) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
-    colours = {agent: f"C{index % 10}" for index, agent in enumerate(AGENTS)}
+    colours = {agent: f"C{index % 10}" for index, agent in enumerate(agents)}
     for ax, env in zip(axes.flat, envs):
         for agent in agents:
             runs = [r for r in results if r["agent"] == agent and r["env"] == env and not r["wall_clock"] and r["timesteps"]]
@@ -600,7 +635,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--eval-freq", type=_positive_int, default=16_384, help="window of the mean episodic reward, in steps (default 16384)"
     )
-    parser.add_argument("--setting", default="library", help="a memory setting of recipe.py for the MemoryPPO agents")
+    parser.add_argument(
+        "--setting",
+        dest="settings",
+        nargs="+",
+        default=["library"],
+        help="memory settings of recipe.py for the MemoryPPO agents: each runs under every one (defaults search)",
+    )
     parser.add_argument(
         "--workers", type=_positive_int, default=1, help="runs at a time, as tasks of a local Ray instance (> 1)"
     )
@@ -610,12 +651,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.selected = select_envs(args.envs, args.difficulty)
-        check_setting(args.setting)
+        for setting in args.settings:
+            check_setting(setting)
     except (ValueError, ImportError) as error:
         parser.error(str(error))
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated")
     args.agents = list(dict.fromkeys(args.agents))
+    args.settings = list(dict.fromkeys(args.settings))
     args.runs = args.runs or args.out / "runs"
     return args
 
@@ -624,13 +667,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     command = "python -m sb3_memory.benchmarks.popgym " + shlex.join(sys.argv[1:] if argv is None else argv)
-    print("\n".join(describe_recipe(args.agents, args.setting)), flush=True)
+    print("\n".join(describe_recipe(args.agents, args.settings)), flush=True)
     clocks: list[Optional[float]] = [None, args.wall_clock] if args.wall_clock else [None]
     jobs = [
-        (args.runs, name, difficulty, agent, seed, args.steps, args.eval_freq, clock, args.setting)
+        (args.runs, name, difficulty, agent, seed, args.steps, args.eval_freq, clock, setting)
         for clock in clocks
         for name, difficulty in args.selected
         for agent in args.agents
+        for setting in (args.settings if AGENTS[agent].algorithm == "MemoryPPO" else args.settings[:1])
         for seed in args.seeds
     ]
     done = [job for job in jobs if result_path(*job).exists()]
@@ -638,7 +682,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     results = [json.loads(result_path(*job).read_text()) for job in done]
     print(f"{len(done)} of {len(jobs)} runs already finished in {args.runs}; {len(todo)} to train", flush=True)
     results += run_jobs(run_one, todo, args.workers, args.ray_address)
-    write_report(results, args.out, command, args.agents, args.setting)
+    write_report(results, args.out, command, args.agents, args.settings)
     print(f"wrote {args.out / 'popgym.md'} and {args.out / 'popgym.png'}")
 
 

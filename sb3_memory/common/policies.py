@@ -409,7 +409,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
             latent_vf = latent_pi.detach()
         else:
             latent_vf = latent_pi
-        new_state = state_out if state_out is not None else (self.join_state(actor_state, critic_state) if keep_state else None)
+        new_state = (
+            state_out if state_out is not None else (self.join_state(actor_state, critic_state) if keep_state else None)
+        )
         return latent_pi, latent_vf, new_state, pi_features
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
