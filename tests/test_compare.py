@@ -1,5 +1,6 @@
 """The comparison script's statistics and report, on synthetic runs."""
 
+import json
 import math
 
 import pytest
@@ -7,7 +8,9 @@ import pytest
 from sb3_memory.experiments.compare import (
     ALGOS,
     CONTROLS,
+    RunsFailedError,
     derived_config,
+    run_jobs,
     steps_to_threshold,
     t_interval,
     welch_p_value,
@@ -165,6 +168,22 @@ def test_grid_runs_on_a_two_worker_ray_and_resumes(tmp_path, monkeypatch, capsys
     monkeypatch.setattr("sys.argv", [*argv[: argv.index("--budget") + 1], "1024", *argv[argv.index("--budget") + 2 :]])
     with pytest.raises(SystemExit, match=r"2 finished run.*--budget 512, not --budget 1024.*its own --runs folder"):
         compare.main()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_run_does_not_stop_the_others_and_is_named_at_the_end(workers, capsys):
+    """``json.loads`` as the run: a JSON text gives a result, other text raises (as a broken run would)."""
+    if workers > 1:
+        pytest.importorskip("ray")
+    result = dict(algo="ppo", env="E", seed=0, mean_returns=[0.5], wall_seconds=1.0)
+    jobs = [("broken",), (json.dumps(result),), (json.dumps({**result, "seed": 1}),)]
+    with pytest.raises(
+        RunsFailedError, match=r"1 of 3 runs failed \(the other 2 finished.*\n\('broken',\): .*JSONDecodeError"
+    ):
+        run_jobs(json.loads, jobs, workers=workers)
+    printed = capsys.readouterr()
+    assert printed.out.count("ETA") == 2 and "ppo on E, seed 1" in printed.out
+    assert "run ('broken',) failed" in printed.err
 
 
 @pytest.mark.parametrize("name", [name for name, (algo, *_) in ALGOS.items() if algo.startswith("memory_")])

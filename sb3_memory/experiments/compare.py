@@ -672,13 +672,25 @@ def run_all(jobs: list[tuple[str, str, int]], args: argparse.Namespace) -> list[
     return results + run_jobs(run_one, [(args.runs, *job, args) for job in todo], args.workers, args.ray_address)
 
 
+class RunsFailedError(RuntimeError):
+    """Some runs of :func:`run_jobs` raised; the others finished (and their results were kept)."""
+
+
+# Times Ray reruns a task whose worker process died (killed for memory, a lost node); an exception
+# raised by the run itself is not retried: it would only raise again.
+RAY_TASK_RETRIES = 2
+
+
 def run_jobs(
     run: Callable[..., dict[str, Any]], jobs: list[tuple[Any, ...]], workers: int = 1, ray_address: Optional[str] = None
 ) -> list[dict[str, Any]]:
     """
     ``run(*job)`` for every job, one at a time in this process or as Ray tasks of one CPU each
     (``workers`` > 1 starts a local Ray instance, ``ray_address`` joins a cluster), with a
-    :class:`Progress` line per finished run. Shared by the experiment harnesses.
+    :class:`Progress` line per finished run. Shared by the experiment harnesses. A run that raises
+    does not stop the others: every run goes to its end, then :class:`RunsFailedError` names the
+    runs that failed and why (a Ray task whose worker died is rerun up to :data:`RAY_TASK_RETRIES`
+    times first).
 
     :param run: a module-level function (Ray ships it by name) returning a result with the keys
         :class:`Progress` prints (``algo``, ``env``, ``seed``, ``mean_returns``, ``wall_seconds``)
@@ -686,33 +698,54 @@ def run_jobs(
     :param workers: runs at a time on a local Ray instance (1: no Ray)
     :param ray_address: an existing Ray cluster to run on instead (``auto``, ``ray://head:10001``)
     :return: the results, in the order the runs finished
+    :raises RunsFailedError: after the other runs finished, if any run raised
     """
     results: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def failed(job: tuple[Any, ...], error: BaseException) -> None:
+        failures.append(f"{job}: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}")
+        print(f"run {job} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+
     if workers <= 1 and ray_address is None:
         progress = Progress(len(jobs), 1)
         for job in jobs:
-            results.append(run(*job))
+            try:
+                results.append(run(*job))
+            except Exception as error:  # reported with the others at the end
+                failed(job, error)
+                continue
             progress.finished(results[-1])
-        return results
-    try:
-        import ray
-    except ImportError:
-        sys.exit("--workers > 1 and --ray-address need Ray: pip install 'sb3-memory[cluster]'")
-    if ray_address is None:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(address=ray_address, log_to_driver=False)
-    try:
-        # One CPU per run; each run gives its training one torch thread.
-        remote_run = ray.remote(num_cpus=1, max_retries=0)(run)
-        pending = [remote_run.remote(*job) for job in jobs]
-        progress = Progress(len(jobs), int(ray.cluster_resources().get("CPU", 1)))
-        while pending:
-            finished, pending = ray.wait(pending, num_returns=1)
-            results.append(ray.get(finished[0]))
-            progress.finished(results[-1])
-    finally:
-        ray.shutdown()
+        try:
+            import ray
+        except ImportError:
+            sys.exit("--workers > 1 and --ray-address need Ray: pip install 'sb3-memory[cluster]'")
+        if ray_address is None:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=ray_address, log_to_driver=False)
+        try:
+            # One CPU per run; each run gives its training one torch thread.
+            remote_run = ray.remote(num_cpus=1, max_retries=RAY_TASK_RETRIES)(run)
+            job_of = {remote_run.remote(*job): job for job in jobs}
+            pending = list(job_of)
+            progress = Progress(len(jobs), int(ray.cluster_resources().get("CPU", 1)))
+            while pending:
+                finished, pending = ray.wait(pending, num_returns=1)
+                try:
+                    results.append(ray.get(finished[0]))
+                except Exception as error:  # a run's error, or its worker lost for good
+                    failed(job_of[finished[0]], error)
+                    continue
+                progress.finished(results[-1])
+        finally:
+            ray.shutdown()
+    if failures:
+        raise RunsFailedError(
+            f"{len(failures)} of {len(jobs)} runs failed (the other {len(results)} finished and were kept; the same "
+            "command reruns only what is missing):\n" + "\n".join(failures)
+        )
     return results
 
 
