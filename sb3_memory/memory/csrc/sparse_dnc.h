@@ -76,8 +76,8 @@ struct SparseDnc : CoreView {
 
   // smem_init_layout's bits for this core's initial row.
   static int64_t init_layout(const SmemConfig& c, const F* init) {
-    return (ScanRows<F>::alike_rows(c, init, c.off_usage) ? kInit_alike_rows : 0) |
-           (laid_out_link(c, init) ? kInit_laid_out_link : 0);
+    return (ScanRows<F>::alike_rows(c, init, c.off_usage) ? int64_t(kInit_alike_rows) : int64_t(0)) |
+           (laid_out_link(c, init) ? int64_t(kInit_laid_out_link) : int64_t(0));
   }
 
   // One batch row's working storage, reused from row to row.

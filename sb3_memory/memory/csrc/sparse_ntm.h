@@ -68,7 +68,7 @@ struct SparseNtm : CoreView {
 
   // smem_init_layout's bits for this core's initial row (it has no usage and no link).
   static int64_t init_layout(const SmemConfig& c, const F* init) {
-    return ScanRows<F>::alike_rows(c, init, -1) ? kInit_alike_rows : 0;
+    return ScanRows<F>::alike_rows(c, init, -1) ? int64_t(kInit_alike_rows) : int64_t(0);
   }
 
   // A row's working state (in s, updated in place by forward) from a flat state; init: the initial row.
