@@ -242,3 +242,6 @@ def test_several_settings_give_each_memory_agent_a_column_compared_with_the_firs
     # chunk=64 adds 0.1 to the DNC in every (env, seed) pair and nothing to the control.
     assert rows["vs the first setting (paired)"] == ["-", "+0.100 (p=nan)", "-", "+0.000 (p=nan)", "-"]
     assert rows["vs lstm (paired)"][1] == "+0.200 (p=nan)"
+    # runs.jsonl keeps the runs as they were written: agent and setting apart.
+    kept = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["agent"], r["setting"]) for r in kept) == sorted((r["agent"], r["setting"]) for r in results)

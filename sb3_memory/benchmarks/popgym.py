@@ -495,6 +495,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, agents:
     ``popgym.png``. With several ``settings``, a MemoryPPO agent has a column per setting (:func:`column`),
     compared with its column under the first.
     """
+    records = results  # as the runs wrote them, for runs.jsonl
     by_setting = {column(r["agent"], r.get("setting", settings[0]), settings): r["agent"] for r in results}
     results = [{**r, "agent": column(r["agent"], r.get("setting", settings[0]), settings)} for r in results]
     firsts = {label: agent for label, agent in by_setting.items() if label != agent}
@@ -540,7 +541,7 @@ def write_report(results: list[dict[str, Any]], out: Path, command: str, agents:
         lines += score_table(timed, envs, agents, timed=True, firsts=firsts)
     out.mkdir(parents=True, exist_ok=True)
     (out / "popgym.md").write_text("\n".join(lines) + "\n")
-    kept = sorted(results, key=lambda r: (r["env"], r["algo"], r["seed"]))
+    kept = sorted(records, key=lambda r: (r["env"], r["algo"], r.get("setting", ""), r["seed"]))
     (out / "runs.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     plot(results, envs, agents, out / "popgym.png")
 
