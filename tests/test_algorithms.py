@@ -221,7 +221,7 @@ class RecordSteps(BaseCallback):
         self.infos: list[list[dict]] = []
 
     def _on_rollout_start(self) -> None:
-        self._entering = self.model._last_memory_state.clone()
+        self._entering = self.model._last_memory_state.clone()  # type: ignore[attr-defined]
 
     def _on_step(self) -> bool:
         # Called before collect_rollouts adds the timeout bootstrap to ``rewards`` in place. The
