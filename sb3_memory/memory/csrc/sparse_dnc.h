@@ -124,11 +124,11 @@ struct SparseDnc : CoreView {
   void load(const F* from, const F* init, F* s, Work& wk) const {
     wk.scan.load(c, from, init, c.off_usage, s);
     find_support(s, wk);
-    find_link_rows(s, init, wk);
+    find_link_rows(s, wk);
   }
 
   // The rows of s's link that may differ from the initial link (LinkRows).
-  void find_link_rows(const F* s, const F* /*init*/, Work& wk) const {
+  void find_link_rows(const F* s, Work& wk) const {
     LinkRows& links = wk.links;
     const int64_t n = c.N;
     const bool laid_out = (c.init_layout & kInit_laid_out_link) != 0;
@@ -498,10 +498,10 @@ struct SparseDnc : CoreView {
     }
   };
 
-  void begin_segment(const F* start, const F* init, F* s, Work& wk) const {
+  void begin_segment(const F* start, const F* /*init*/, F* s, Work& wk) const {
     std::copy(start, start + c.D, s);
     find_support(s, wk);
-    find_link_rows(s, init, wk);
+    find_link_rows(s, wk);
   }
 
   void replay(F* s, const F* tape, Work& wk, Log& log) const { replay(s, tape, wk, log.usage, log.link); }
