@@ -155,6 +155,8 @@ def test_tiny_grid_end_to_end_then_resumed(tmp_path, capsys):
         (["--seeds", "0", "0"], "a seed is repeated"),
         (["--setting", "a2c"], "settings with algo= are for recipe.py"),
         (["--setting", "gama=0.5"], "MemoryPPO has no argument gama"),
+        (["--setting", "chunk=64+env.previous_action=True"], "'env.previous_action=True' is not an environment option"),
+        (["--setting", "env.previous_action_reward=yes"], "is not an environment option"),
     ],
 )
 def test_argument_errors_name_the_problem(tmp_path, capsys, argv, message):
@@ -194,6 +196,44 @@ def test_every_agent_builds_its_model_with_the_one_recipe():
     assert setting_model.gamma == 0.5 and setting_model.policy.critic_memory == "shared"
     baseline = bench.make_model("ppo", bench.make_env("RepeatFirst", "easy", 8, 0), 0, setting="gamma=0.5")
     assert baseline.gamma == 0.99  # settings are for the memory agents; the baselines keep the recipe
+
+
+def test_previous_action_reward_setting_reaches_the_memory_agents_envs_only(tmp_path, monkeypatch):
+    """``env.previous_action_reward=True`` appends the one-hot previous action and the reward to what
+    the MemoryPPO agents observe (a discrete observation made one-hot first); the baselines, which
+    have no settings, observe the plain environment."""
+    assert bench.split_setting("chunk=64+env.previous_action_reward=True") == ("chunk=64", {"previous_action_reward": True})
+    assert bench.split_setting("env.previous_action_reward=True") == ("library", {"previous_action_reward": True})
+    assert bench.check_setting("env.previous_action_reward=True+gamma=0.5") == ({"gamma": 0.5}, {})
+
+    plain = bench.make_env("RepeatPrevious", "easy", 2, seed=3)
+    extended = bench.make_env("RepeatPrevious", "easy", 2, seed=3, previous_action_reward=True)
+    n_actions = int(plain.action_space.n)
+    width = int(plain.observation_space.n)  # a card: Discrete, which SB3 would make one-hot
+    assert extended.observation_space.shape == (width + n_actions + 1,)
+    first_plain, first = plain.reset(), extended.reset()
+    np.testing.assert_array_equal(first[:, :width], np.eye(width)[first_plain])
+    assert not first[:, width:].any()  # no action or reward before the first step
+    actions = np.array([1, n_actions - 1])
+    observed_plain, rewards, _, _ = plain.step(actions)
+    observed, rewards_extended, _, _ = extended.step(actions)
+    np.testing.assert_array_equal(rewards_extended, rewards)
+    np.testing.assert_array_equal(observed[:, :width], np.eye(width)[observed_plain])
+    np.testing.assert_array_equal(observed[:, width : width + n_actions], np.eye(n_actions)[actions])
+    np.testing.assert_allclose(observed[:, -1], rewards)
+    plain.close(), extended.close()
+
+    seen = {}
+
+    def record(agent, env, seed, setting="library"):
+        seen[agent] = env.observation_space.shape
+        raise KeyboardInterrupt  # stop before training
+
+    monkeypatch.setattr(bench, "make_model", record)
+    for agent in ("dnc", "ppo"):
+        with pytest.raises(KeyboardInterrupt):
+            bench.run_one(tmp_path, "RepeatPrevious", "easy", agent, 0, 64, 64, setting="env.previous_action_reward=True")
+    assert seen == {"dnc": (width + n_actions + 1,), "ppo": ()}
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ Usage:
         --steps 150000 --wall-clock 600 --workers 2 --out runs/popgym
     python -m sb3_memory.benchmarks.popgym --envs all --setting chunk=64 ...   # a memory setting (recipe.py)
     python -m sb3_memory.benchmarks.popgym --envs all --agents dnc lstm --setting library chunk=64 ...  # defaults search
+    python -m sb3_memory.benchmarks.popgym --envs all --setting env.previous_action_reward=True ...  # inputs
 """
 
 import argparse
@@ -168,7 +169,7 @@ def select_envs(names: list[str], difficulties: list[str]) -> list[tuple[str, st
     return [(name, difficulty) for name in chosen for difficulty in difficulties]
 
 
-def make_env(name: str, difficulty: str, n_envs: int, seed: int) -> Any:
+def make_env(name: str, difficulty: str, n_envs: int, seed: int, previous_action_reward: bool = False) -> Any:
     """
     ``n_envs`` copies of a POPGym environment, each in a ``Monitor``, seeded ``seed``, ``seed + 1``, ...
 
@@ -176,19 +177,31 @@ def make_env(name: str, difficulty: str, n_envs: int, seed: int) -> Any:
     become one vector of one-hot parts: SB3 takes no tuple spaces, and sb3-contrib's RecurrentPPO
     fails on multi-discrete ones (a numpy integer as the LSTM's input size); the one-hot vector is
     what SB3 would make of a multi-discrete observation anyway, so every agent sees the same input.
+
+    :param previous_action_reward: append the previous action (one-hot) and reward to every
+        observation (:class:`~sb3_memory.envs.wrappers.PreviousActionReward`); a discrete
+        observation is made one-hot first, so that the result stays one flat vector
     """
     import gymnasium as gym
     from stable_baselines3.common.env_util import make_vec_env
 
+    from sb3_memory.envs.wrappers import PreviousActionReward
+
     env_id = popgym_envs()[name, difficulty]
     probe = gym.make(env_id)
-    flatten = isinstance(probe.observation_space, (gym.spaces.Tuple, gym.spaces.MultiDiscrete))
+    flat_kinds = (gym.spaces.Tuple, gym.spaces.MultiDiscrete) + ((gym.spaces.Discrete,) if previous_action_reward else ())
+    flatten = isinstance(probe.observation_space, flat_kinds)
     probe.close()
-    wrapper = gym.wrappers.FlattenObservation if flatten else None
+
+    def wrapper(env: gym.Env) -> gym.Env:
+        env = gym.wrappers.FlattenObservation(env) if flatten else env
+        return PreviousActionReward(env) if previous_action_reward else env
+
     with warnings.catch_warnings():
         # make_vec_env asks every env for rgb_array rendering, which POPGym's do not list; no run renders.
         warnings.filterwarnings("ignore", message=".*render_mode.*")
-        return make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper)
+        wrapper_class = wrapper if flatten or previous_action_reward else None
+        return make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper_class)
 
 
 def return_bounds(name: str, difficulty: str) -> tuple[float, float]:
@@ -214,17 +227,45 @@ def normalised(value: float, bounds: tuple[float, float]) -> float:
     return (value - low) / (high - low)
 
 
+#: The environment options a setting may hold (``env.<name>=True``), with their defaults: they change
+#: what the MemoryPPO agents observe, which no argument of the algorithm or the policy can.
+ENV_OPTIONS: dict[str, bool] = {"previous_action_reward": False}
+
+
+def split_setting(setting: str) -> tuple[str, dict[str, bool]]:
+    """
+    A setting's environment options (``env.previous_action_reward=True``) apart from the rest.
+
+    :return: the setting without them (``library`` when nothing is left) and the options, every
+        name of :data:`ENV_OPTIONS` given
+    :raises ValueError: for an unknown option, or a value other than True or False
+    """
+    options, rest = dict(ENV_OPTIONS), []
+    for item in setting.split("+"):
+        if not item.startswith("env."):
+            rest.append(item)
+            continue
+        key, _, text = item.removeprefix("env.").partition("=")
+        if key not in ENV_OPTIONS or text not in ("True", "False"):
+            known = ", ".join(f"env.{name}=True" for name in ENV_OPTIONS)
+            raise ValueError(f"setting {setting!r}: {item!r} is not an environment option (they are {known})")
+        options[key] = text == "True"
+    return "+".join(rest) or "library", options
+
+
 def check_setting(setting: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     A memory setting of :mod:`sb3_memory.experiments.recipe` (``library``, ``chunk=64``,
-    ``policy.critic_memory=shared+gamma=0.9``...), for the MemoryPPO agents.
+    ``policy.critic_memory=shared+gamma=0.9``...), for the MemoryPPO agents. It may also hold the
+    environment options of :func:`split_setting` (``chunk=64+env.previous_action_reward=True``),
+    which this leaves out.
 
     :return: MemoryPPO overrides and ``policy_kwargs`` overrides
     :raises ValueError: for an unknown setting, or one that changes the algorithm
     """
     from sb3_memory.experiments.recipe import setting_overrides
 
-    algo_overrides, policy_overrides = setting_overrides(setting)
+    algo_overrides, policy_overrides = setting_overrides(split_setting(setting)[0])
     if "algo" in algo_overrides:
         raise ValueError(f"--setting {setting}: the benchmark runs MemoryPPO agents; settings with algo= are for recipe.py")
     return algo_overrides, policy_overrides
@@ -336,7 +377,8 @@ def run_one(
     from sb3_memory.common.callbacks import StopTrainingOnWallClock
 
     torch.set_num_threads(1)
-    env = make_env(name, difficulty, RECIPE["n_envs"], seed)
+    env_options = split_setting(setting)[1] if AGENTS[agent].algorithm == "MemoryPPO" else dict(ENV_OPTIONS)
+    env = make_env(name, difficulty, RECIPE["n_envs"], seed, **env_options)
     model = make_model(agent, env, seed, setting)
     returns = _episode_returns_callback(eval_freq)
     callbacks: list[Any] = [returns]
@@ -641,7 +683,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         dest="settings",
         nargs="+",
         default=["library"],
-        help="memory settings of recipe.py for the MemoryPPO agents: each runs under every one (defaults search)",
+        help="memory settings of recipe.py for the MemoryPPO agents, each may add env.previous_action_reward=True: "
+        "each agent runs under every one (defaults search)",
     )
     parser.add_argument(
         "--workers", type=_positive_int, default=1, help="runs at a time, as tasks of a local Ray instance (> 1)"
