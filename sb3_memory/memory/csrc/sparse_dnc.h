@@ -53,17 +53,13 @@ struct SparseDnc : CoreView {
     }
   };
 
-  // Whether row i of a link (values, column indices) is the laid-out initial row: values 0 (the
-  // bits: -0 differs) and columns i..i+K-1 mod N. No early exit: the loop vectorises, and at large
-  // N it runs over every row at every call.
+  // Whether row i of a link (values, column indices) is the laid-out initial row: values 0 and
+  // columns i..i+K-1 mod N, compared as bits like find_link_rows' blocks (-0 differs from 0, which
+  // only makes a row count that need not). No early exit: the loop vectorises.
   static bool initial_link_row(const F* values, const F* index, int64_t i, int64_t k, int64_t n) {
-    typename FloatBits<F>::Int bits = 0;
-    bool other_column = false;
-    for (int64_t m = 0; m < k; ++m) {
-      bits |= to_bits(values[m]);
-      other_column |= index[m] != F(wrap(i + m, n));
-    }
-    return bits == 0 && !other_column;
+    typename FloatBits<F>::Int differ = 0;
+    for (int64_t m = 0; m < k; ++m) differ |= to_bits(values[m]) | (to_bits(index[m]) ^ to_bits(F(wrap(i + m, n))));
+    return differ == 0;
   }
 
   // Whether init's link is laid out as addressing.initial_link_index lays it out (kInit_laid_out_link).
