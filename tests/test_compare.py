@@ -143,6 +143,7 @@ def test_report_rows(tmp_path):
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # 45 s starting Ray; the failed-run test covers a 2-worker Ray in the fast suite
 def test_grid_runs_on_a_two_worker_ray_and_resumes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("ray")
     from sb3_memory.experiments import compare

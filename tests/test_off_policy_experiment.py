@@ -85,6 +85,7 @@ def test_equal_time_table_reports_each_runs_steps():
     assert row.endswith("| 4000 | 60 | 59 | 100 |")  # medians: steps 4000, wall 60 s, CPU 59 s, rate of 100, 50, 100
 
 
+@pytest.mark.slow  # 45 s of RecurrentPPO training
 def test_a_recurrent_ppo_run_trains_on_its_entrys_envs_and_records_its_score(tmp_path):
     """One rollout of RecurrentPPO on PendulumNoVel: the entry's 4 envs x 1024 steps, scored and saved."""
     args = argparse.Namespace(task="pendulum", steps=1, wall_clock=None, clock="cpu", out=tmp_path)

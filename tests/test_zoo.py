@@ -258,6 +258,7 @@ def test_memory_dqn_trains_and_enjoys_through_the_zoo(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a learning test: 30 s of training
 def test_quickstart_config_solves_its_task(tmp_path):
     """The README's zoo example as written: train with quickstart.yml, then enjoy reports >= 90% success."""
     env_id = "sb3_memory/PassiveTMazeJunction-v0"
@@ -527,7 +528,8 @@ def _wait_for_a_claimed_trial(study_name: str, storage: Any, process: subprocess
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("backend", ["journal", "url"])
+# The URL storage (25 s) runs with the slow tests; the journal (18 s) in the fast suite.
+@pytest.mark.parametrize("backend", ["journal", pytest.param("url", marks=pytest.mark.slow)])
 def test_two_workers_share_one_study(tmp_path, backend):
     """A journal file, or a database URL (SQLite here; PostgreSQL and MySQL URLs take the same path)."""
     (tmp_path / "tuning").mkdir()
