@@ -200,8 +200,7 @@ def make_env(name: str, difficulty: str, n_envs: int, seed: int, previous_action
     with warnings.catch_warnings():
         # make_vec_env asks every env for rgb_array rendering, which POPGym's do not list; no run renders.
         warnings.filterwarnings("ignore", message=".*render_mode.*")
-        wrapper_class = wrapper if flatten or previous_action_reward else None
-        return make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper_class)
+        return make_vec_env(env_id, n_envs=n_envs, seed=seed, wrapper_class=wrapper)
 
 
 def return_bounds(name: str, difficulty: str) -> tuple[float, float]:
