@@ -268,6 +268,57 @@ def test_native_sparse_scans_of_a_mostly_unwritten_memory_equal_the_reference(na
     assert (unwritten > 16).all() and (unwritten < 64).all()  # the shortcut was taken, and rows were written
 
 
+def _unmarked_slots(core_: MemoryCore, state) -> torch.Tensor:
+    """(B, N) booleans: the slots in blocks that a state's written_blocks leaves unmarked."""
+    blocks = state.written_blocks == 0
+    return blocks.repeat_interleave(addressing.WRITTEN_BLOCK_ROWS, dim=1)[:, : core_.memory_units]
+
+
+@pytest.mark.parametrize("name", ["ntm", "dnc"])
+def test_native_sparse_cores_read_only_marked_blocks_and_equal_the_reference(name):
+    """
+    With 300 slots (four blocks of 64 and a partial one) and K = 2, an episode touches a few
+    blocks; the kernels read only those (written_blocks) and agree with the reference, which reads
+    every slot. The record is exact: outside the marked blocks every field still holds the initial
+    state's bits, in both paths' final states.
+    """
+    core_ = make_core(name, "lstm", torch.float64, sparse_top_k=2, memory_units=300)
+    assert_paths_agree(core_, torch.float64, steps=32, batch=8, **TOLERANCES[torch.float64])
+    x, starts, flat = chunk(core_, torch.float64, steps=32, batch=8)
+    initial = core_.initial_state(8, dtype=torch.float64)
+    for path in ("reference", "native"):
+        final = core_.unflatten_state(run(core_, path, x, starts, flat)["final state"])
+        unmarked = _unmarked_slots(core_, final)
+        assert unmarked.any(dim=1).all() and not unmarked.all(dim=1).any()  # some blocks touched, not all
+        for field in ("memory", "usage", "link_values", "link_index", "read_weights", "write_weights", "precedence"):
+            if hasattr(final, field):
+                got, fresh = getattr(final, field), getattr(initial, field)
+                slots = unmarked.view(8, *([1] * (got.dim() - 2)), -1) if field.endswith("weights") else unmarked
+                same = got.view(torch.int64) == fresh.view(torch.int64)
+                same = same if same.dim() == slots.dim() else same.all(dim=-1)
+                assert bool(same[slots.expand_as(same)].all()), f"{path}: {field} changed in an unmarked block"
+
+
+@pytest.mark.parametrize("name", ["ntm", "dnc"])
+def test_a_state_edited_in_a_marked_block_is_read_by_the_kernels(name):
+    """
+    A hand-made state must mark the blocks it edits: then the kernels read them, as the reference
+    does (an edit in an unmarked block would be one they skip, see ``written_blocks_shape``).
+    """
+    core_ = make_core(name, "lstm", torch.float64, sparse_top_k=2, memory_units=300)
+    x, _, flat = chunk(core_, torch.float64, steps=8, batch=4)
+    state = core_.unflatten_state(flat)
+    unmarked = _unmarked_slots(core_, state)
+    slot = int(unmarked[0].nonzero()[-1])
+    memory, blocks = state.memory.clone(), state.written_blocks.clone()
+    memory[:, slot] = torch.linspace(-1.0, 1.0, core_.memory_unit_size, dtype=torch.float64)  # a strong match
+    blocks[:, slot // addressing.WRITTEN_BLOCK_ROWS] = 1.0
+    flat = core_.flatten_state(state._replace(memory=memory, written_blocks=blocks))
+    reference, fused = run(core_, "reference", x, None, flat), run(core_, "native", x, None, flat)
+    for key in reference:
+        torch.testing.assert_close(fused[key], reference[key], **TOLERANCES[torch.float64], msg=_labelled(key))
+
+
 def test_native_sparse_dnc_scans_a_slot_whose_usage_changed_while_its_row_stayed_unwritten():
     """
     A previous write weight too small to move a row's bits still raises its usage: the slot becomes
@@ -370,9 +421,28 @@ def test_native_sparse_dnc_tape_does_not_grow_with_the_memory():
 
 
 def test_native_sparse_ntm_with_every_slot_kept_is_the_dense_ntm():
+    """The sparse state is the dense one and its written_blocks (last): with the one block marked,
+    and the random loss's weight 0 on it, the numbers are the dense core's."""
     dense, sparse = (make_core("ntm", "lstm", torch.float64, sparse_top_k=k) for k in (None, 9))
     x, starts, flat = chunk(dense, torch.float64)
-    expected, got = run(dense, "native", x, starts, flat), run(sparse, "native", x, starts, flat)
+    expected = run(dense, "native", x, starts, flat)
+    sparse.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    marked = torch.cat([flat, torch.ones(flat.shape[0], 1, dtype=flat.dtype)], dim=1).requires_grad_(True)
+    features, final = sparse.forward_flat(x, marked, starts)
+    assert torch.equal(final[:, -1], torch.ones(flat.shape[0], dtype=flat.dtype))
+    generator = torch.Generator().manual_seed(1)  # run()'s loss on the dense part
+    loss = (features * torch.randn(features.shape, generator=generator, dtype=x.dtype)).sum()
+    loss = loss + (final[:, :-1] * torch.randn(flat.shape, generator=generator, dtype=x.dtype)).sum()
+    loss.backward()
+    got = {
+        "features": features.detach(),
+        "final state": final[:, :-1].detach(),
+        "x": x.grad,
+        "initial state": marked.grad[:, :-1],
+        **{name: p.grad for name, p in sparse.named_parameters()},
+    }
+    assert torch.equal(marked.grad[:, -1], torch.zeros(flat.shape[0], dtype=flat.dtype))
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-10, msg=_labelled(key))
 
@@ -581,6 +651,7 @@ def _library_values(**changes):
             "status_names",
             "core_names",
             "controller_names",
+            "written_block_rows",
         )
     }
     return {**values, **changes}
@@ -600,6 +671,8 @@ def test_an_interface_mismatch_is_named_at_load():
         native.Interface(_FakeLibrary(**_library_values(abi_version=old)))
     with pytest.raises(native.NativeUnavailableError, match=r"SmemConfig is 8 bytes.*disagree"):
         native.Interface(_FakeLibrary(**_library_values(config_size=8)))
+    with pytest.raises(native.NativeUnavailableError, match=r"written_blocks of 32 slots, the reference of 64"):
+        native.Interface(_FakeLibrary(**_library_values(written_block_rows=32)))
     # a field the C++ lists but Python's core does not fill in is named too
     core_ = make_core("ntm", "lstm")
     config = core_.native_config()

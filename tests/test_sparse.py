@@ -154,6 +154,19 @@ def random_sparse_write(generator, batch: int, n: int, k: int) -> torch.Tensor:
     return addressing.top_k_weights(torch.softmax(logits, -1) * gate, k)
 
 
+def test_hand_written_blocks():
+    """Blocks of 64 slots: 130 slots make three, the last of two slots."""
+    assert addressing.WRITTEN_BLOCK_ROWS == 64 and addressing.written_block_count(130) == 3
+    read, write = torch.zeros(2, 2, 130), torch.zeros(2, 1, 130)
+    read[0, 1, 70] = 0.5  # batch row 0: block 1, by its second read head
+    write[0, 0, 129] = -0.0  # a signed zero is no weight
+    write[1, 0, 128] = 1e-30  # batch row 1: block 2, by its last but one slot
+    before = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    marked = addressing.written_blocks(before, [read, write])
+    assert torch.equal(marked, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]))
+    assert torch.equal(addressing.written_blocks(marked, [torch.zeros(2, 130)]), marked)  # marks stay
+
+
 def test_sparse_link_is_the_dense_link_with_k_entries_per_row():
     """Over a sequence of sparse writes, the compact link equals the dense update with each row cut to its top k."""
     generator = torch.Generator().manual_seed(4)
@@ -243,6 +256,8 @@ def test_k_equal_to_memory_units_is_the_dense_core_with_its_gradients(cls):
     features_sparse, state_sparse = run(sparse)
     torch.testing.assert_close(features_sparse, features_dense, rtol=0, atol=1e-12)
     fields_dense, fields_sparse = state_dense._asdict(), state_sparse._asdict()
+    # The sparse state's record of the blocks it touched: one block of 16 slots, touched at once.
+    assert torch.equal(fields_sparse.pop("written_blocks"), torch.ones(3, 1))
     if cls is DNCCell:  # the same link, held as N entries per row
         fields_sparse["link"] = addressing.dense_link(fields_sparse.pop("link_values"), fields_sparse.pop("link_index").long())
     assert fields_sparse.keys() == fields_dense.keys()

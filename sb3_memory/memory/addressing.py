@@ -9,6 +9,7 @@ These functions are the reference (the oracle of the native kernels, :mod:`.nati
 tensors.
 """
 
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -17,6 +18,10 @@ from torch import Tensor
 # Keeps usage strictly inside (0, 1): an exactly free slot would make the allocation product
 # and its gradient degenerate (same choice as deepmind/dnc).
 USAGE_EPS = 1e-6
+
+# Slots per block of a sparse core's ``written_blocks`` state field (:func:`written_blocks`). The
+# kernels check rows in blocks of this many and report theirs (native.py compares the two).
+WRITTEN_BLOCK_ROWS = 64
 
 
 def cosine_similarity(memory: Tensor, keys: Tensor, eps: float = 1e-6) -> Tensor:
@@ -158,6 +163,33 @@ def top_k_weights(weights: Tensor, k: int, renormalise: bool = False, eps: float
     if renormalise:
         values = values / values.sum(dim=-1, keepdim=True).clamp_min(eps)
     return torch.zeros_like(weights).scatter(-1, index, values)
+
+
+def written_block_count(n: int) -> int:
+    """Blocks of :data:`WRITTEN_BLOCK_ROWS` slots that cover ``n`` slots."""
+    return -(-n // WRITTEN_BLOCK_ROWS)
+
+
+def written_blocks(blocks: Tensor, weightings: Sequence[Tensor]) -> Tensor:
+    """
+    A sparse core's record of where its state may differ from a fresh episode's: the blocks of
+    :data:`WRITTEN_BLOCK_ROWS` slots marked before, and every block where one of ``weightings`` has
+    a non-zero weight now. A sparse step changes a slot's memory row, usage, precedence or link row
+    only where a weighting it reads or writes is non-zero, so a block never marked still holds the
+    initial rows, bit for bit. The native kernels read only the marked blocks, so that a step costs
+    what the episode touched, not N; the reference computes the record too, so that both paths give
+    the same state. Not differentiable (a gradient is 0).
+
+    :param blocks: (B, ceil(N / WRITTEN_BLOCK_ROWS)), 1 where marked, else 0
+    :param weightings: each (B, ..., N)
+    :return: like ``blocks``
+    """
+    batch, n = weightings[0].shape[0], weightings[0].shape[-1]
+    touched = torch.stack([(weights != 0).reshape(batch, -1, n).any(dim=1) for weights in weightings]).any(dim=0)
+    padding = torch.zeros(batch, blocks.shape[1] * WRITTEN_BLOCK_ROWS - n, dtype=torch.bool, device=blocks.device)
+    touched = torch.cat([touched, padding], dim=1).view(batch, -1, WRITTEN_BLOCK_ROWS)
+    marked = touched.any(dim=-1) | (blocks != 0)
+    return marked.to(blocks.dtype)
 
 
 def interpolate(content_w: Tensor, prev_w: Tensor, gate: Tensor) -> Tensor:

@@ -456,6 +456,8 @@ class ExternalMemoryCore(MemoryCore):
     sparse_top_k: Optional[int] = None
     # What else a dense step updates, besides the slots, for the warning on large dense memories.
     dense_extra_state: str = ""
+    # The state's weightings, whose non-zero slots mark a sparse state's written_blocks.
+    weighting_fields: tuple[str, ...] = ("read_weights", "write_weights")
 
     def __init__(
         self,
@@ -510,6 +512,26 @@ class ExternalMemoryCore(MemoryCore):
         if not bool((initial == initial[:, :1]).all()):
             return None
         return (memory == initial).all(dim=-1)
+
+    def written_blocks_shape(self) -> dict[str, tuple[int, ...]]:
+        """
+        The sparse state's last field, ``written_blocks`` (absent when dense): one entry per block of
+        :data:`~sb3_memory.memory.addressing.WRITTEN_BLOCK_ROWS` slots, 1 where the episode's
+        weightings have touched the block, so that the native kernels read those blocks and not
+        all N slots (:func:`~sb3_memory.memory.addressing.written_blocks`). A state edited by hand
+        outside the marked blocks must mark them (set the field to 1), or the kernels will not see
+        the edit.
+        """
+        if self.sparse_top_k is None:
+            return {}
+        return {"written_blocks": (addressing.written_block_count(self.memory_units),)}
+
+    def mark_written_blocks(self, state: State) -> State:
+        """``state`` with the blocks its weightings touch marked in ``written_blocks`` (sparse cores)."""
+        if self.sparse_top_k is None:
+            return state
+        weightings = [getattr(state, name) for name in self.weighting_fields]
+        return state._replace(written_blocks=addressing.written_blocks(state.written_blocks, weightings))
 
     @property
     def output_dim(self) -> int:

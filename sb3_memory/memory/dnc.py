@@ -37,6 +37,7 @@ class SparseDNCState(NamedTuple):
     link_index: Tensor  # (B, N, K) column indices, held as floats (exact below 2^24 slots in float32)
     controller_hidden: Tensor  # (B, C), (B, 0) for an mlp controller
     controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
+    written_blocks: Tensor  # (B, ceil(N / 64)), see ExternalMemoryCore.written_blocks_shape
 
 
 # How the allocation weighting ranks the slots by usage (DNCCell's ``allocation``).
@@ -89,6 +90,7 @@ class DNCCell(ExternalMemoryCore):
     """
 
     state_type: type = DNCState  # SparseDNCState with sparse_top_k
+    weighting_fields = ("read_weights", "write_weights", "precedence")
     dense_extra_state = " and an N x N link"
     native_core = "dnc"
     off_diagonal: Tensor  # 1 - I, (N, N), a buffer
@@ -178,6 +180,7 @@ class DNCCell(ExternalMemoryCore):
             **link,
             "controller_hidden": (self.controller.hidden_size,),
             "controller_cell": (self.controller.cell_size,),
+            **self.written_blocks_shape(),
         }
 
     def initial_row(self, device: torch.device, dtype: torch.dtype) -> State:
@@ -185,7 +188,7 @@ class DNCCell(ExternalMemoryCore):
         if self.sparse_top_k is None:
             return row
         index = addressing.initial_link_index(1, self.memory_units, self.sparse_top_k, device)
-        return row._replace(link_index=index.to(dtype))
+        return self.mark_written_blocks(row._replace(link_index=index.to(dtype)))
 
     def _native_config(self) -> dict[str, int]:
         return dict(
@@ -267,10 +270,20 @@ class DNCCell(ExternalMemoryCore):
         read_weights = self.sparse(addressing.read_weights(backward, read_content, forward, modes))
         read_vectors = addressing.read(memory, read_weights)
         features = torch.cat([output, read_vectors.reshape(batch, -1)], dim=1)
-        new_state = self.state_type(
-            memory, read_vectors, read_weights, write_weights.unsqueeze(1), usage, precedence, *link_fields, hidden, cell
+        fields = (
+            memory,
+            read_vectors,
+            read_weights,
+            write_weights.unsqueeze(1),
+            usage,
+            precedence,
+            *link_fields,
+            hidden,
+            cell,
         )
-        return features, new_state
+        if self.sparse_top_k is None:
+            return features, DNCState(*fields)
+        return features, self.mark_written_blocks(self.state_type(*fields, state.written_blocks))
 
     def diagnostics(self, state: State) -> dict[str, float]:
         return {

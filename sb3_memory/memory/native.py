@@ -32,12 +32,12 @@ import torch
 from filelock import FileLock
 from torch import Tensor
 
-from sb3_memory.memory import kernel_build
+from sb3_memory.memory import addressing, kernel_build
 
 PACKAGE_DIR = Path(__file__).parent
 SOURCE = kernel_build.SOURCE
 # The interface this module speaks; the library reports its own (SMEM_ABI_VERSION in csrc/interface.h).
-ABI_VERSION = 12
+ABI_VERSION = 13
 SUPPORTED_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # Weights in the order the kernels take them; a core passes None for those it does not have. With
 # w_in and b_in the kernels project the inputs themselves, one row at a time (step_input there);
@@ -113,6 +113,13 @@ class Interface:
         self.status_names = {value: name for name, value in self.statuses.items()}
         self.core_ids = _numbered(library.smem_core_names)
         self.controller_ids = _numbered(library.smem_controller_names)
+        library.smem_written_block_rows.restype = ctypes.c_int64
+        block_rows = int(library.smem_written_block_rows())
+        if block_rows != addressing.WRITTEN_BLOCK_ROWS:
+            raise NativeUnavailableError(
+                f"the kernels mark written_blocks of {block_rows} slots, the reference of "
+                f"{addressing.WRITTEN_BLOCK_ROWS}: csrc/sparse_common.h's kCheckBlock and addressing.py disagree"
+            )
 
 
 class KernelLibrary:

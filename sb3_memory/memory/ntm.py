@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from sb3_memory.memory import addressing
 from sb3_memory.memory.checks import check_int
-from sb3_memory.memory.core import ExternalMemoryCore, weighting_entropy
+from sb3_memory.memory.core import ExternalMemoryCore, State, weighting_entropy
 
 
 class NTMState(NamedTuple):
@@ -20,6 +20,18 @@ class NTMState(NamedTuple):
     write_weights: Tensor  # (B, H_w, N)
     controller_hidden: Tensor  # (B, C), (B, 0) for an mlp controller
     controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
+
+
+class SparseNTMState(NamedTuple):
+    """State of a sparse :class:`NTMCell` (``sparse_top_k=K``): the blocks of slots touched as well."""
+
+    memory: Tensor  # (B, N, W)
+    read_vectors: Tensor  # (B, R, W)
+    read_weights: Tensor  # (B, R, N), at most K non-zeros per head
+    write_weights: Tensor  # (B, H_w, N), at most K non-zeros per head
+    controller_hidden: Tensor  # (B, C), (B, 0) for an mlp controller
+    controller_cell: Tensor  # (B, C) for an lstm controller, else (B, 0)
+    written_blocks: Tensor  # (B, ceil(N / 64)), see ExternalMemoryCore.written_blocks_shape
 
 
 class NTMCell(ExternalMemoryCore):
@@ -52,7 +64,7 @@ class NTMCell(ExternalMemoryCore):
         its K largest entries, renormalised; ``None`` (default) for the dense NTM
     """
 
-    state_type = NTMState
+    state_type: type = NTMState  # SparseNTMState with sparse_top_k
     native_core = "ntm"
     shift_index: Tensor  # (N, 2k + 1), a buffer
 
@@ -85,6 +97,8 @@ class NTMCell(ExternalMemoryCore):
             backend,
             sparse_top_k,
         )
+        if self.sparse_top_k is not None:
+            self.state_type = SparseNTMState
         n, w, k = self.memory_units, self.memory_unit_size, self.shift_range
         if 2 * k + 1 > n:
             raise ValueError(
@@ -108,6 +122,7 @@ class NTMCell(ExternalMemoryCore):
             "write_weights": (self.num_write_heads, n),
             "controller_hidden": (self.controller.hidden_size,),
             "controller_cell": (self.controller.cell_size,),
+            **self.written_blocks_shape(),
         }
 
     def _native_config(self) -> dict[str, int]:
@@ -121,17 +136,18 @@ class NTMCell(ExternalMemoryCore):
             top_k=self.sparse_top_k or 0,
         )
 
-    def initial_row(self, device: torch.device, dtype: torch.dtype) -> NTMState:
+    def initial_row(self, device: torch.device, dtype: torch.dtype) -> State:
         row = super().initial_row(device, dtype)
         focused = torch.zeros_like(row.read_weights[..., :1, :])
         focused[..., 0] = 1.0
-        return row._replace(
+        row = row._replace(
             read_vectors=addressing.read(row.memory, focused.expand_as(row.read_weights)),
             read_weights=focused.expand_as(row.read_weights).clone(),
             write_weights=focused.expand_as(row.write_weights).clone(),
         )
+        return self.mark_written_blocks(row)
 
-    def step(self, projected_input: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
+    def step(self, projected_input: Tensor, state: State) -> tuple[Tensor, State]:
         batch = projected_input.shape[0]
         w, reads, writes = self.memory_unit_size, self.num_read_heads, self.num_write_heads
         output, hidden, cell = self.controller.step(
@@ -164,7 +180,10 @@ class NTMCell(ExternalMemoryCore):
         memory = addressing.write(state.memory, write_weights, erase, add)
         read_vectors = addressing.read(memory, read_weights)
         features = torch.cat([output, read_vectors.reshape(batch, -1)], dim=1)
-        return features, NTMState(memory, read_vectors, read_weights, write_weights, hidden, cell)
+        fields = (memory, read_vectors, read_weights, write_weights, hidden, cell)
+        if self.sparse_top_k is None:
+            return features, NTMState(*fields)
+        return features, self.mark_written_blocks(self.state_type(*fields, state.written_blocks))
 
     def diagnostics(self, state: NTMState) -> dict[str, float]:
         return {

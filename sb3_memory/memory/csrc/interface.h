@@ -10,7 +10,7 @@ extern "C" {
 // The calling interface, written once. native.py builds its ctypes structures from the field
 // lists that smem_config_fields/smem_buffer_fields export, and checks the sizes and the ABI version
 // at load, so the two sides cannot drift apart.
-#define SMEM_ABI_VERSION 12  // bump whenever the interface or the calling convention changes
+#define SMEM_ABI_VERSION 13  // bump whenever the interface or the calling convention changes
 
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   I input size; G width of the projected input (gates * C); C controller output size; K columns of the
@@ -19,12 +19,15 @@ extern "C" {
 //   slots a weighting keeps (sparse_top_k, 0 for the dense model; the sparse DNC's link then keeps
 //   top_k values and column indices per row, at off_link_values and off_link_index); init_layout
 //   what smem_init_layout found in the initial row (SmemInitLayout bits; 0 assumes nothing, which
-//   is always right but makes a sparse core check every row of the state at every call).
+//   is always right but makes a sparse core check every row of the state at every call);
+//   off_written_blocks where a sparse state's written_blocks field starts (one entry per
+//   smem_written_block_rows() slots, non-zero where the episode's weightings touched the block:
+//   the sparse cores read only those blocks of the memory, usage, link and weightings).
 #define SMEM_CONFIG_FIELDS(X)                                                                      \
   X(core) X(controller) X(T) X(B) X(I) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)            \
   X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
   X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size) \
-  X(top_k) X(off_link_values) X(off_link_index) X(init_layout)
+  X(top_k) X(off_link_values) X(off_link_index) X(init_layout) X(off_written_blocks)
 
 // Every buffer is a pointer; null where it does not apply (see the comments in SmemBuffers' users):
 // starts null = no episode starts; w_rec null when K == 0; w_hid/b_hid GRU only; w_if/b_if

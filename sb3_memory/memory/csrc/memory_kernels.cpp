@@ -75,6 +75,9 @@ const char* smem_status_names() { return SMEM_STATUS_CODES(SMEM_NAME_VALUE); }
 const char* smem_core_names() { return SMEM_CORE_KINDS(SMEM_NAME_VALUE); }
 const char* smem_controller_names() { return SMEM_CONTROLLER_KINDS(SMEM_NAME_VALUE); }
 
+// The slots per entry of a sparse state's written_blocks field (addressing.WRITTEN_BLOCK_ROWS).
+int64_t smem_written_block_rows() { return kCheckBlock; }
+
 int64_t smem_tape_size(const SmemConfig* c) { return make_tape(*c).size; }
 
 // Offsets in a step's tape record of what the weight gradients are made of: the controller's

@@ -71,17 +71,46 @@ struct SlotMap {
 // i mod n for i in [-n, 2n): shifts move a slot by less than N (no division in the inner loops).
 constexpr int64_t kScanBlock = 512;  // rows per block of a content scan: its logits stay in L1
 
+// Rows a whole-state check tests together: at large N nearly every block is untouched, and a
+// block's test is one vectorised pass with no reduction per row. Also the slots per entry of a
+// sparse state's written_blocks field (addressing.written_blocks).
+constexpr int64_t kCheckBlock = 64;
+
+// Whether the block of kCheckBlock slots from b0 may differ from the initial state's: marked in a
+// state's written_blocks field (written), or every block where there is no field to read (null).
+template <typename F>
+bool block_marked(const F* written, int64_t b0) {
+  return !written || written[b0 / kCheckBlock] != F(0);
+}
+
+// A state's written_blocks field, or null (every block counts) where the initial state does not
+// let its unmarked blocks be skipped (uniform: its rows alike, and what else the caller checks).
+template <typename F>
+const F* written_blocks(const SmemConfig& c, const F* s, bool uniform) {
+  return uniform ? s + c.off_written_blocks : nullptr;
+}
+
+// Entries of a sparse state's written_blocks field.
+inline int64_t written_block_count(const SmemConfig& c) { return (c.N + kCheckBlock - 1) / kCheckBlock; }
+
+// Slot i's block marked in written_blocks: a weighting of the state touches it.
+template <typename F>
+void mark_written(const SmemConfig& c, F* s, int64_t i) {
+  s[c.off_written_blocks + i / kCheckBlock] = F(1);
+}
+
 inline int64_t wrap(int64_t i, int64_t n) { return i < 0 ? i + n : (i >= n ? i - n : i); }
 
-// The slots of a weighting with a non-zero weight, ascending. A sparse weighting is mostly zeros,
-// so blocks are tested whole first (a branch-free loop the compiler vectorises), and only a block
-// with a non-zero weight is walked slot by slot.
+// The slots of a weighting with a non-zero weight, ascending, in the blocks written marks (a
+// state's written_blocks: elsewhere every weight is 0; null: every block). A sparse weighting is
+// mostly zeros, so blocks are tested whole first (a branch-free loop the compiler vectorises), and
+// only a block with a non-zero weight is walked slot by slot.
 template <typename F>
-void nonzero_slots(const F* weights, int64_t n, std::vector<int64_t>& out) {
-  constexpr int64_t block = 64;
+void nonzero_slots(const F* weights, int64_t n, const F* written, std::vector<int64_t>& out) {
   out.clear();
-  for (int64_t b0 = 0; b0 < n; b0 += block) {
-    const int64_t len = std::min(block, n - b0);
+  for (int64_t b0 = 0; b0 < n; b0 += kCheckBlock) {
+    if (!block_marked(written, b0)) continue;
+    const int64_t len = std::min(kCheckBlock, n - b0);
     int any = 0;
 #pragma omp simd reduction(| : any)
     for (int64_t i = 0; i < len; ++i) any |= weights[b0 + i] != F(0);
@@ -112,10 +141,6 @@ bool all_bits(const F* x, F v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) differ |= to_bits(x[i]) ^ want;
   return differ == 0;
 }
-
-// Rows a whole-state check tests together: at large N nearly every block is untouched, and a
-// block's test is one vectorised pass with no reduction per row.
-constexpr int64_t kCheckBlock = 64;
 
 // What a sparse core's content scans (and the DNC's allocation) read, per batch row. memory_init
 // makes every row of the initial memory alike, and a row nobody has written since (a "pristine"
@@ -160,7 +185,8 @@ struct ScanRows {
 
   // A row's working state (in s) from a flat state (from; s itself when the state is updated in
   // place), which rows changed and their norms (a pristine row's norm is taken when a scan visits
-  // it: at large N the norms of every row were a call's largest cost outside the steps).
+  // it: at large N the norms of every row were a call's largest cost outside the steps). Only the
+  // blocks the state's written_blocks marks are read: the others hold the initial rows.
   void load(const SmemConfig& c, const F* from, const F* init_, int64_t usage_offset, F* s) {
     init = init_;
     uniform = (c.init_layout & kInit_alike_rows) != 0;
@@ -173,7 +199,9 @@ struct ScanRows {
     const F* mem = s + c.off_memory;
     if (uniform)
       for (int64_t r = 0; r < kCheckBlock; ++r) std::copy(init_row, init_row + w, init_block.data() + r * w);
+    const F* written = written_blocks(c, s, uniform);
     for (int64_t b0 = 0; b0 < c.N; b0 += kCheckBlock) {
+      if (!block_marked(written, b0)) continue;
       const int64_t len = std::min(kCheckBlock, c.N - b0);
       if (uniform && same_bits(mem + b0 * w, init_block.data(), len * w) &&
           (usage_offset < 0 || all_bits(s + usage_offset + b0, init[usage_offset], len)))

@@ -114,7 +114,8 @@ struct SparseDnc : CoreView {
   }
 
   void find_support(const F* s, Work& wk) const {
-    for (int64_t f = 0; f < c.R + 2; ++f) nonzero_slots(field(s, f), c.N, wk.support[f]);
+    const F* written = written_blocks(c, s, true);  // a weighting is 0 outside the marked blocks
+    for (int64_t f = 0; f < c.R + 2; ++f) nonzero_slots(field(s, f), c.N, written, wk.support[f]);
   }
 
   void load(const F* from, const F* init, F* s, Work& wk) const {
@@ -131,7 +132,9 @@ struct SparseDnc : CoreView {
     const F *values = s + c.off_link_values, *index = s + c.off_link_index;
     for (int64_t i : links.rows) links.in[i] = 0;
     links.rows.clear();
+    const F* written = written_blocks(c, s, laid_out);  // any other initial link: every row counts
     for (int64_t b0 = 0; b0 < n; b0 += kCheckBlock) {
+      if (!block_marked(written, b0)) continue;
       const int64_t len = std::min(kCheckBlock, n - b0);
       if (laid_out && b0 + len + k <= n + 1 && all_bits(values + b0 * k, F(0), len * k)) {
         // A block whose columns do not wrap: initial when row r names b0 + r + m (whole numbers
@@ -448,7 +451,10 @@ struct SparseDnc : CoreView {
     for (int64_t j = 0; j < k; ++j) {
       const int64_t q = int64_t(slots[j]);
       wv[q] = values[j];
-      if (values[j] != F(0)) wk.support[f].push_back(q);
+      if (values[j] != F(0)) {
+        wk.support[f].push_back(q);
+        mark_written(c, s, q);
+      }
     }
     std::sort(wk.support[f].begin(), wk.support[f].end());
   }
@@ -503,7 +509,11 @@ struct SparseDnc : CoreView {
   void replay(F* s, const F* tape, Work& wk, Log& log) const { replay(s, tape, wk, log.usage, log.link); }
 
   // The link's column indices are not differentiable (the reference holds them as numbers).
-  void finish_gradients(F* dacc) const { std::fill(dacc + c.off_link_index, dacc + c.off_link_index + c.N * k, F(0)); }
+  // Neither are the written blocks (addressing.written_blocks).
+  void finish_gradients(F* dacc) const {
+    std::fill(dacc + c.off_link_index, dacc + c.off_link_index + c.N * k, F(0));
+    std::fill(dacc + c.off_written_blocks, dacc + c.off_written_blocks + written_block_count(c), F(0));
+  }
 
   // The backward pass (sparse_dnc_backward.h).
   void replay(F* s, const F* tape, Work& wk, std::vector<F>& usage_log, std::vector<F>& link_log) const;

@@ -63,7 +63,8 @@ struct SparseNtm : CoreView {
 
   // The non-zero slots of each head's weighting in a flat state.
   void find_support(const F* s, Work& wk) const {
-    for (int64_t h = 0; h < heads; ++h) nonzero_slots(ntm.weights_of(s, h), c.N, wk.support[h]);
+    const F* written = written_blocks(c, s, true);  // a weighting is 0 outside the marked blocks
+    for (int64_t h = 0; h < heads; ++h) nonzero_slots(ntm.weights_of(s, h), c.N, written, wk.support[h]);
   }
 
   // smem_init_layout's bits for this core's initial row (it has no usage and no link).
@@ -160,6 +161,7 @@ struct SparseNtm : CoreView {
         const int64_t slot = int64_t(tape[L.wout + h * k + j]);
         wv[slot] = tape[L.wval + h * k + j];
         wk.support[h].push_back(slot);
+        if (wv[slot] != F(0)) mark_written(c, s, slot);
       }
     }
   }
@@ -233,7 +235,10 @@ struct SparseNtm : CoreView {
     find_support(s, wk);
   }
 
-  void finish_gradients(F* /*dacc*/) const {}
+  // The written blocks are not differentiable (addressing.written_blocks).
+  void finish_gradients(F* dacc) const {
+    std::fill(dacc + c.off_written_blocks, dacc + c.off_written_blocks + written_block_count(c), F(0));
+  }
 
   // Writes of one step applied again, from the undo log.
   void replay(F* s, const F* tape, Work& /*wk*/, Log& /*log*/) const {
