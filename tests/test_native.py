@@ -319,6 +319,35 @@ def test_a_state_edited_in_a_marked_block_is_read_by_the_kernels(name):
         torch.testing.assert_close(fused[key], reference[key], **TOLERANCES[torch.float64], msg=_labelled(key))
 
 
+@pytest.mark.parametrize("name,kwargs", [("ntm", {}), ("dnc", {"sparse_top_k": 2})])
+def test_a_state_given_as_columns_of_a_wider_tensor_is_read_without_a_copy(name, kwargs):
+    """
+    A policy's joint state holds the actor's and the critic's columns side by side; the kernels
+    read one core's columns in place (rows state0_stride apart), forward and backward, and give the
+    numbers of a contiguous copy to the bit, the state's gradient included.
+    """
+    core_ = make_core(name, "lstm", torch.float64, **kwargs)
+    x, starts, flat = chunk(core_, torch.float64)
+    expected = run(core_, "native", x, starts, flat)
+    joint = torch.cat([torch.randn(flat.shape[0], 3, dtype=flat.dtype), flat, torch.randn(flat.shape[0], 5)], dim=1)
+    joint.requires_grad_(True)
+    columns = joint[:, 3 : 3 + core_.state_size]
+    assert columns.stride(0) == core_.state_size + 8 and not columns.is_contiguous()
+    core_.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    features, final = core_.forward_flat(x, columns, starts)
+    generator = torch.Generator().manual_seed(1)  # run()'s loss
+    loss = (features * torch.randn(features.shape, generator=generator, dtype=x.dtype)).sum()
+    loss = loss + (final * torch.randn(final.shape, generator=generator, dtype=x.dtype)).sum()
+    loss.backward()
+    got = {"features": features.detach(), "final state": final.detach(), "x": x.grad,
+           "initial state": joint.grad[:, 3 : 3 + core_.state_size],
+           **{name: p.grad for name, p in core_.named_parameters()}}  # fmt: skip
+    assert torch.equal(joint.grad[:, :3], torch.zeros(flat.shape[0], 3, dtype=flat.dtype))
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=_labelled(key))
+
+
 def test_native_sparse_dnc_scans_a_slot_whose_usage_changed_while_its_row_stayed_unwritten():
     """
     A previous write weight too small to move a row's bits still raises its usage: the slot becomes

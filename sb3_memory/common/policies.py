@@ -331,9 +331,9 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         :return: the features ``(T, B, output_dim)`` and the new state (``state_out`` when given)
         """
         if state_out is None:
-            # The actor's or the critic's columns of a joint state are copied once here, so that
-            # the kernels' forward and backward passes (which read contiguous rows) share the copy.
-            return core.forward_flat(x, state.contiguous(), starts)
+            # The actor's or the critic's columns of a joint state go as they are: the kernels read
+            # rows any distance apart (the reference path copies each field anyway).
+            return core.forward_flat(x, state, starts)
         n_seq = state.shape[0]
         row_calls = (
             n_seq > 1

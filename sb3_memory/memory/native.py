@@ -322,8 +322,8 @@ class NativeSequence:
         self.dtype = init_row.dtype
         self.library = load_library(self.dtype)
         interface = self.interface = self.library.interface
-        # T and B are each call's; init_layout is what the library finds in init_row (below).
-        expected = set(interface.config_fields) - {"T", "B", "init_layout"}
+        # T, B and state0_stride are each call's; init_layout is what the library finds in init_row (below).
+        expected = set(interface.config_fields) - {"T", "B", "state0_stride", "init_layout"}
         # A core lists the offsets of its own state fields only; the kernels ignore the others.
         config = {**{field: 0 for field in expected if field.startswith("off_")}, **config}
         if expected != set(config):
@@ -348,8 +348,8 @@ class NativeSequence:
         config["init_layout"] = int(
             self.library.cdll.smem_init_layout(ctypes.byref(interface.config_type(*values)), self.init_row.data_ptr())
         )
-        # The configuration as the operators take it: the struct's fields in order, T and B as 0.
-        self.config_values = [0 if field in ("T", "B") else int(config[field]) for field in interface.config_fields]
+        # The configuration as the operators take it: the struct's fields in order, the call's as 0.
+        self.config_values = [int(config.get(field, 0)) for field in interface.config_fields]
         self.config = dict(config)
         probe = interface.config_type(*self.config_values)
         self.tape_size = int(self.library.cdll.smem_tape_size(ctypes.byref(probe)))
@@ -419,6 +419,8 @@ def _call(
             raise TypeError(f"{name} is {tensor.dtype}, but these kernels are {buffers['init_row'].dtype}")  # type: ignore[union-attr]
     structure = interface.config_type(*config)
     structure.T, structure.B = steps, batch
+    state0 = buffers.get("state0")
+    structure.state0_stride = structure.D if state0 is None else state0.stride(0)
     pointers = interface.buffers_type(**{name: _pointer(tensor) for name, tensor in buffers.items()})
     status = function(ctypes.byref(structure), ctypes.byref(pointers))
     if status != 0:
@@ -427,6 +429,15 @@ def _call(
 
 def _contiguous(tensor: Optional[Tensor]) -> Optional[Tensor]:
     return None if tensor is None else tensor.contiguous()
+
+
+def _rows(state: Tensor) -> Tensor:
+    """
+    ``state`` (B, D) as the kernels read it: each row contiguous, the rows any distance apart
+    (``state0_stride``). One core's columns of a policy's joint state qualify as they are: at
+    65,536 slots a copy of them cost training as much as the kernels' own reads.
+    """
+    return state if state.stride(1) == 1 and state.stride(0) >= state.shape[1] else state.contiguous()
 
 
 def _fields(library: KernelLibrary, function: Any, config: list[int]) -> tuple[int, int, int]:
@@ -474,7 +485,7 @@ def _forward_into(
     """The forward call, with the final state written into ``final`` (contiguous: another buffer, or ``state`` itself)."""
     library = load_library(init_row.dtype)
     steps, batch = inputs.shape[0], inputs.shape[1]
-    inputs, state = inputs.contiguous(), state.contiguous()
+    inputs, state = inputs.contiguous(), _rows(state)
     features = inputs.new_empty((steps, batch, feature_size))
     tape = inputs.new_empty((batch, steps, tape_size) if record else (0,))
     weights = dict(zip(WEIGHT_NAMES, map(_contiguous, weight_tensors)))
@@ -532,7 +543,7 @@ def _chunk_backward(
     _call(
         library, library.cdll.smem_backward, config, steps, batch,
         dict(
-            starts=_contiguous(starts), init_row=init_row.contiguous(), tape=tape, state0=state.contiguous(),
+            starts=_contiguous(starts), init_row=init_row.contiguous(), tape=tape, state0=_rows(state),
             state_T=final.contiguous(), d_features=d_features.contiguous(), d_state_T=_contiguous(d_state),
             d_projected=d_projected, d_state0=d_state0 if state_grad else None, d_records=d_records, **weights,
         ),

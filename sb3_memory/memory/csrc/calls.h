@@ -70,7 +70,7 @@ struct ForwardCall {
     for (int64_t row = 0; row < B; ++row) {
       auto record = [&](int64_t t) { return tape ? tape + (row * T + t) * L.size : scratch_record.data(); };
       F* entering = tape ? record(0) + L.state : buffers.data();
-      std::copy(state0 + row * D, state0 + (row + 1) * D, entering);
+      std::copy(state0 + row * c.state0_stride, state0 + row * c.state0_stride + D, entering);
       for (int64_t t = 0; t < T; ++t) {
         const F* s = (b.starts && b.starts[t * B + row]) ? init : entering;
         F* out = t + 1 == T ? state_T + row * D
@@ -91,7 +91,7 @@ struct ForwardCall {
     std::vector<F> scratch_record(tape ? 0 : L.size), projected(c.G);
     for (int64_t row = 0; row < B; ++row) {
       F* s = state_T + row * D;
-      core.load(state0 + row * D, init, s, wk);
+      core.load(state0 + row * c.state0_stride, init, s, wk);
       for (int64_t t = 0; t < T; ++t) {
         if (b.starts && b.starts[t * B + row]) core.load(init, init, s, wk);
         F* record = tape ? tape + (row * T + t) * L.size : scratch_record.data();
@@ -112,7 +112,7 @@ typename CoreT::Work& cached_work(const CoreT& core) {
   thread_local std::unique_ptr<typename CoreT::Work> work;
   thread_local SmemConfig key{};
   SmemConfig probe = core.c;
-  probe.T = probe.B = 0;  // the storage does not depend on the call's length or batch
+  probe.T = probe.B = probe.state0_stride = 0;  // the storage does not depend on the call's length or batch
   if (!work || std::memcmp(&probe, &key, sizeof(SmemConfig)) != 0) {
     work = std::make_unique<typename CoreT::Work>(core.work());
     key = probe;
@@ -210,7 +210,7 @@ struct BackwardCall {
       for (int64_t end = T; end > 0;) {
         int64_t begin = end - 1;
         while (begin > 0 && !reset(begin)) --begin;
-        const F* start = reset(begin) ? init : state0 + row * D;
+        const F* start = reset(begin) ? init : state0 + row * c.state0_stride;
         core.begin_segment(start, init, s.data(), wk);
         for (int64_t t = begin; t < end; ++t) {
           logs[t].clear();

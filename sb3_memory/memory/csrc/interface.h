@@ -15,7 +15,9 @@ extern "C" {
 // Sizes and flat-state offsets, filled in by native.py from the core's configuration:
 //   I input size; G width of the projected input (gates * C); C controller output size; K columns of the
 //   recurrent weight (fed-back reads, + hidden for an LSTM); N, W, R memory slots, word size, read
-//   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width; top_k the
+//   heads; Hw write heads (NTM); S shifts (NTM); P interface width; D flat state width;
+//   state0_stride the distance between state0's rows (each call's, like T and B: D, or more where
+//   state0 is one core's columns of a policy's joint state, read without a copy); top_k the
 //   slots a weighting keeps (sparse_top_k, 0 for the dense model; the sparse DNC's link then keeps
 //   top_k values and column indices per row, at off_link_values and off_link_index); init_layout
 //   what smem_init_layout found in the initial row (SmemInitLayout bits; 0 assumes nothing, which
@@ -24,7 +26,7 @@ extern "C" {
 //   smem_written_block_rows() slots, non-zero where the episode's weightings touched the block:
 //   the sparse cores read only those blocks of the memory, usage, link and weightings).
 #define SMEM_CONFIG_FIELDS(X)                                                                      \
-  X(core) X(controller) X(T) X(B) X(I) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D)            \
+  X(core) X(controller) X(T) X(B) X(I) X(G) X(C) X(K) X(N) X(W) X(R) X(Hw) X(S) X(P) X(D) X(state0_stride) \
   X(off_memory) X(off_read_vectors) X(off_read_weights) X(off_write_weights) X(off_usage)          \
   X(off_precedence) X(off_link) X(off_controller_hidden) X(off_controller_cell) X(hidden_size) X(cell_size) \
   X(top_k) X(off_link_values) X(off_link_index) X(init_layout) X(off_written_blocks)
