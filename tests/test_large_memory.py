@@ -18,6 +18,7 @@ from test_algorithms import N_STEPS, RecordSteps, collect_one_rollout, make_mode
 
 from sb3_memory import MemoryA2C, MemoryPPO
 from sb3_memory.common import policies
+from sb3_memory.common.buffers import compact_states
 from sb3_memory.common.on_policy_algorithm import MemoryOnPolicyAlgorithm
 from sb3_memory.memory import DNCCell, NTMCell, core, native
 
@@ -116,6 +117,25 @@ def test_chunks_replayed_from_the_stored_states_reach_the_next_stored_state_to_t
             assert th.equal(state, end)
             values = policy.value_net(policy.mlp_extractor.forward_critic(latent_vf)).reshape(4, -1)
             th.testing.assert_close(values, th.as_tensor(buffer.values[steps]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("policy", ["DNCPolicy", "NTMPolicy"])
+def test_compact_states_compare_only_the_touched_blocks_and_keep_the_same_entries(policy):
+    """
+    With 300 slots (five blocks of written_blocks) an episode of a few steps touches few blocks:
+    the policy names those columns (and the fields that are not per slot), and a compact state
+    made from them holds exactly the entries a comparison of every column finds.
+    """
+    kwargs = dict(memory_units=300, memory_unit_size=4, controller_dim=16, sparse_top_k=4)
+    model, recorder = rollout(policy, kwargs)
+    initial = model.policy.initial_state(1)
+    states = th.cat([state for state in recorder.states if not th.equal(state, initial.expand_as(state))])
+    columns = model.policy.columns_that_may_differ(states)
+    assert all(c is not None and len(c) < model.policy.state_size // 2 for c in columns)
+    everything = compact_states(states, initial)
+    assert sum(len(index) for index, _ in everything) > 0
+    for (index, values), (expected_index, expected_values) in zip(compact_states(states, initial, columns), everything):
+        assert th.equal(index, expected_index) and th.equal(values, expected_values)
 
 
 def test_rollouts_update_the_state_in_place_and_do_not_save_it(tmp_path):

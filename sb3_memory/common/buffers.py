@@ -1,7 +1,7 @@
 """Rollout buffers that serve whole sequence chunks together with the memory state at their start."""
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, ClassVar, Optional, Union
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional, Union
 
 import numpy as np
 import torch as th
@@ -15,13 +15,30 @@ from sb3_memory.common.type_aliases import MemoryRolloutBufferSamples
 CompactState = tuple[th.Tensor, th.Tensor]
 
 
-def compact_states(states: th.Tensor, initial_state: th.Tensor) -> list[CompactState]:
+def compact_states(
+    states: th.Tensor, initial_state: th.Tensor, columns: Optional[list[Optional[th.Tensor]]] = None
+) -> list[CompactState]:
     """
     Each row of ``states`` as the entries where it differs from ``initial_state`` (one row): its
     values, not differences, so :func:`rebuild_states` is exact.
+
+    :param columns: per row, the only columns where it may differ (ascending), or None to compare
+        every column (the policy's ``columns_that_may_differ``: a sparse core's state says which
+        blocks of slots its episode touched, so a large memory's row costs what was touched)
     """
-    differs = states != initial_state.reshape(1, -1)
-    return [(mask.nonzero().flatten().to(th.int32), row[mask]) for row, mask in zip(states, differs)]
+    initial = initial_state.reshape(-1)
+    compacted = []
+    for index, row in enumerate(states):
+        candidates = None if columns is None else columns[index]
+        if candidates is None:
+            mask = row != initial
+            compacted.append((mask.nonzero().flatten().to(th.int32), row[mask]))
+        else:
+            candidates = candidates.to(row.device)
+            values = row[candidates]
+            mask = values != initial[candidates]
+            compacted.append((candidates[mask].to(th.int32), values[mask]))
+    return compacted
 
 
 def rebuild_states(initial_state: th.Tensor, rows: list[CompactState]) -> th.Tensor:
@@ -117,11 +134,19 @@ class ChunkedStateMixin:
         self.compact_chunk_states: list[list[CompactState]] = [[] for _ in range(self.chunks_per_env)]
         self.initial_state_row: Optional[th.Tensor] = None
 
-    def add_state(self, states: th.Tensor, initial_state: Optional[th.Tensor] = None) -> None:
+    def add_state(
+        self,
+        states: th.Tensor,
+        initial_state: Optional[th.Tensor] = None,
+        columns: Optional[Callable[[th.Tensor], list[Optional[th.Tensor]]]] = None,
+    ) -> None:
         """
         Record the state of every env before the step about to be added, if it starts a chunk.
 
         :param initial_state: the state an episode starts from, ``(1, state_size)`` (needed with ``compact_states``)
+        :param columns: with ``compact_states``, where each row may differ from ``initial_state``
+            (the policy's ``columns_that_may_differ``, called only for a chunk's first step); None
+            compares every column
         """
         if self.pos % self.sequence_length != 0:
             return
@@ -129,7 +154,10 @@ class ChunkedStateMixin:
             if initial_state is None:
                 raise ValueError("a buffer with compact_states=True keeps states against the initial one: pass initial_state")
             self.initial_state_row = initial_state.reshape(-1)
-            self.compact_chunk_states[self.pos // self.sequence_length] = compact_states(states, self.initial_state_row)
+            candidates = None if columns is None else columns(states)
+            self.compact_chunk_states[self.pos // self.sequence_length] = compact_states(
+                states, self.initial_state_row, candidates
+            )
             return
         if self.chunk_states is None or self.chunk_states.shape[-1] != states.shape[-1]:
             self.chunk_states = th.zeros((self.chunks_per_env, self.n_envs, states.shape[-1]), device=self.device)

@@ -268,7 +268,8 @@ class MemoryOnPolicyAlgorithm(OnPolicyAlgorithm):
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)  # sb3-memory
                 action_masks = self._action_masks(env)  # sb3-memory: invalid-action masks, with MaskableMemoryPPO
-                rollout_buffer.add_state(state, initial_state)  # sb3-memory: kept once per chunk, before the step updates it
+                # sb3-memory: kept once per chunk, before the step updates it
+                rollout_buffer.add_state(state, initial_state, self.policy.columns_that_may_differ)
                 actions, values, log_probs, new_state = self.policy(  # sb3-memory
                     obs_tensor, state, episode_starts, action_masks=action_masks, state_out=self._rollout_state_out(state)
                 )

@@ -304,6 +304,26 @@ class MemoryActorCriticPolicy(ActorCriticPolicy):
         actor, critic = th.split(state, [self._actor_state_size, self.critic_core.state_size], dim=1)
         return actor, critic
 
+    def columns_that_may_differ(self, state: th.Tensor) -> list[Optional[th.Tensor]]:
+        """
+        Per row of a flat policy state, the columns where it may differ from :meth:`initial_state`,
+        or None where any may (the cores' ``columns_that_may_differ``): what the buffers compare
+        to keep a state compact.
+        """
+        actor, critic = self.split_state(state)
+        actor_columns = self.core.columns_that_may_differ(actor)
+        if self.critic_core is None:
+            return actor_columns
+        assert critic is not None  # split_state gives the critic's columns when there is a critic core
+        critic_columns = self.critic_core.columns_that_may_differ(critic)
+        columns: list[Optional[th.Tensor]] = []
+        for own, other in zip(actor_columns, critic_columns):
+            if own is None or other is None:
+                columns.append(None)
+            else:
+                columns.append(th.cat([own, other + self._actor_state_size]))
+        return columns
+
     def join_state(self, actor: th.Tensor, critic: Optional[th.Tensor]) -> th.Tensor:
         """Inverse of :meth:`split_state`."""
         return actor if critic is None else th.cat([actor, critic], dim=1)

@@ -2,7 +2,7 @@
 
 import functools
 import warnings
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -276,6 +276,14 @@ class MemoryCore(nn.Module):
             )
         return native.fused_sequence(kernel, x, flat_state, episode_starts, weights, state_out)
 
+    def columns_that_may_differ(self, flat_state: Tensor) -> list[Optional[Tensor]]:
+        """
+        Per row of a flat state ``(B, state_size)``, the columns where it may differ from the initial
+        state, ascending (int64), or None where any may: a compact copy of the row (the buffers'
+        ``compact_states``) need compare only those. Every column may, unless a core knows better.
+        """
+        return [None] * flat_state.shape[0]
+
     def rows_independent(self, x: Tensor) -> bool:
         """
         Whether :meth:`forward_flat` computes each row of ``x`` (T, B, input_dim) on its own, so that
@@ -458,6 +466,8 @@ class ExternalMemoryCore(MemoryCore):
     dense_extra_state: str = ""
     # The state's weightings, whose non-zero slots mark a sparse state's written_blocks.
     weighting_fields: tuple[str, ...] = ("read_weights", "write_weights")
+    # The state's fields held per slot: "rows", shaped (N, X) or (N,), or "heads", shaped (H, N).
+    slot_fields: ClassVar[dict[str, str]] = {"memory": "rows", "read_weights": "heads", "write_weights": "heads"}
 
     def __init__(
         self,
@@ -525,6 +535,42 @@ class ExternalMemoryCore(MemoryCore):
         if self.sparse_top_k is None:
             return {}
         return {"written_blocks": (addressing.written_block_count(self.memory_units),)}
+
+    def columns_that_may_differ(self, flat_state: Tensor) -> list[Optional[Tensor]]:
+        """
+        A sparse core's rows differ from the initial state only in the slots of the blocks their
+        ``written_blocks`` marks, and in the fields that are not per slot (the read vectors, the
+        controller's state, the record itself): those columns, found in O(marked slots), not O(N).
+        """
+        if self.sparse_top_k is None:
+            return super().columns_that_may_differ(flat_state)
+        offsets = self.state_offsets()
+        n, rows = self.memory_units, addressing.WRITTEN_BLOCK_ROWS
+        blocks = flat_state[:, offsets["written_blocks"] :][:, : addressing.written_block_count(n)]
+        within = torch.arange(rows, device=flat_state.device)
+        columns: list[Optional[Tensor]] = []
+        for marked in blocks != 0:
+            slots = (marked.nonzero().flatten()[:, None] * rows + within).flatten()
+            slots = slots[slots < n]
+            parts = [self._columns_not_per_slot(flat_state.device)]
+            for name, shape in self.state_shapes().items():
+                if name not in self.slot_fields:
+                    continue
+                if self.slot_fields[name] == "rows":  # (N, X) or (N,): slot i holds [i X, (i + 1) X)
+                    width = int(torch.Size(shape).numel()) // n
+                    at = slots[:, None] * width + torch.arange(width, device=slots.device)
+                else:  # "heads", (H, N): slot i at h N + i
+                    at = torch.arange(shape[0], device=slots.device)[:, None] * n + slots
+                parts.append(offsets[name] + at.flatten())
+            columns.append(torch.cat(parts).sort().values)
+        return columns
+
+    def _columns_not_per_slot(self, device: torch.device) -> Tensor:
+        offsets, columns = self.state_offsets(), []
+        for name, shape in self.state_shapes().items():
+            if name not in self.slot_fields:
+                columns.append(torch.arange(int(torch.Size(shape).numel()), device=device) + offsets[name])
+        return torch.cat(columns)
 
     def mark_written_blocks(self, state: State) -> State:
         """``state`` with the blocks its weightings touch marked in ``written_blocks`` (sparse cores)."""

@@ -1,6 +1,6 @@
 """Differentiable Neural Computer core (Graves et al., 2016, Nature)."""
 
-from typing import NamedTuple, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -91,6 +91,10 @@ class DNCCell(ExternalMemoryCore):
 
     state_type: type = DNCState  # SparseDNCState with sparse_top_k
     weighting_fields = ("read_weights", "write_weights", "precedence")
+    slot_fields: ClassVar[dict[str, str]] = {
+        **ExternalMemoryCore.slot_fields,
+        **{name: "rows" for name in ("usage", "precedence", "link_values", "link_index")},
+    }
     dense_extra_state = " and an N x N link"
     native_core = "dnc"
     off_diagonal: Tensor  # 1 - I, (N, N), a buffer
