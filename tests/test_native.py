@@ -1109,3 +1109,18 @@ def test_every_instruction_set_level_computes_the_same_bits(isa_libraries, dtype
                 same = torch.equal(outputs[level][key].view(bits), value.view(bits))
                 assert same, f"{name}-{controller} {kwargs}: {key} differs between baseline and {level}"
         assert outputs["baseline"]["d_projected"].abs().sum() > 0  # the backward pass ran
+
+
+def test_large_state_tensors_are_advised_to_huge_pages_inside_their_own_memory(monkeypatch):
+    """empty_state advises the whole 2 MB pages inside a large tensor, and leaves small ones alone."""
+    calls = []
+    monkeypatch.setattr(native, "_madvise", lambda start, length, advice: calls.append((start, length, advice)) or 0)
+    like = torch.zeros(1, dtype=torch.float32)
+    small = native.empty_state((4, 1000), like)
+    assert calls == [] and small.shape == (4, 1000) and small.dtype == torch.float32
+    large = native.empty_state((3, 5_000_000), like)  # 60 MB
+    ((start, length, advice),) = calls
+    huge = 2 << 20
+    first, end = large.data_ptr(), large.data_ptr() + large.numel() * 4
+    assert advice == 14 and start % huge == 0 and length % huge == 0
+    assert first <= start < first + huge and end - huge < start + length <= end

@@ -10,6 +10,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.type_aliases import TensorDict
 
 from sb3_memory.common.type_aliases import MemoryRolloutBufferSamples
+from sb3_memory.memory import native
 
 # A state kept compact: the indices (int32) and values of its entries that differ from the initial state.
 CompactState = tuple[th.Tensor, th.Tensor]
@@ -43,7 +44,8 @@ def compact_states(
 
 def rebuild_states(initial_state: th.Tensor, rows: list[CompactState]) -> th.Tensor:
     """The dense ``(len(rows), state_size)`` states of :func:`compact_states` rows."""
-    out = initial_state.reshape(1, -1).expand(len(rows), -1).clone()
+    initial = initial_state.reshape(1, -1)
+    out = native.empty_state((len(rows), initial.shape[1]), initial).copy_(initial.expand(len(rows), -1))
     for index, (indices, values) in enumerate(rows):
         out[index, indices.long()] = values.to(out.device)
     return out

@@ -22,6 +22,7 @@ import ctypes
 import importlib.machinery
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -302,6 +303,46 @@ def controller_ids() -> dict[str, int]:
     return _interface().controller_ids
 
 
+# Transparent huge pages: Linux backs a range with 2 MB pages where madvise(MADV_HUGEPAGE) asks
+# (the kernels' default mode, "madvise"), as PyTorch does for every tensor under
+# THP_MEM_ALLOC_ENABLE=1.
+_HUGE_PAGE_BYTES = 2 << 20
+_MADV_HUGEPAGE = 14  # linux/mman.h
+
+
+def _libc_madvise() -> Optional[Any]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_madvise = _libc_madvise()
+
+
+def empty_state(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """
+    ``like.new_empty(shape)``, where large on a Linux CPU advised to be backed by 2 MB pages. A
+    fresh tensor's memory is mapped on first touch, one fault per 4 kB page: at 65,536 slots the
+    faults on new state tensors (a training chunk's rebuilt start states, a call's final state)
+    cost training more than the kernels' own work. The advice changes no number, and is ignored
+    where the system has huge pages off.
+    """
+    out = like.new_empty(shape)
+    nbytes = out.numel() * out.element_size()
+    if _madvise is not None and out.device.type == "cpu" and nbytes >= 4 * _HUGE_PAGE_BYTES:
+        start = -(-out.data_ptr() // _HUGE_PAGE_BYTES) * _HUGE_PAGE_BYTES  # the whole huge pages inside it
+        end = (out.data_ptr() + nbytes) // _HUGE_PAGE_BYTES * _HUGE_PAGE_BYTES
+        if end > start:
+            _madvise(start, end - start, _MADV_HUGEPAGE)  # advice: a refusal (EINVAL) changes nothing
+    return out
+
+
 def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
     return None if tensor is None or tensor.numel() == 0 else tensor.data_ptr()
 
@@ -466,7 +507,7 @@ def _forward_implementation(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Features (T, B, F), final state (B, D) and the tape (B, T, TS), empty unless ``record``."""
     weights = (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if)
-    final = state.new_empty(state.shape)
+    final = empty_state(tuple(state.shape), state)
     return _forward_into(config, feature_size, tape_size, record, inputs, state, starts, init_row, weights, final)
 
 
@@ -537,7 +578,7 @@ def _chunk_backward(
     batch, steps = tape.shape[0], tape.shape[1]
     width = _config_field(config, library.interface, "G")
     d_projected = tape.new_empty((steps, batch, width))
-    d_state0 = tape.new_empty((batch, state.shape[1]) if state_grad else (0,))
+    d_state0 = empty_state((batch, state.shape[1]), tape) if state_grad else tape.new_empty((0,))
     d_records = tape.new_empty((batch, steps, _fields(library, library.cdll.smem_gradient_fields, config)[2]))
     weights = dict(zip(WEIGHT_NAMES, map(_contiguous, (w_in, b_in, w_rec, w_hid, b_hid, w_if, b_if))))
     _call(
@@ -588,7 +629,8 @@ def _run_forward(  # type: ignore[no-untyped-def]
         and all(tensor is None or type(tensor) in _PLAIN_TENSORS for tensor in (*tensors, state_out))
     ):
         inputs, state, starts, init_row, *weights = tensors
-        final = state.new_empty(state.shape) if state_out is None else state_out  # type: ignore[union-attr]
+        assert state is not None  # the operator's schema: only the weights and starts may be None
+        final = empty_state(tuple(state.shape), state) if state_out is None else state_out
         return _forward_into(config, feature_size, tape_size, record, inputs, state, starts, init_row, tuple(weights), final)  # type: ignore[arg-type]
     features, final, tape = torch.ops.sb3_memory.chunk_forward(config, feature_size, tape_size, record, *tensors)
     if state_out is not None:

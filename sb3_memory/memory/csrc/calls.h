@@ -193,7 +193,13 @@ struct BackwardCall {
     typename CoreT<F>::Work wk = core.work();
     StateCarry<F> dnext(c), dprev(c);
     std::vector<typename CoreT<F>::Log> logs(T);
-    std::vector<F> s(D), dacc(D);
+    // A row's replayed state and its gradient: each row overwrites both whole (begin_segment
+    // copies the state; dacc is copied or zeroed), so they are kept per thread between calls. At
+    // N = 65,536 two fresh D-sized buffers per call cost a training step more in page faults than
+    // its arithmetic.
+    thread_local std::vector<F> s, dacc;
+    s.resize(D);
+    dacc.resize(D);
     auto clear_fields = [&wk](bool dense) {
       std::fill(wk.dense_gradient.begin(), wk.dense_gradient.end(), uint8_t(dense));
       for (auto& touched : wk.touched) touched.clear();
