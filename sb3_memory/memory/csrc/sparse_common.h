@@ -68,7 +68,6 @@ struct SlotMap {
   }
 };
 
-// i mod n for i in [-n, 2n): shifts move a slot by less than N (no division in the inner loops).
 constexpr int64_t kScanBlock = 512;  // rows per block of a content scan: its logits stay in L1
 
 // Rows a whole-state check tests together: at large N nearly every block is untouched, and a
@@ -83,11 +82,12 @@ bool block_marked(const F* written, int64_t b0) {
   return !written || written[b0 / kCheckBlock] != F(0);
 }
 
-// A state's written_blocks field, or null (every block counts) where the initial state does not
-// let its unmarked blocks be skipped (uniform: its rows alike, and what else the caller checks).
+// A state's written_blocks field, or null (every block counts) where what the caller checks
+// cannot skip an unmarked block: skippable is false when its initial rows are not alike (each
+// scores differently) or its initial link is not laid out (each row is checked against a rule).
 template <typename F>
-const F* written_blocks(const SmemConfig& c, const F* s, bool uniform) {
-  return uniform ? s + c.off_written_blocks : nullptr;
+const F* written_blocks(const SmemConfig& c, const F* s, bool skippable) {
+  return skippable ? s + c.off_written_blocks : nullptr;
 }
 
 // Entries of a sparse state's written_blocks field.
@@ -99,6 +99,7 @@ void mark_written(const SmemConfig& c, F* s, int64_t i) {
   s[c.off_written_blocks + i / kCheckBlock] = F(1);
 }
 
+// i mod n for i in [-n, 2n): shifts move a slot by less than N (no division in the inner loops).
 inline int64_t wrap(int64_t i, int64_t n) { return i < 0 ? i + n : (i >= n ? i - n : i); }
 
 // The slots of a weighting with a non-zero weight, ascending, in the blocks written marks (a
