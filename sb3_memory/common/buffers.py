@@ -28,9 +28,11 @@ def compact_states(
         blocks of slots its episode touched, so a large memory's row costs what was touched)
     """
     initial = initial_state.reshape(-1)
+    if columns is None or all(candidates is None for candidates in columns):
+        differs = states != initial.reshape(1, -1)  # one comparison for the whole batch
+        return [(mask.nonzero().flatten().to(th.int32), row[mask]) for row, mask in zip(states, differs)]
     compacted = []
-    for index, row in enumerate(states):
-        candidates = None if columns is None else columns[index]
+    for row, candidates in zip(states, columns):
         if candidates is None:
             mask = row != initial
             compacted.append((mask.nonzero().flatten().to(th.int32), row[mask]))

@@ -548,11 +548,12 @@ class ExternalMemoryCore(MemoryCore):
         n, rows = self.memory_units, addressing.WRITTEN_BLOCK_ROWS
         blocks = flat_state[:, offsets["written_blocks"] :][:, : addressing.written_block_count(n)]
         within = torch.arange(rows, device=flat_state.device)
+        not_per_slot = self._columns_not_per_slot(flat_state.device)
         columns: list[Optional[Tensor]] = []
         for marked in blocks != 0:
             slots = (marked.nonzero().flatten()[:, None] * rows + within).flatten()
             slots = slots[slots < n]
-            parts = [self._columns_not_per_slot(flat_state.device)]
+            parts = [not_per_slot]
             for name, shape in self.state_shapes().items():
                 if name not in self.slot_fields:
                     continue
